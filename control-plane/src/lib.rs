@@ -1,0 +1,7 @@
+//! Flotilla's control plane: the replicated state (openraft over redb), the
+//! gRPC services servers and node agents speak, and the HTTP API the board
+//! and CLI use, all on one port.
+
+pub mod state;
+pub mod store;
+pub mod types;
