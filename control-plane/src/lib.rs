@@ -2,6 +2,14 @@
 //! gRPC services servers and node agents speak, and the HTTP API the board
 //! and CLI use, all on one port.
 
+pub mod auth;
+pub mod control;
+pub mod datadir;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod network;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -20,6 +20,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(RedbStoreBuilder)
+fn openraft_storage_suite() {
+    if let Err(error) = Suite::test_all(RedbStoreBuilder) {
+        panic!("storage suite failed: {error}");
+    }
 }

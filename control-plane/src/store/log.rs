@@ -238,7 +238,7 @@ fn run_writer(database: Database, requests: mpsc::Receiver<WriteOp>) {
         for op in batch {
             match op {
                 WriteOp::Append { callback, .. } => {
-                    let outcome = result.clone().map_err(|error| std::io::Error::other(error));
+                    let outcome = result.clone().map_err(std::io::Error::other);
                     callback.log_io_completed(outcome);
                 }
                 WriteOp::SaveVote { done, .. } => {

@@ -1,0 +1,359 @@
+//! One control-plane server process: open (or create) the data directory,
+//! join or bootstrap the cluster, run Raft, and serve gRPC and HTTP on one
+//! port until asked to stop.
+//!
+//! Start-up, top to bottom:
+//! 1. open the data directory, refusing foreign or other nodes' directories;
+//! 2. bind the listener (fail fast if the port is taken);
+//! 3. a new directory becomes a member: `--bootstrap` makes a cluster id,
+//!    cluster secret and tokens; `--join` asks the cluster with a server-join
+//!    token and receives the cluster id and secret;
+//! 4. open the redb log and state machine, start openraft;
+//! 5. serve; a bootstrapping server records its token hashes in the state,
+//!    a joining server asks to be promoted to voter until it is one.
+//!
+//! Shutdown (SIGINT/SIGTERM, or the future passed to [`run`]): stop accepting
+//! connections, drain in-flight requests, stop Raft, flush the log.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use flotilla_proto::cluster::JoinRequest;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+
+use crate::auth::{generate_token, random_hex, sha256_hex, with_bearer};
+use crate::control::{cluster_client, ControlPlane};
+use crate::datadir::{
+    write_secret_file, DataDir, Identity, LOG_FILE, NODE_JOIN_TOKEN_FILE, OPERATOR_TOKEN_FILE,
+    SERVER_JOIN_TOKEN_FILE, STATE_FILE,
+};
+use crate::error::ErrorKind;
+use crate::network::NetworkFactory;
+use crate::store::{LogStore, StateMachineStore};
+use crate::types::{Command, NodeId, TokenKind, TokenRecord};
+
+/// How this server becomes (or stays) a cluster member.
+#[derive(Debug, Clone)]
+pub enum StartMode {
+    /// Start a new single-server cluster (no-op on an initialised directory).
+    Bootstrap,
+    /// Join the cluster reachable at `seed` with a server-join token.
+    Join { seed: String, token: String },
+    /// Restart an existing member.
+    Existing,
+}
+
+/// Raft timing and compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for lagging followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> RaftTuning {
+        RaftTuning {
+            heartbeat_ms: 60,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every: 20_000,
+            keep_logs: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address other servers and clients reach this one at; defaults to the
+    /// bound listen address.
+    pub advertise: Option<String>,
+    pub start: StartMode,
+    pub tuning: RaftTuning,
+}
+
+/// A running server: its control plane and bound address.
+pub struct RunningServer {
+    pub control: Arc<ControlPlane>,
+    pub local_addr: SocketAddr,
+}
+
+/// Runs a server until `shutdown` resolves. `on_ready` is called once the
+/// port is served.
+pub async fn run(
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&RunningServer) + Send,
+) -> anyhow::Result<()> {
+    if options.node_id == 0 {
+        bail!("--node-id must be at least 1");
+    }
+    let mut data_dir =
+        DataDir::open(&options.data_dir, options.node_id).context("open the data directory")?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listen on {}", options.listen))?;
+    let local_addr = listener.local_addr().context("read the bound address")?;
+    let advertise = match &options.advertise {
+        Some(advertise) => advertise.clone(),
+        None if local_addr.ip().is_unspecified() => {
+            bail!("listening on {local_addr} needs --advertise HOST:PORT so other servers can reach this one")
+        }
+        None => local_addr.to_string(),
+    };
+
+    let fresh = data_dir.identity.is_none();
+    if fresh {
+        let identity = match &options.start {
+            StartMode::Bootstrap => {
+                write_bootstrap_tokens(&data_dir)?;
+                Identity {
+                    node_id: options.node_id,
+                    cluster_id: uuid::Uuid::new_v4().to_string(),
+                    cluster_secret: random_hex(32),
+                }
+            }
+            StartMode::Join { seed, token } => {
+                join_cluster(options.node_id, &advertise, seed, token).await?
+            }
+            StartMode::Existing => bail!(
+                "{} is empty: pass --bootstrap to start a new cluster or --join HOST:PORT to join one",
+                options.data_dir.display()
+            ),
+        };
+        data_dir
+            .initialize(identity)
+            .context("initialise the data directory")?;
+    }
+    let identity = data_dir
+        .identity
+        .clone()
+        .expect("the directory was initialised above");
+
+    let log_store = LogStore::open(&data_dir.file(LOG_FILE)).context("open the raft log")?;
+    let state_machine =
+        StateMachineStore::open(&data_dir.file(STATE_FILE)).context("open the state machine")?;
+    let shared_state = state_machine.shared();
+    let config = Config {
+        cluster_name: identity.cluster_id.clone(),
+        heartbeat_interval: options.tuning.heartbeat_ms,
+        election_timeout_min: options.tuning.election_timeout_min_ms,
+        election_timeout_max: options.tuning.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(options.tuning.snapshot_every),
+        max_in_snapshot_log_to_keep: options.tuning.keep_logs,
+        install_snapshot_timeout: 2_000,
+        ..Config::default()
+    }
+    .validate()
+    .context("raft timing options are inconsistent")?;
+    let network = NetworkFactory {
+        cluster_secret: identity.cluster_secret.clone(),
+    };
+    let raft = openraft::Raft::new(
+        options.node_id,
+        Arc::new(config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("start raft")?;
+
+    if matches!(options.start, StartMode::Bootstrap)
+        && !raft.is_initialized().await.context("read raft state")?
+    {
+        let members = BTreeMap::from([(options.node_id, BasicNode::new(&advertise))]);
+        raft.initialize(members)
+            .await
+            .context("initialise the new cluster")?;
+        tracing::info!(cluster_id = %identity.cluster_id, "bootstrapped a new cluster");
+    }
+
+    let control = Arc::new(ControlPlane::new(
+        options.node_id,
+        advertise.clone(),
+        identity.cluster_id.clone(),
+        identity.cluster_secret.clone(),
+        raft.clone(),
+        shared_state,
+    ));
+
+    let mut background = Vec::new();
+    if data_dir.file(OPERATOR_TOKEN_FILE).exists() {
+        background.push(tokio::spawn(record_bootstrap_tokens(
+            control.clone(),
+            data_dir.clone(),
+        )));
+    }
+    if matches!(options.start, StartMode::Join { .. }) {
+        background.push(tokio::spawn(promote_until_voter(control.clone())));
+    }
+
+    let app = tonic::service::Routes::new(crate::grpc::raft_service(control.clone()))
+        .add_service(crate::grpc::cluster_service(control.clone()))
+        .into_axum_router()
+        .merge(crate::http::router(control.clone()))
+        .fallback(crate::http::not_found);
+
+    let running = RunningServer {
+        control: control.clone(),
+        local_addr,
+    };
+    tracing::info!(node_id = options.node_id, %local_addr, %advertise, "serving gRPC and HTTP");
+    on_ready(&running);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serve")?;
+
+    tracing::info!("shutting down");
+    for task in background {
+        task.abort();
+    }
+    raft.shutdown()
+        .await
+        .map_err(|error| anyhow::anyhow!("stop raft: {error}"))?;
+    Ok(())
+}
+
+/// Creates the bootstrap tokens once (kept if already there).
+fn write_bootstrap_tokens(data_dir: &DataDir) -> anyhow::Result<()> {
+    for (file, kind) in [
+        (OPERATOR_TOKEN_FILE, TokenKind::Operator),
+        (SERVER_JOIN_TOKEN_FILE, TokenKind::ServerJoin),
+        (NODE_JOIN_TOKEN_FILE, TokenKind::NodeJoin),
+    ] {
+        let path = data_dir.file(file);
+        if !path.exists() {
+            write_secret_file(&path, &generate_token(kind))
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the hashes of the tokens in this directory are in the state.
+/// Request ids derive from the hash, so repeating this is harmless.
+async fn record_bootstrap_tokens(control: Arc<ControlPlane>, data_dir: DataDir) {
+    for (file, kind) in [
+        (OPERATOR_TOKEN_FILE, TokenKind::Operator),
+        (SERVER_JOIN_TOKEN_FILE, TokenKind::ServerJoin),
+        (NODE_JOIN_TOKEN_FILE, TokenKind::NodeJoin),
+    ] {
+        let path = data_dir.file(file);
+        let token = match std::fs::read_to_string(&path) {
+            Ok(token) => token.trim().to_owned(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read token file");
+                continue;
+            }
+        };
+        let sha256_hex = sha256_hex(&token);
+        if control
+            .state
+            .with_state(|state| state.token_kind(&sha256_hex).is_some())
+        {
+            continue;
+        }
+        let command = Command::PutToken {
+            token: TokenRecord {
+                name: file.trim_end_matches(".token").to_owned(),
+                kind,
+                sha256_hex: sha256_hex.clone(),
+            },
+        };
+        loop {
+            let request = control.request(command.clone(), Some(format!("token-{sha256_hex}")));
+            match control.write(request).await {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "recording token; will retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    tracing::info!("access tokens are recorded in the cluster state");
+}
+
+/// Asks the leader for a server-join, answering with the cluster identity.
+async fn join_cluster(
+    node_id: NodeId,
+    advertise: &str,
+    seed: &str,
+    token: &str,
+) -> anyhow::Result<Identity> {
+    let mut client = cluster_client(seed).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut last_error = String::new();
+    for _ in 0..50 {
+        let request = with_bearer(
+            JoinRequest {
+                node_id,
+                addr: advertise.to_owned(),
+            },
+            token,
+        );
+        match client.join(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                tracing::info!(cluster_id = %reply.cluster_id, %seed, "joined as a learner");
+                return Ok(Identity {
+                    node_id,
+                    cluster_id: reply.cluster_id,
+                    cluster_secret: reply.cluster_secret,
+                });
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                ) =>
+            {
+                last_error = status.message().to_owned();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => bail!(
+                "the cluster at {seed} refused to add this server: {}",
+                status.message()
+            ),
+        }
+    }
+    bail!("could not reach the cluster at {seed} to join it: {last_error}")
+}
+
+/// Asks to become a voter until this server is one (or was removed).
+async fn promote_until_voter(control: Arc<ControlPlane>) {
+    loop {
+        match control.promote(control.node_id).await {
+            Ok(status) => {
+                let is_voter = status
+                    .members
+                    .iter()
+                    .any(|member| member.id == control.node_id && member.role == "voter");
+                if is_voter {
+                    tracing::info!("promoted to voter");
+                    return;
+                }
+            }
+            Err(error) if error.kind == ErrorKind::NotFound => {
+                tracing::warn!(%error, "not a member of the cluster; not asking for promotion");
+                return;
+            }
+            Err(error) => tracing::debug!(%error, "not promoted yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
