@@ -293,6 +293,8 @@ impl ControlPlane {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied: metrics.last_applied.map_or(0, |log_id| log_id.index),
             revision: self.state.with_state(|state| state.revision()),
+            snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+            purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
         }
     }
 

@@ -481,6 +481,8 @@ pub struct ClusterView {
     last_log_index: u64,
     last_applied: u64,
     revision: u64,
+    snapshot_index: u64,
+    purged_index: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -510,6 +512,8 @@ impl From<flotilla_proto::cluster::ClusterStatus> for ClusterView {
             last_log_index: status.last_log_index,
             last_applied: status.last_applied,
             revision: status.revision,
+            snapshot_index: status.snapshot_index,
+            purged_index: status.purged_index,
         }
     }
 }

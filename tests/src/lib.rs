@@ -1,1 +1,355 @@
-//! placeholder
+//! Harness for cross-process tests: real `flotilla` processes on 127.0.0.1,
+//! each with its own data directory, driven over their real APIs.
+//!
+//! The binary is the one cargo built beside the test executable
+//! (`target/<profile>/flotilla`); `cargo test --workspace` builds it because
+//! the `cli` package has integration tests of its own.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+/// Path of the `flotilla` binary under test.
+pub fn flotilla_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLOTILLA_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> -> target/<profile>/flotilla
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = profile_dir.join("flotilla");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build --bin flotilla` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Extra flags for every server of a test cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ServerFlags(pub Vec<String>);
+
+/// One `flotilla server` process.
+pub struct ServerProcess {
+    pub node_id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl ServerProcess {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .context("open server log")?;
+        let child = Command::new(flotilla_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone log handle")?)
+            .stderr(log)
+            .spawn()
+            .context("spawn flotilla server")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("server is not running"))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("send SIGTERM")?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().context("wait for server")? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("server {} did not stop within 20s of SIGTERM", self.node_id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of real servers in one temporary directory.
+pub struct TestCluster {
+    pub root: tempfile::TempDir,
+    pub servers: Vec<ServerProcess>,
+    pub token: String,
+    pub http: reqwest::Client,
+    flags: ServerFlags,
+}
+
+impl TestCluster {
+    /// Bootstraps server 1, then joins servers 2..=n and waits for n voters.
+    pub async fn start(size: u64, flags: ServerFlags) -> anyhow::Result<TestCluster> {
+        let root = tempfile::tempdir().context("create the cluster directory")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("build the HTTP client")?;
+        let mut cluster = TestCluster {
+            root,
+            servers: Vec::new(),
+            token: String::new(),
+            http,
+            flags,
+        };
+        cluster.add_server(1, None)?;
+        let first_dir = cluster.servers[0].data_dir.clone();
+        wait_for("the operator token file", Duration::from_secs(30), || {
+            let path = first_dir.join("operator.token");
+            async move { path.exists() }
+        })
+        .await?;
+        cluster.token = std::fs::read_to_string(first_dir.join("operator.token"))
+            .context("read the operator token")?
+            .trim()
+            .to_owned();
+        let first_addr = cluster.servers[0].addr.clone();
+        cluster
+            .wait_for_members(&first_addr, 1, Duration::from_secs(30))
+            .await?;
+        for node_id in 2..=size {
+            cluster.join_server(node_id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts server `node_id` and waits until it is a voter.
+    pub async fn join_server(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let seed = self.servers[0].addr.clone();
+        self.add_server(node_id, Some(&seed))?;
+        let voters = self.servers.len();
+        self.wait_for_members(&seed, voters, Duration::from_secs(60))
+            .await
+    }
+
+    fn add_server(&mut self, node_id: u64, join: Option<&str>) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.root.path().join(format!("server-{node_id}"));
+        let mut args = vec![
+            "server".to_owned(),
+            "--node-id".to_owned(),
+            node_id.to_string(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--listen".to_owned(),
+            addr.clone(),
+        ];
+        match join {
+            None => args.push("--bootstrap".to_owned()),
+            Some(seed) => {
+                let token_file = self.root.path().join("server-1").join("server-join.token");
+                args.extend([
+                    "--join".to_owned(),
+                    seed.to_owned(),
+                    "--token-file".to_owned(),
+                    token_file.display().to_string(),
+                ]);
+            }
+        }
+        args.extend(self.flags.0.iter().cloned());
+        let mut server = ServerProcess {
+            node_id,
+            addr,
+            data_dir,
+            args,
+            child: None,
+            log_path: self.root.path().join(format!("server-{node_id}.log")),
+        };
+        server.spawn()?;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    pub fn server(&mut self, node_id: u64) -> &mut ServerProcess {
+        self.servers
+            .iter_mut()
+            .find(|server| server.node_id == node_id)
+            .expect("no such server in this test cluster")
+    }
+
+    /// `GET /api/v1/cluster` from one server.
+    pub async fn status(&self, addr: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("http://{addr}/api/v1/cluster"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("cluster status from {addr}: HTTP {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Waits until `addr` reports a leader and `voters` voters.
+    pub async fn wait_for_members(
+        &self,
+        addr: &str,
+        voters: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{voters} voters seen from {addr}"),
+            timeout,
+            || async {
+                match self.status(addr).await {
+                    Ok(status) => {
+                        let count = status["members"].as_array().map_or(0, |members| {
+                            members.iter().filter(|m| m["role"] == "voter").count()
+                        });
+                        !status["leader"].is_null() && count == voters
+                    }
+                    Err(_) => false,
+                }
+            },
+        )
+        .await
+    }
+
+    /// The current leader's id, as a majority of running servers agree.
+    pub async fn leader(&self) -> anyhow::Result<u64> {
+        for server in &self.servers {
+            if let Ok(status) = self.status(&server.addr).await {
+                if let Some(leader) = status["leader"].as_u64() {
+                    return Ok(leader);
+                }
+            }
+        }
+        bail!("no server reports a leader")
+    }
+
+    /// Creates a task; `Ok(None)` when the server answered but did not
+    /// acknowledge (5xx, timeout): the write may or may not have happened.
+    pub async fn create_task(
+        &self,
+        addr: &str,
+        title: &str,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Option<Value>> {
+        let response = self
+            .http
+            .post(format!("http://{addr}/api/v1/tasks"))
+            .bearer_auth(&self.token)
+            .header("idempotency-key", idempotency_key)
+            .json(&serde_json::json!({ "title": title }))
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
+                Ok(Some(response.json().await?))
+            }
+            Ok(response) if response.status().is_client_error() => {
+                bail!(
+                    "create rejected: HTTP {}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )
+            }
+            Ok(_) | Err(_) => Ok(None),
+        }
+    }
+
+    /// All tasks, read linearizably (or stale) from `addr`.
+    pub async fn list_tasks(&self, addr: &str, stale: bool) -> anyhow::Result<Vec<Value>> {
+        let response = self
+            .http
+            .get(format!("http://{addr}/api/v1/tasks?stale={stale}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("list tasks from {addr}: HTTP {}", response.status());
+        }
+        let list: Value = response.json().await?;
+        Ok(list["tasks"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Server logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|server| {
+                let log = server.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- server {} ---\n{}\n", server.node_id, tail.join("\n"))
+            })
+            .collect()
+    }
+}
