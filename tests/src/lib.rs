@@ -33,6 +33,18 @@ pub fn flotilla_bin() -> PathBuf {
     binary
 }
 
+/// Sends SIGTERM to a child process.
+pub fn send_sigterm(child: &Child) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
+    // SAFETY: kill(2) takes plain integers; `pid` is our own child, which has
+    // not been reaped yet (we hold its `Child`), so the pid is not reused.
+    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if result != 0 {
+        bail!("kill -TERM {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -102,13 +114,7 @@ impl ServerProcess {
             .child
             .take()
             .ok_or_else(|| anyhow!("server is not running"))?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("send SIGTERM")?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
+        send_sigterm(&child)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().context("wait for server")? {

@@ -1,0 +1,173 @@
+//! The `flotilla` binary as a person uses it: argument errors, and the dev
+//! quick start (`flotilla dev`, then client commands with no token typed).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
+
+fn flotilla(home: &std::path::Path) -> Command {
+    let mut command = Command::new(FLOTILLA);
+    command
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("FLOTILLA_TOKEN")
+        .env_remove("FLOTILLA_ADDR");
+    command
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["task", "move", "x", "--to", "doing", "--token", "t"],
+            "unknown column \"doing\"",
+        ),
+        (
+            &["server", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:1"],
+            "--node-id",
+        ),
+        (
+            &[
+                "server",
+                "--node-id",
+                "1",
+                "--data-dir",
+                "/tmp/x",
+                "--listen",
+                "nowhere",
+            ],
+            "invalid socket address",
+        ),
+        (
+            &[
+                "server",
+                "--node-id",
+                "1",
+                "--data-dir",
+                "/tmp/x",
+                "--listen",
+                "127.0.0.1:1",
+                "--join",
+                "h:1",
+            ],
+            "--token-file",
+        ),
+        (
+            &["task", "list", "--output", "yaml", "--token", "t"],
+            "possible values: table, json",
+        ),
+        (
+            &["task", "list"],
+            "no token: pass --token or set FLOTILLA_TOKEN",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = flotilla(home.path())
+            .args(args)
+            .output()
+            .expect("run flotilla");
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let output = flotilla(home.path())
+        .args([
+            "task",
+            "list",
+            "--token",
+            "t",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run flotilla");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("reach the server"));
+}
+
+#[test]
+fn dev_quick_start_needs_no_token_typed() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dev = flotilla(home.path())
+        .args(["dev", "--listen", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start flotilla dev");
+    let stdout = dev.stdout.take().expect("piped stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Flotilla is running") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let ready = ready_rx.recv_timeout(Duration::from_secs(60));
+    let run = |args: &[&str]| {
+        let output = flotilla(home.path())
+            .args(args)
+            .args(["--addr", &addr, "--output", "json"])
+            .output()
+            .expect("run flotilla");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON output")
+    };
+    let outcome = std::panic::catch_unwind(|| {
+        ready.expect("flotilla dev announces itself");
+        let task = run(&["task", "create", "--title", "first card"]);
+        let id = task["id"].as_str().expect("id").to_owned();
+        assert_eq!(task["column"], "backlog");
+        let moved = run(&["task", "move", &id, "--to", "planning"]);
+        assert_eq!(moved["column"], "planning");
+        let shown = run(&["task", "show", &id]);
+        assert_eq!(shown["title"], "first card");
+        let list = run(&["task", "list"]);
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
+        let status = run(&["cluster", "status"]);
+        assert_eq!(status["leader"], 1);
+        assert_eq!(status["members"][0]["role"], "voter");
+    });
+    // SIGTERM stops it cleanly.
+    let pid = libc::pid_t::try_from(dev.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers; `dev` is our unreaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = dev.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = dev.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    let exit = exit.expect("flotilla dev stops within 20s of SIGTERM");
+    assert!(exit.success(), "flotilla dev exit: {exit}");
+}
