@@ -25,6 +25,8 @@ pub struct State {
     /// Keyed by the token's SHA-256 hex.
     tokens: BTreeMap<String, TokenRecord>,
     applied_requests: AppliedRequests,
+    /// Tasks per column, so appending a card does not scan the board.
+    column_sizes: BTreeMap<Column, u32>,
     /// Revision of the newest change (0: none yet).
     revision: u64,
 }
@@ -118,6 +120,7 @@ impl State {
                     revision: index,
                 };
                 self.tasks.insert(id.clone(), task.clone());
+                self.resize_column(*column, 1);
                 changes.push(task_put(index, &task));
                 Ok(Applied::Task { task })
             }
@@ -158,9 +161,11 @@ impl State {
                     .ok_or_else(|| CommandError::TaskNotFound { id: id.clone() })?;
                 // Take it out of its column, then insert it into the target.
                 self.shift_positions(index, moving.column, moving.position, -1, id, changes);
-                let destination_len = self.column_len_excluding(*column, id);
+                self.resize_column(moving.column, -1);
+                let destination_len = self.column_len(*column);
                 let new_position = position.map_or(destination_len, |p| p.min(destination_len));
                 self.shift_positions(index, *column, new_position, 1, id, changes);
+                self.resize_column(*column, 1);
                 let task = self.tasks.get_mut(id).expect("task looked up above");
                 task.column = *column;
                 task.position = new_position;
@@ -176,6 +181,7 @@ impl State {
                     .remove(id)
                     .ok_or_else(|| CommandError::TaskNotFound { id: id.clone() })?;
                 self.shift_positions(index, task.column, task.position, -1, id, changes);
+                self.resize_column(task.column, -1);
                 changes.push(Change {
                     revision: index,
                     kind: ChangeKind::TaskDeleted { id: id.clone() },
@@ -271,16 +277,12 @@ impl State {
     }
 
     fn column_len(&self, column: Column) -> u32 {
-        self.column_len_excluding(column, "")
+        self.column_sizes.get(&column).copied().unwrap_or(0)
     }
 
-    fn column_len_excluding(&self, column: Column, skip: &str) -> u32 {
-        let count = self
-            .tasks
-            .values()
-            .filter(|task| task.column == column && task.id != skip)
-            .count();
-        u32::try_from(count).expect("fewer than 4 billion tasks per column")
+    fn resize_column(&mut self, column: Column, delta: i64) {
+        let size = self.column_sizes.entry(column).or_insert(0);
+        *size = u32::try_from(i64::from(*size) + delta).expect("column sizes stay non-negative");
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
@@ -334,7 +336,14 @@ impl State {
                 .map(|task| task.position)
                 .collect();
             positions.sort_unstable();
-            let expected: Vec<u32> = (0..self.column_len(column)).collect();
+            let count = u32::try_from(positions.len()).expect("fewer than 4 billion tasks");
+            if count != self.column_len(column) {
+                return Err(format!(
+                    "column {column} holds {count} tasks but its size says {}",
+                    self.column_len(column)
+                ));
+            }
+            let expected: Vec<u32> = (0..count).collect();
             if positions != expected {
                 return Err(format!(
                     "column {column} positions {positions:?} are not 0..n"
