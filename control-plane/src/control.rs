@@ -13,12 +13,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::cluster as pb;
 use flotilla_proto::raft::{RaftPayload, ReadIndexRequest};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::auth::{secrets_equal, sha256_hex, with_bearer};
 use crate::error::{ApiError, ErrorKind};
 use crate::network::{channel, raft_client, MAX_MESSAGE_BYTES};
+use crate::proposer::{ProposeError, Proposer};
 use crate::store::SharedState;
 use crate::types::{
     ClientRequest, ClientResponse, Command, NodeId, Raft, TokenKind, LOG_FORMAT_VERSION,
@@ -55,6 +56,7 @@ pub struct ControlPlane {
     pub raft: Raft,
     pub state: Arc<SharedState>,
     cluster_secret: String,
+    proposer: Proposer,
 }
 
 impl ControlPlane {
@@ -67,6 +69,7 @@ impl ControlPlane {
         state: Arc<SharedState>,
     ) -> ControlPlane {
         ControlPlane {
+            proposer: Proposer::start(raft.clone()),
             node_id,
             advertise_addr,
             cluster_id,
@@ -127,20 +130,15 @@ impl ControlPlane {
     pub async fn write(&self, request: ClientRequest) -> Result<ClientResponse, ApiError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.raft.client_write(request.clone()).await {
-                Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    match forward.leader_node {
-                        Some(leader) => self.forward_write(&leader.addr, &request).await,
-                        None => Err(ApiError::unavailable("no leader is elected yet")),
-                    }
+            let attempt = match self.proposer.propose(request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(ProposeError::NotLeader(Some(leader))) => {
+                    self.forward_write(&leader.addr, &request).await
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
-                    Err(ApiError::internal(error.to_string()))
+                Err(ProposeError::NotLeader(None)) => {
+                    Err(ApiError::unavailable("no leader is elected yet"))
                 }
-                Err(RaftError::Fatal(fatal)) => {
-                    Err(ApiError::unavailable(format!("raft stopped: {fatal}")))
-                }
+                Err(ProposeError::Failed(error)) => Err(error),
             };
             match attempt {
                 Err(error) if error.is_retryable() && Instant::now() < deadline => {
@@ -157,11 +155,12 @@ impl ControlPlane {
         &self,
         request: ClientRequest,
     ) -> Result<ClientResponse, ApiError> {
-        match self.raft.client_write(request).await {
-            Ok(response) => Ok(response.data),
-            Err(error) => Err(ApiError::unavailable(format!(
-                "not accepted by this server: {error}"
-            ))),
+        match self.proposer.propose(request).await {
+            Ok(response) => Ok(response),
+            Err(ProposeError::NotLeader(_)) => {
+                Err(ApiError::unavailable("this server no longer leads; retry"))
+            }
+            Err(ProposeError::Failed(error)) => Err(error),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod network;
+pub mod proposer;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -64,9 +64,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> RaftTuning {
         RaftTuning {
-            heartbeat_ms: 60,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_every: 20_000,
             keep_logs: 5_000,
         }

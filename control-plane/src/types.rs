@@ -24,8 +24,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// openraft's type configuration for the control plane.
     pub TypeConfig:
-        D = ClientRequest,
-        R = ClientResponse,
+        D = Proposal,
+        R = ProposalResponse,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
@@ -36,6 +36,20 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+/// What one log entry carries: client writes committed together. Batching
+/// many writes into one entry is the group commit: one fsync on each server
+/// for the whole batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub requests: Vec<ClientRequest>,
+}
+
+/// The answers to a [`Proposal`], one per request, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProposalResponse {
+    pub responses: Vec<ClientResponse>,
+}
 
 /// One client write: the command plus what makes a retry safe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

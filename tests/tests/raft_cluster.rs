@@ -233,7 +233,19 @@ async fn stopped_server_catches_up_by_snapshot_install() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_grows_to_three_and_a_removed_server_cannot_disturb() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start(1, ServerFlags::default()).await?;
+    // Generous timeouts so that a busy CI machine cannot cause elections of
+    // its own: any term change below is then the removed server's doing.
+    let flags = ServerFlags(
+        [
+            "--election-timeout-min-ms",
+            "500",
+            "--election-timeout-max-ms",
+            "1000",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let mut cluster = TestCluster::start(1, flags).await?;
     let first = cluster.servers[0].addr.clone();
     for index in 0..5 {
         assert!(cluster
@@ -284,7 +296,8 @@ async fn membership_grows_to_three_and_a_removed_server_cannot_disturb() -> anyh
         .as_u64()
         .expect("term");
     let second = cluster.server(2).addr.clone();
-    let observe_until = Instant::now() + Duration::from_secs(4);
+    // Its election timer (lease 1 s + 0.5-1 s) fires several times in 6 s.
+    let observe_until = Instant::now() + Duration::from_secs(6);
     let mut index = 0;
     while Instant::now() < observe_until {
         let addr = if index % 2 == 0 { &first } else { &second };
@@ -303,6 +316,13 @@ async fn membership_grows_to_three_and_a_removed_server_cannot_disturb() -> anyh
         status["term"].as_u64(),
         Some(term),
         "the removed server disturbed the cluster: {status}"
+    );
+    let removed_addr = cluster.server(3).addr.clone();
+    let removed_view = cluster.status(&removed_addr).await?;
+    // It did try: its own term moved on while the cluster's did not.
+    assert!(
+        removed_view["term"].as_u64().unwrap_or(0) > term,
+        "the removed server never campaigned, so nothing was tested: {removed_view}"
     );
     assert_eq!(cluster.list_tasks(&second, false).await?.len(), 5 + index);
     Ok(())

@@ -23,8 +23,8 @@ use tokio::sync::broadcast;
 
 use crate::state::State;
 use crate::types::{
-    Applied, Change, ClientResponse, Entry, LogId, NodeId, StorageError, StoredMembership,
-    TypeConfig, SNAPSHOT_SCHEMA_VERSION,
+    Change, Entry, LogId, NodeId, ProposalResponse, StorageError, StoredMembership, TypeConfig,
+    SNAPSHOT_SCHEMA_VERSION,
 };
 
 const SNAPSHOT_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -356,7 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((inner.last_applied, inner.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ClientResponse>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResponse>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -367,13 +367,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let index = entry.log_id.index;
             inner.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => done(index),
+                EntryPayload::Blank => ProposalResponse {
+                    responses: Vec::new(),
+                },
                 EntryPayload::Membership(membership) => {
                     inner.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    done(index)
+                    ProposalResponse {
+                        responses: Vec::new(),
+                    }
                 }
-                EntryPayload::Normal(request) => {
-                    let (response, changes) = inner.state.apply(index, &request);
+                EntryPayload::Normal(proposal) => {
+                    let mut changes = Vec::new();
+                    let mut responses = Vec::with_capacity(proposal.requests.len());
+                    for request in &proposal.requests {
+                        let (response, mut request_changes) = inner.state.apply(index, request);
+                        changes.append(&mut request_changes);
+                        responses.push(response);
+                    }
                     if !changes.is_empty() {
                         let batch = Arc::new(ChangeBatch {
                             revision: index,
@@ -383,7 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         // No receivers is fine: nobody is watching.
                         let _ = self.shared.feed.send(Broadcast::Batch(batch));
                     }
-                    response
+                    ProposalResponse { responses }
                 }
             };
             responses.push(response);
@@ -431,14 +441,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 meta: meta.clone(),
                 snapshot: Box::new(Cursor::new(data.clone())),
             }))
-    }
-}
-
-fn done(index: u64) -> ClientResponse {
-    ClientResponse {
-        revision: index,
-        duplicate: false,
-        outcome: Ok(Applied::Done),
     }
 }
 
