@@ -37,6 +37,9 @@ struct RaftArgs {
     /// Skip etcd (Flotilla figures only).
     #[arg(long)]
     no_etcd: bool,
+    /// Extra `flotilla server` flags, space separated (e.g. timing).
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    server_args: String,
 }
 
 /// Something that accepts one durable write per call.
@@ -158,7 +161,13 @@ async fn flotilla_leader_addr(cluster: &TestCluster) -> anyhow::Result<String> {
 }
 
 async fn raft(args: RaftArgs) -> anyhow::Result<()> {
-    let mut flotilla = TestCluster::start(3, ServerFlags::default()).await?;
+    let flags = ServerFlags(
+        args.server_args
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    );
+    let mut flotilla = TestCluster::start(3, flags).await?;
     let mut etcd = if args.no_etcd {
         None
     } else {

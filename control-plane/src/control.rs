@@ -27,6 +27,8 @@ use crate::types::{
 
 /// How long a write or read waits for a leader before answering 503.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// Longest pause between retries while no usable leader is known.
+const LEADER_POLL: Duration = Duration::from_millis(250);
 /// A learner this close to the leader's log is promoted to voter.
 const PROMOTION_LAG: u64 = 16;
 
@@ -130,19 +132,21 @@ impl ControlPlane {
     pub async fn write(&self, request: ClientRequest) -> Result<ClientResponse, ApiError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.proposer.propose(request.clone()).await {
+            // The leader this attempt relied on, so a retry waits for another.
+            let (attempt, tried_leader) = match self.proposer.propose(request.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(ProposeError::NotLeader(Some(leader))) => {
-                    self.forward_write(&leader.addr, &request).await
-                }
+                Err(ProposeError::NotLeader(Some((leader_id, leader)))) => (
+                    self.forward_write(&leader.addr, &request).await,
+                    Some(leader_id),
+                ),
                 Err(ProposeError::NotLeader(None)) => {
-                    Err(ApiError::unavailable("no leader is elected yet"))
+                    (Err(ApiError::unavailable("no leader is elected yet")), None)
                 }
-                Err(ProposeError::Failed(error)) => Err(error),
+                Err(ProposeError::Failed(error)) => (Err(error), Some(self.node_id)),
             };
             match attempt {
                 Err(error) if error.is_retryable() && Instant::now() < deadline => {
-                    self.wait_for_leader_change().await;
+                    self.wait_for_other_leader(tried_leader).await;
                 }
                 other => return other,
             }
@@ -186,20 +190,22 @@ impl ControlPlane {
         result
     }
 
-    /// Waits briefly for the cluster's leader to change (or appear).
-    async fn wait_for_leader_change(&self) {
+    /// Waits until a leader other than `tried` is known, or for a short
+    /// while if none appears (then the caller simply tries again).
+    async fn wait_for_other_leader(&self, tried: Option<NodeId>) {
         let mut metrics = self.raft.metrics();
-        let leader = metrics.borrow().current_leader;
-        let _ = tokio::time::timeout(Duration::from_millis(200), async {
-            while metrics.changed().await.is_ok() {
-                if metrics.borrow().current_leader != leader {
-                    break;
+        let _ = tokio::time::timeout(LEADER_POLL, async {
+            loop {
+                let leader = metrics.borrow_and_update().current_leader;
+                if leader.is_some() && leader != tried {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
                 }
             }
         })
         .await;
-        // A brief pause so a follower that just lost its leader does not spin.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     /// Returns once a read served from this server's state would reflect
@@ -210,24 +216,31 @@ impl ControlPlane {
         }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.raft.ensure_linearizable().await {
+            let (attempt, tried_leader) = match self.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                    match forward.leader_node {
-                        Some(leader) => self.follower_read_barrier(&leader.addr).await,
-                        None => Err(ApiError::unavailable("no leader is elected yet")),
+                    match forward.leader_id.zip(forward.leader_node) {
+                        Some((leader_id, leader)) => (
+                            self.follower_read_barrier(&leader.addr).await,
+                            Some(leader_id),
+                        ),
+                        None => (Err(ApiError::unavailable("no leader is elected yet")), None),
                     }
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => Err(
-                    ApiError::unavailable(format!("leader cannot reach a quorum: {error}")),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => (
+                    Err(ApiError::unavailable(format!(
+                        "leader cannot reach a quorum: {error}"
+                    ))),
+                    Some(self.node_id),
                 ),
-                Err(RaftError::Fatal(fatal)) => {
-                    Err(ApiError::unavailable(format!("raft stopped: {fatal}")))
-                }
+                Err(RaftError::Fatal(fatal)) => (
+                    Err(ApiError::unavailable(format!("raft stopped: {fatal}"))),
+                    Some(self.node_id),
+                ),
             };
             match attempt {
                 Err(error) if error.is_retryable() && Instant::now() < deadline => {
-                    self.wait_for_leader_change().await;
+                    self.wait_for_other_leader(tried_leader).await;
                 }
                 other => return other,
             }

@@ -15,7 +15,7 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ApiError;
-use crate::types::{ClientRequest, ClientResponse, Proposal, Raft};
+use crate::types::{ClientRequest, ClientResponse, NodeId, Proposal, Raft};
 
 /// Proposals inside Raft at once. Two lets one batch fill while another
 /// commits.
@@ -27,7 +27,7 @@ pub const MAX_BATCH: usize = 1024;
 #[derive(Debug, Clone)]
 pub enum ProposeError {
     /// This server does not lead; the leader, if known.
-    NotLeader(Option<BasicNode>),
+    NotLeader(Option<(NodeId, BasicNode)>),
     Failed(ApiError),
 }
 
@@ -117,7 +117,7 @@ fn propose_error(
 ) -> ProposeError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            ProposeError::NotLeader(forward.leader_node)
+            ProposeError::NotLeader(forward.leader_id.zip(forward.leader_node))
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
             ProposeError::Failed(ApiError::internal(error.to_string()))

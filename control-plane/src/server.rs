@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use flotilla_proto::cluster::JoinRequest;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
@@ -214,6 +215,13 @@ pub async fn run(
     };
     tracing::info!(node_id = options.node_id, %local_addr, %advertise, "serving gRPC and HTTP");
     on_ready(&running);
+    // Small request/response frames (Raft RPCs, API answers) must not wait
+    // on Nagle's algorithm for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

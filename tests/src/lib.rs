@@ -33,16 +33,50 @@ pub fn flotilla_bin() -> PathBuf {
     binary
 }
 
-/// Sends SIGTERM to a child process.
-pub fn send_sigterm(child: &Child) -> anyhow::Result<()> {
+/// Sends `signal` to a child process.
+pub fn send_signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
     let pid = libc::pid_t::try_from(child.id()).context("pid fits pid_t")?;
     // SAFETY: kill(2) takes plain integers; `pid` is our own child, which has
     // not been reaped yet (we hold its `Child`), so the pid is not reused.
-    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
+    let result = unsafe { libc::kill(pid, signal) };
     if result != 0 {
-        bail!("kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        bail!("kill -{signal} {pid}: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Writes task `write-<index>` through any of `addrs` until acknowledged,
+/// retrying with the same idempotency key; `false` if the deadline passed
+/// first (the write may or may not have happened).
+pub async fn write_with_retries(
+    http: &reqwest::Client,
+    token: &str,
+    addrs: &[String],
+    index: usize,
+    deadline: Instant,
+) -> anyhow::Result<bool> {
+    let key = format!("key-{index}");
+    let title = format!("write-{index}");
+    let mut attempt = index;
+    while Instant::now() < deadline {
+        let addr = &addrs[attempt % addrs.len()];
+        attempt += 1;
+        let response = http
+            .post(format!("http://{addr}/api/v1/tasks"))
+            .bearer_auth(token)
+            .header("idempotency-key", &key)
+            .json(&serde_json::json!({ "title": title }))
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == reqwest::StatusCode::CREATED => return Ok(true),
+            Ok(response) if response.status().is_client_error() => {
+                bail!("write {index} rejected: HTTP {}", response.status())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Ok(false)
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -114,7 +148,7 @@ impl ServerProcess {
             .child
             .take()
             .ok_or_else(|| anyhow!("server is not running"))?;
-        send_sigterm(&child)?;
+        send_signal(&child, libc::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().context("wait for server")? {
@@ -125,6 +159,23 @@ impl ServerProcess {
                 bail!("server {} did not stop within 20s of SIGTERM", self.node_id);
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGSTOP: the process stays alive but neither sends nor answers, as if
+    /// cut off from the network.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        match &self.child {
+            Some(child) => send_signal(child, libc::SIGSTOP),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONT after [`ServerProcess::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        match &self.child {
+            Some(child) => send_signal(child, libc::SIGCONT),
+            None => Ok(()),
         }
     }
 

@@ -6,40 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{wait_for, ServerFlags, TestCluster};
-
-/// Writes one task through any server until acknowledged, retrying with the
-/// same idempotency key; `false` if it never was within the deadline.
-async fn write_with_retries(
-    http: reqwest::Client,
-    token: String,
-    addrs: Vec<String>,
-    index: usize,
-    deadline: Instant,
-) -> bool {
-    let key = format!("key-{index}");
-    let title = format!("write-{index}");
-    let mut attempt = index;
-    while Instant::now() < deadline {
-        let addr = &addrs[attempt % addrs.len()];
-        attempt += 1;
-        let response = http
-            .post(format!("http://{addr}/api/v1/tasks"))
-            .bearer_auth(&token)
-            .header("idempotency-key", &key)
-            .json(&serde_json::json!({ "title": title }))
-            .send()
-            .await;
-        match response {
-            Ok(response) if response.status() == reqwest::StatusCode::CREATED => return true,
-            Ok(response) if response.status().is_client_error() => {
-                panic!("write {index} rejected: HTTP {}", response.status())
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    false
-}
+use flotilla_tests::{wait_for, write_with_retries, ServerFlags, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_of_the_leader() -> anyhow::Result<()> {
@@ -62,9 +29,9 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader() -> anyhow::Result<()
                 if index >= WRITES {
                     return outcomes;
                 }
-                let acked =
-                    write_with_retries(http.clone(), token.clone(), addrs.clone(), index, deadline)
-                        .await;
+                let acked = write_with_retries(&http, &token, &addrs, index, deadline)
+                    .await
+                    .expect("writes are valid");
                 if acked {
                     acknowledged.fetch_add(1, Ordering::SeqCst);
                 }
