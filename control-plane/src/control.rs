@@ -7,18 +7,20 @@
 //! talk to any server. Every write carries a request id; retries reuse it and
 //! the state machine applies it once.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::cluster as pb;
+use flotilla_proto::raft::raft_client::RaftClient;
 use flotilla_proto::raft::{RaftPayload, ReadIndexRequest};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::transport::Channel;
 
 use crate::auth::{secrets_equal, sha256_hex, with_bearer};
 use crate::error::{ApiError, ErrorKind};
-use crate::network::{channel, raft_client, MAX_MESSAGE_BYTES};
+use crate::network::{channel, MAX_MESSAGE_BYTES};
 use crate::proposer::{ProposeError, Proposer};
 use crate::store::SharedState;
 use crate::types::{
@@ -59,6 +61,9 @@ pub struct ControlPlane {
     pub state: Arc<SharedState>,
     cluster_secret: String,
     proposer: Proposer,
+    /// One HTTP/2 channel per peer for forwarded writes and read-index calls;
+    /// a lazy channel reconnects by itself after a failure.
+    peer_channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl ControlPlane {
@@ -72,6 +77,7 @@ impl ControlPlane {
     ) -> ControlPlane {
         ControlPlane {
             proposer: Proposer::start(raft.clone()),
+            peer_channels: Mutex::new(HashMap::new()),
             node_id,
             advertise_addr,
             cluster_id,
@@ -79,6 +85,24 @@ impl ControlPlane {
             state,
             cluster_secret,
         }
+    }
+
+    fn peer_raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, ApiError> {
+        let mut channels = self
+            .peer_channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = channel(addr).map_err(ApiError::internal)?;
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     pub fn cluster_secret(&self) -> &str {
@@ -173,7 +197,7 @@ impl ControlPlane {
         leader_addr: &str,
         request: &ClientRequest,
     ) -> Result<ClientResponse, ApiError> {
-        let mut client = raft_client(leader_addr).map_err(ApiError::internal)?;
+        let mut client = self.peer_raft_client(leader_addr)?;
         let json = serde_json::to_vec(request).map_err(|e| ApiError::internal(e.to_string()))?;
         let reply = client
             .forward_write(with_bearer(RaftPayload { json }, &self.cluster_secret))
@@ -249,7 +273,7 @@ impl ControlPlane {
 
     /// Read-index from the leader, then wait until this server applied it.
     async fn follower_read_barrier(&self, leader_addr: &str) -> Result<(), ApiError> {
-        let mut client = raft_client(leader_addr).map_err(ApiError::internal)?;
+        let mut client = self.peer_raft_client(leader_addr)?;
         let read_index = client
             .read_index(with_bearer(ReadIndexRequest {}, &self.cluster_secret))
             .await

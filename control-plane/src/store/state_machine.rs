@@ -455,3 +455,77 @@ fn remember_batch(inner: &mut Inner, batch: Arc<ChangeBatch>) {
         inner.compacted_through = oldest.revision;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::types::{ClientRequest, Column, Command, Proposal, LOG_FORMAT_VERSION};
+
+    fn entry(index: u64, title: &str) -> Entry {
+        let request = ClientRequest {
+            format: LOG_FORMAT_VERSION,
+            request_id: format!("r{index}"),
+            issued_at_ms: 0,
+            command: Command::CreateTask {
+                id: format!("t{index}"),
+                title: title.to_owned(),
+                description: String::new(),
+                repository: None,
+                column: Column::Backlog,
+            },
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                requests: vec![request],
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_resume_and_are_told_to_relist_after_a_snapshot_install() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let mut store = StateMachineStore::open(&directory.path().join("a.redb")).expect("open");
+        let shared = store.shared();
+        store
+            .apply((1..=3).map(|index| entry(index, "a")))
+            .await
+            .expect("apply");
+
+        // Resuming from 1 replays revisions 2 and 3, then goes live.
+        let mut watcher = shared.watch(1).expect("revision 1 is retained");
+        assert_eq!(watcher.next().await.expect("change").revision, 2);
+        assert_eq!(watcher.next().await.expect("change").revision, 3);
+        store.apply([entry(4, "a")]).await.expect("apply");
+        assert_eq!(watcher.next().await.expect("change").revision, 4);
+
+        // A snapshot from a server that moved further replaces the state.
+        let mut other = StateMachineStore::open(&directory.path().join("b.redb")).expect("open");
+        other
+            .apply((1..=9).map(|index| entry(index, "b")))
+            .await
+            .expect("apply");
+        let snapshot = other.build_snapshot().await.expect("build");
+        store
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert!(matches!(
+            watcher.next().await,
+            Err(WatchError::Compacted { current: 9, .. })
+        ));
+        assert!(matches!(
+            shared.watch(4),
+            Err(WatchError::Compacted { requested: 4, .. })
+        ));
+        assert_eq!(shared.with_state(|state| state.task_count()), 9);
+
+        // The installed snapshot survives a reopen.
+        drop(store);
+        let reopened = StateMachineStore::open(&directory.path().join("a.redb")).expect("reopen");
+        assert_eq!(reopened.shared().last_applied_index(), 9);
+        assert!(reopened.shared().watch(9).is_ok());
+    }
+}
