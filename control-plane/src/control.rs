@@ -346,6 +346,16 @@ impl ControlPlane {
         is_member
     }
 
+    /// A membership client to the current leader, for forwarding.
+    fn leader_cluster_client(
+        &self,
+    ) -> Result<pb::cluster_client::ClusterClient<Channel>, ApiError> {
+        let leader = self
+            .leader_addr()
+            .ok_or_else(|| ApiError::unavailable("no leader is elected yet"))?;
+        cluster_client(&leader)
+    }
+
     fn leader_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -375,10 +385,7 @@ impl ControlPlane {
             ));
         }
         if !self.is_leader() {
-            let leader = self
-                .leader_addr()
-                .ok_or_else(|| ApiError::unavailable("no leader is elected yet"))?;
-            let mut client = cluster_client(&leader)?;
+            let mut client = self.leader_cluster_client()?;
             let reply = client.join(with_bearer(request, token)).await?;
             return Ok(reply.into_inner());
         }
@@ -420,10 +427,7 @@ impl ControlPlane {
     /// Makes a caught-up learner a voter (leader only; others forward).
     pub async fn promote(&self, node_id: NodeId) -> Result<pb::ClusterStatus, ApiError> {
         if !self.is_leader() {
-            let leader = self
-                .leader_addr()
-                .ok_or_else(|| ApiError::unavailable("no leader is elected yet"))?;
-            let mut client = cluster_client(&leader)?;
+            let mut client = self.leader_cluster_client()?;
             let reply = client
                 .promote(with_bearer(
                     pb::PromoteRequest { node_id },
@@ -469,10 +473,7 @@ impl ControlPlane {
         token: &str,
     ) -> Result<pb::ClusterStatus, ApiError> {
         if !self.is_leader() {
-            let leader = self
-                .leader_addr()
-                .ok_or_else(|| ApiError::unavailable("no leader is elected yet"))?;
-            let mut client = cluster_client(&leader)?;
+            let mut client = self.leader_cluster_client()?;
             let reply = client
                 .remove_member(with_bearer(pb::RemoveMemberRequest { node_id }, token))
                 .await?;

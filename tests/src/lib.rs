@@ -397,6 +397,23 @@ impl TestCluster {
         Ok(list["tasks"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Waits until `addr` lists exactly `count` tasks.
+    pub async fn wait_for_task_count(
+        &self,
+        addr: &str,
+        count: usize,
+        stale: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(&format!("{count} tasks on {addr}"), timeout, || async {
+            self.list_tasks(addr, stale)
+                .await
+                .is_ok_and(|tasks| tasks.len() == count)
+        })
+        .await
+        .with_context(|| self.logs())
+    }
+
     /// Server logs, for failure messages.
     pub fn logs(&self) -> String {
         self.servers

@@ -99,21 +99,9 @@ async fn acknowledged_writes_survive_kill_9_of_the_leader() -> anyhow::Result<()
     cluster.server(old_leader).restart()?;
     let restarted = cluster.server(old_leader).addr.clone();
     let expected = tasks.len();
-    let cluster_ref = &cluster;
-    wait_for(
-        "the restarted server to catch up",
-        Duration::from_secs(60),
-        || {
-            let restarted = restarted.clone();
-            async move {
-                cluster_ref
-                    .list_tasks(&restarted, true)
-                    .await
-                    .is_ok_and(|tasks| tasks.len() == expected)
-            }
-        },
-    )
-    .await?;
+    cluster
+        .wait_for_task_count(&restarted, expected, true, Duration::from_secs(60))
+        .await?;
     Ok(())
 }
 
@@ -175,21 +163,9 @@ async fn stopped_server_catches_up_by_snapshot_install() -> anyhow::Result<()> {
 
     cluster.server(3).restart()?;
     let restarted = cluster.server(3).addr.clone();
-    let cluster_ref = &cluster;
-    wait_for(
-        "server 3 to hold all 420 tasks",
-        Duration::from_secs(60),
-        || {
-            let restarted = restarted.clone();
-            async move {
-                cluster_ref
-                    .list_tasks(&restarted, true)
-                    .await
-                    .is_ok_and(|tasks| tasks.len() == 420)
-            }
-        },
-    )
-    .await?;
+    cluster
+        .wait_for_task_count(&restarted, 420, true, Duration::from_secs(60))
+        .await?;
     let status = cluster.status(&restarted).await?;
     assert!(
         status["snapshot_index"].as_u64().unwrap_or(0) > stopped_at,
