@@ -8,6 +8,7 @@
 //! `POST /v3/kv/put`. Writes go to each system's leader.
 
 mod etcd;
+mod scheduler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ use flotilla_tests::{ServerFlags, TestCluster};
 enum Bench {
     /// Raft write throughput/latency vs etcd, and failover time.
     Raft(RaftArgs),
+    /// Scheduler alone: placements per second vs a full-scan scheduler.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 #[derive(clap::Args)]
@@ -365,5 +368,9 @@ async fn failover(cluster: &mut TestCluster, runs: usize) -> anyhow::Result<()> 
 async fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Raft(args) => raft(args).await,
+        Bench::Scheduler(args) => {
+            scheduler::run(args);
+            Ok(())
+        }
     }
 }

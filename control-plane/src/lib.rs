@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod network;
 pub mod proposer;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,0 +1,331 @@
+//! Placement of desktops on nodes: pure code, no IO, no async, no clocks.
+//! Given the same fleet and requests it makes the same decisions.
+//!
+//! Nodes are ranked by how full they are (CPU, memory and, for GPU
+//! requests, GPU memory, as fractions of capacity). `binpack` takes the
+//! fullest node that fits, `spread` the emptiest; equal ranks go to the
+//! smaller node id. Ranks live in an ordered set that is updated after every
+//! placement, so a batch costs O(log n) per desktop when most nodes fit,
+//! instead of scanning the fleet for each one.
+//!
+//! Nothing is ever overcommitted: CPU, memory, desktop slots and each GPU's
+//! memory are checked per node and per GPU. Cordoned, draining and down nodes
+//! get nothing. A desktop that fits nowhere stays pending with a reason a
+//! person can act on.
+//!
+//! Not wired yet: the node agents and placement commands that feed and use
+//! it come with the node-agent work.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Resource amounts. CPU in millicores, memory in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// One GPU of a node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuView {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub allocated_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeHealth {
+    Ready,
+    Initializing,
+    Down,
+}
+
+/// A node with what is already allocated on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    pub health: NodeHealth,
+    /// False when cordoned (or drained with `--disable` not yet given).
+    pub eligible: bool,
+    pub draining: bool,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub desktop_slots: u32,
+    pub desktops: u32,
+    pub gpus: Vec<GpuView>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What one desktop needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesktopRequest {
+    pub desktop_id: String,
+    pub resources: Resources,
+    /// Needs a GPU with this much free memory (0 with `needs_gpu` means any
+    /// GPU will do).
+    pub gpu_memory_bytes: u64,
+    pub needs_gpu: bool,
+    /// Labels the node must carry, with these values.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    #[default]
+    Binpack,
+    Spread,
+}
+
+/// The scheduler's answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Placed {
+        desktop_id: String,
+        node_id: String,
+        /// Index into the node's GPUs, for GPU requests.
+        gpu: Option<usize>,
+    },
+    Pending {
+        desktop_id: String,
+        reason: String,
+    },
+}
+
+/// Scale of a fullness fraction: integer ranks keep ordering exact.
+const RANK_SCALE: u128 = 1_000_000;
+
+fn fraction(used: u64, capacity: u64) -> u64 {
+    if capacity == 0 {
+        return RANK_SCALE as u64;
+    }
+    u64::try_from(u128::from(used) * RANK_SCALE / u128::from(capacity)).unwrap_or(RANK_SCALE as u64)
+}
+
+/// How full a node is: the mean of its CPU, memory and GPU-memory fractions.
+fn fullness(node: &NodeView) -> u64 {
+    let gpu_capacity: u64 = node.gpus.iter().map(|gpu| gpu.memory_bytes).sum();
+    let gpu_allocated: u64 = node.gpus.iter().map(|gpu| gpu.allocated_bytes).sum();
+    let mut total = fraction(node.allocated.cpu_millis, node.capacity.cpu_millis)
+        + fraction(node.allocated.memory_bytes, node.capacity.memory_bytes);
+    let mut parts = 2;
+    if gpu_capacity > 0 {
+        total += fraction(gpu_allocated, gpu_capacity);
+        parts += 1;
+    }
+    total / parts
+}
+
+fn schedulable(node: &NodeView) -> bool {
+    node.health == NodeHealth::Ready && node.eligible && !node.draining
+}
+
+/// The GPU of `node` that `request` should use, if any fits.
+fn pick_gpu(node: &NodeView, request: &DesktopRequest, strategy: Strategy) -> Option<usize> {
+    let fitting = node.gpus.iter().enumerate().filter(|(_, gpu)| {
+        gpu.memory_bytes.saturating_sub(gpu.allocated_bytes) >= request.gpu_memory_bytes
+    });
+    let free = |gpu: &GpuView| gpu.memory_bytes.saturating_sub(gpu.allocated_bytes);
+    match strategy {
+        // Fullest GPU that fits (least free), then lowest index.
+        Strategy::Binpack => fitting.min_by_key(|(index, gpu)| (free(gpu), *index)),
+        // Emptiest GPU, then lowest index.
+        Strategy::Spread => fitting.min_by_key(|(index, gpu)| (u64::MAX - free(gpu), *index)),
+    }
+    .map(|(index, _)| index)
+}
+
+/// Whether `request` fits on `node`; the GPU to use when it asks for one.
+fn fits(node: &NodeView, request: &DesktopRequest, strategy: Strategy) -> Option<Option<usize>> {
+    let cpu_free = node
+        .capacity
+        .cpu_millis
+        .saturating_sub(node.allocated.cpu_millis);
+    let memory_free = node
+        .capacity
+        .memory_bytes
+        .saturating_sub(node.allocated.memory_bytes);
+    if node.desktops >= node.desktop_slots
+        || request.resources.cpu_millis > cpu_free
+        || request.resources.memory_bytes > memory_free
+        || request
+            .labels
+            .iter()
+            .any(|(key, value)| node.labels.get(key) != Some(value))
+    {
+        return None;
+    }
+    if request.needs_gpu || request.gpu_memory_bytes > 0 {
+        return pick_gpu(node, request, strategy).map(Some);
+    }
+    Some(None)
+}
+
+/// Places `requests` in order onto `nodes`, updating `nodes` with what it
+/// allocated. Deterministic for equal inputs.
+pub fn place(
+    nodes: &mut [NodeView],
+    requests: &[DesktopRequest],
+    strategy: Strategy,
+) -> Vec<Decision> {
+    // Order nodes by (rank, id): binpack wants the fullest first, so its rank
+    // is inverted fullness.
+    let rank = |node: &NodeView| match strategy {
+        Strategy::Binpack => RANK_SCALE as u64 - fullness(node).min(RANK_SCALE as u64),
+        Strategy::Spread => fullness(node),
+    };
+    let mut order: BTreeSet<(u64, &str, usize)> = BTreeSet::new();
+    let mut ranks = vec![0u64; nodes.len()];
+    for (index, node) in nodes.iter().enumerate() {
+        if schedulable(node) {
+            ranks[index] = rank(node);
+        }
+    }
+    // Ids are borrowed from a snapshot so `nodes` can be mutated below.
+    let ids: Vec<String> = nodes.iter().map(|node| node.id.clone()).collect();
+    // A node without a free slot can take nothing: leaving it out keeps
+    // binpack from walking past every full node for every desktop.
+    for (index, node) in nodes.iter().enumerate() {
+        if schedulable(node) && node.desktops < node.desktop_slots {
+            order.insert((ranks[index], ids[index].as_str(), index));
+        }
+    }
+
+    let mut decisions = Vec::with_capacity(requests.len());
+    for request in requests {
+        let chosen = order.iter().find_map(|&(_, _, index)| {
+            fits(&nodes[index], request, strategy).map(|gpu| (index, gpu))
+        });
+        match chosen {
+            Some((index, gpu)) => {
+                order.remove(&(ranks[index], ids[index].as_str(), index));
+                let node = &mut nodes[index];
+                node.allocated.cpu_millis += request.resources.cpu_millis;
+                node.allocated.memory_bytes += request.resources.memory_bytes;
+                node.desktops += 1;
+                if let Some(gpu) = gpu {
+                    node.gpus[gpu].allocated_bytes += request.gpu_memory_bytes;
+                }
+                ranks[index] = rank(node);
+                if node.desktops < node.desktop_slots {
+                    order.insert((ranks[index], ids[index].as_str(), index));
+                }
+                decisions.push(Decision::Placed {
+                    desktop_id: request.desktop_id.clone(),
+                    node_id: node.id.clone(),
+                    gpu,
+                });
+            }
+            None => decisions.push(Decision::Pending {
+                desktop_id: request.desktop_id.clone(),
+                reason: unplaceable_reason(nodes, request),
+            }),
+        }
+    }
+    decisions
+}
+
+fn gib(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib.fract() == 0.0 {
+        format!("{gib:.0} GiB")
+    } else {
+        format!("{gib:.1} GiB")
+    }
+}
+
+/// Says why `request` fits nowhere, naming the closest miss.
+pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> String {
+    let candidates: Vec<&NodeView> = nodes.iter().filter(|node| schedulable(node)).collect();
+    if candidates.is_empty() {
+        return "no node is ready and eligible (all are down, cordoned or draining)".to_owned();
+    }
+    let labelled: Vec<&NodeView> = candidates
+        .iter()
+        .copied()
+        .filter(|node| {
+            request
+                .labels
+                .iter()
+                .all(|(key, value)| node.labels.get(key) == Some(value))
+        })
+        .collect();
+    if labelled.is_empty() {
+        let wanted: Vec<String> = request
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        return format!("no eligible node has the labels {}", wanted.join(", "));
+    }
+    if labelled
+        .iter()
+        .all(|node| node.desktops >= node.desktop_slots)
+    {
+        return "every eligible node has all its desktop slots in use".to_owned();
+    }
+    if request.needs_gpu || request.gpu_memory_bytes > 0 {
+        let largest = labelled
+            .iter()
+            .flat_map(|node| {
+                node.gpus.iter().map(move |gpu| {
+                    (
+                        gpu.memory_bytes.saturating_sub(gpu.allocated_bytes),
+                        node,
+                        gpu,
+                    )
+                })
+            })
+            .max_by_key(|(free, node, _)| (*free, std::cmp::Reverse(node.id.clone())));
+        match largest {
+            None => return "no eligible node has a GPU".to_owned(),
+            Some((free, node, gpu)) if free < request.gpu_memory_bytes => {
+                return format!(
+                    "no node has {} free GPU memory (largest free: {} on {} of {})",
+                    gib(request.gpu_memory_bytes),
+                    gib(free),
+                    gpu.name,
+                    node.id
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let (free_memory, memory_node) = labelled
+        .iter()
+        .map(|node| {
+            (
+                node.capacity
+                    .memory_bytes
+                    .saturating_sub(node.allocated.memory_bytes),
+                node.id.as_str(),
+            )
+        })
+        .max_by_key(|(free, id)| (*free, std::cmp::Reverse(*id)))
+        .expect("labelled is not empty");
+    if free_memory < request.resources.memory_bytes {
+        return format!(
+            "no node has {} free memory (largest free: {} on {memory_node})",
+            gib(request.resources.memory_bytes),
+            gib(free_memory)
+        );
+    }
+    let (free_cpu, cpu_node) = labelled
+        .iter()
+        .map(|node| {
+            (
+                node.capacity
+                    .cpu_millis
+                    .saturating_sub(node.allocated.cpu_millis),
+                node.id.as_str(),
+            )
+        })
+        .max_by_key(|(free, id)| (*free, std::cmp::Reverse(*id)))
+        .expect("labelled is not empty");
+    if free_cpu < request.resources.cpu_millis {
+        return format!(
+            "no node has {} free CPU millicores (largest free: {free_cpu} on {cpu_node})",
+            request.resources.cpu_millis
+        );
+    }
+    "no single node has enough CPU, memory, slots and GPU memory free at once".to_owned()
+}
