@@ -461,6 +461,49 @@ mod tests {
     }
 
     #[test]
+    fn desktops_refer_to_existing_tasks_and_nodes() {
+        let mut state = State::default();
+        let desktop = |node_id: Option<&str>| Command::PutDesktop {
+            desktop: Desktop {
+                id: "d1".into(),
+                task_id: "a".into(),
+                node_id: node_id.map(str::to_owned),
+                revision: 0,
+            },
+        };
+        let (response, _) = state.apply(1, &request("d-early", desktop(None)));
+        assert_eq!(
+            response.outcome,
+            Err(CommandError::TaskNotFound { id: "a".into() })
+        );
+        state.apply(2, &request("a", create("a", Column::Planning)));
+        let (response, _) = state.apply(3, &request("d-orphan", desktop(Some("gpu-1"))));
+        assert_eq!(
+            response.outcome,
+            Err(CommandError::NodeNotFound { id: "gpu-1".into() })
+        );
+        let node = Node {
+            id: "gpu-1".into(),
+            name: "gpu-1".into(),
+            labels: BTreeMap::new(),
+            revision: 0,
+        };
+        state.apply(4, &request("n", Command::PutNode { node }));
+        let (response, changes) = state.apply(5, &request("d-placed", desktop(Some("gpu-1"))));
+        assert_eq!(response.outcome, Ok(Applied::Done));
+        assert!(
+            matches!(&changes[0].kind, ChangeKind::DesktopPut { desktop } if desktop.revision == 5)
+        );
+        assert_eq!(state.desktops().count(), 1);
+        assert_eq!(state.nodes().count(), 1);
+        state.apply(
+            6,
+            &request("dd", Command::DeleteDesktop { id: "d1".into() }),
+        );
+        assert_eq!(state.desktops().count(), 0);
+    }
+
+    #[test]
     fn newer_log_format_is_refused_not_misapplied() {
         let mut state = State::default();
         let mut future = request("f", create("a", Column::Backlog));

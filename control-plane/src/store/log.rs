@@ -83,8 +83,6 @@ enum WriteOp {
         done: oneshot::Sender<Result<(), String>>,
     },
     SaveCommitted(Vec<u8>),
-    /// Resolves once every earlier op is on disk.
-    Sync(oneshot::Sender<()>),
 }
 
 /// openraft's [`RaftLogStorage`] over redb.
@@ -119,14 +117,6 @@ impl LogStore {
             writer,
             writer_thread: Some(writer_thread),
         })
-    }
-
-    /// Waits until every write issued so far is durable.
-    pub async fn sync(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.writer.send(WriteOp::Sync(done)).is_ok() {
-            let _ = wait.await;
-        }
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
@@ -244,9 +234,6 @@ fn run_writer(database: Database, requests: mpsc::Receiver<WriteOp>) {
                 WriteOp::SaveVote { done, .. } => {
                     let _ = done.send(result.clone());
                 }
-                WriteOp::Sync(done) => {
-                    let _ = done.send(());
-                }
                 WriteOp::Truncate(_) | WriteOp::Purge(_) | WriteOp::SaveCommitted(_) => {}
             }
         }
@@ -278,7 +265,6 @@ fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<(), Box<dyn std
                 WriteOp::SaveCommitted(bytes) => {
                     meta.insert(KEY_COMMITTED, bytes.as_slice())?;
                 }
-                WriteOp::Sync(_) => {}
             }
         }
     }
