@@ -290,18 +290,11 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
             Some(_) => {}
         }
     }
-    let (free_memory, memory_node) = labelled
-        .iter()
-        .map(|node| {
-            (
-                node.capacity
-                    .memory_bytes
-                    .saturating_sub(node.allocated.memory_bytes),
-                node.id.as_str(),
-            )
-        })
-        .max_by_key(|(free, id)| (*free, std::cmp::Reverse(*id)))
-        .expect("labelled is not empty");
+    let (free_memory, memory_node) = largest_free(&labelled, |node| {
+        node.capacity
+            .memory_bytes
+            .saturating_sub(node.allocated.memory_bytes)
+    });
     if free_memory < request.resources.memory_bytes {
         return format!(
             "no node has {} free memory (largest free: {} on {memory_node})",
@@ -309,18 +302,11 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
             gib(free_memory)
         );
     }
-    let (free_cpu, cpu_node) = labelled
-        .iter()
-        .map(|node| {
-            (
-                node.capacity
-                    .cpu_millis
-                    .saturating_sub(node.allocated.cpu_millis),
-                node.id.as_str(),
-            )
-        })
-        .max_by_key(|(free, id)| (*free, std::cmp::Reverse(*id)))
-        .expect("labelled is not empty");
+    let (free_cpu, cpu_node) = largest_free(&labelled, |node| {
+        node.capacity
+            .cpu_millis
+            .saturating_sub(node.allocated.cpu_millis)
+    });
     if free_cpu < request.resources.cpu_millis {
         return format!(
             "no node has {} free CPU millicores (largest free: {free_cpu} on {cpu_node})",
@@ -328,4 +314,14 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
         );
     }
     "no single node has enough CPU, memory, slots and GPU memory free at once".to_owned()
+}
+
+/// The largest `free` amount among `nodes` (not empty), and whose it is;
+/// equal amounts go to the smaller node id.
+fn largest_free<'a>(nodes: &[&'a NodeView], free: impl Fn(&NodeView) -> u64) -> (u64, &'a str) {
+    nodes
+        .iter()
+        .map(|node| (free(node), node.id.as_str()))
+        .max_by_key(|(amount, id)| (*amount, std::cmp::Reverse(*id)))
+        .expect("callers pass at least one node")
 }

@@ -267,3 +267,20 @@ proptest! {
         prop_assert_eq!(again, decisions);
     }
 }
+
+#[test]
+fn memory_and_cpu_shortfalls_name_the_closest_node() {
+    let mut fleet = vec![node("a", 4000, 16, &[]), node("b", 8000, 32, &[])];
+    let decisions = place(
+        &mut fleet,
+        &[request("big", 1000, 64, 0), request("busy", 9000, 1, 0)],
+        Placement::Binpack,
+    );
+    assert_eq!(
+        placed_on(&decisions),
+        [
+            "pending: no node has 64 GiB free memory (largest free: 32 GiB on b)",
+            "pending: no node has 9000 free CPU millicores (largest free: 8000 on b)",
+        ]
+    );
+}
