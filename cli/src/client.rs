@@ -42,16 +42,33 @@ impl Client {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends `request`, retrying a few times when the server is unreachable
+    /// or answers 503 (no leader yet). Every attempt carries the same
+    /// idempotency key, so a retried write still applies once.
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let response = request
+        const ATTEMPTS: usize = 3;
+        let request = request
             .bearer_auth(&self.token)
-            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-            .send()
-            .await
-            .with_context(|| format!("reach the server at {}", self.addr))?;
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string());
+        let mut attempt = 1;
+        let response = loop {
+            let this_try = request
+                .try_clone()
+                .expect("requests with JSON or empty bodies can be cloned");
+            let result = this_try.send().await;
+            let retryable = match &result {
+                Ok(response) => response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                Err(error) => error.is_connect() || error.is_timeout(),
+            };
+            if !retryable || attempt == ATTEMPTS {
+                break result.with_context(|| format!("reach the server at {}", self.addr))?;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         let status = response.status();
         let body = response.text().await.context("read the server's answer")?;
         if !status.is_success() {
