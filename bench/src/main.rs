@@ -8,6 +8,7 @@
 //! `POST /v3/kv/put`. Writes go to each system's leader.
 
 mod etcd;
+mod placement;
 mod scheduler;
 
 use std::sync::Arc;
@@ -24,6 +25,8 @@ enum Bench {
     Raft(RaftArgs),
     /// Scheduler alone: placements per second vs a full-scan scheduler.
     Scheduler(scheduler::SchedulerArgs),
+    /// Placements per second end to end through a 3-server cluster.
+    Placement(placement::PlacementArgs),
 }
 
 #[derive(clap::Args)]
@@ -372,5 +375,6 @@ async fn main() -> anyhow::Result<()> {
             scheduler::run(args);
             Ok(())
         }
+        Bench::Placement(args) => placement::run(args).await,
     }
 }

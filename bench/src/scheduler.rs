@@ -31,6 +31,7 @@ fn fleet(count: usize) -> Vec<NodeView> {
     (0..count)
         .map(|index| NodeView {
             id: format!("node-{index:05}"),
+            name: format!("node-{index:05}"),
             health: if index % 17 == 0 {
                 NodeHealth::Down
             } else {

@@ -20,8 +20,8 @@ pub enum Output {
 pub struct Client {
     addr: String,
     token: String,
-    output: Output,
-    http: reqwest::Client,
+    pub(crate) output: Output,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Client {
@@ -38,14 +38,14 @@ impl Client {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// Sends `request`, retrying a few times when the server is unreachable
     /// or answers 503 (no leader yet). Every attempt carries the same
     /// idempotency key, so a retried write still applies once.
-    async fn send<T: DeserializeOwned>(
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
@@ -128,10 +128,18 @@ impl Client {
         title: &str,
         description: &str,
         repository: Option<String>,
+        column: Option<Column>,
+        resources: Option<Value>,
     ) -> anyhow::Result<()> {
         let mut body = json!({"title": title, "description": description});
         if let Some(repository) = repository {
             body["repository"] = json!(repository);
+        }
+        if let Some(column) = column {
+            body["column"] = json!(column);
+        }
+        if let Some(resources) = resources {
+            body["resources"] = resources;
         }
         let task: Task = self
             .send(self.http.post(self.url("/api/v1/tasks")).json(&body))
@@ -158,10 +166,31 @@ impl Client {
     }
 
     pub async fn task_show(&self, id: &str) -> anyhow::Result<()> {
-        let task: Task = self
+        let view: Value = self
             .send(self.http.get(self.url(&format!("/api/v1/tasks/{id}"))))
             .await?;
+        if let Output::Json = self.output {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            return Ok(());
+        }
+        let task: Task = serde_json::from_value(view.clone()).context("decode the task")?;
         self.print_task(&task);
+        match view.get("desktop").filter(|desktop| !desktop.is_null()) {
+            Some(desktop) => {
+                let node = desktop["node"].as_str().unwrap_or("(not placed)");
+                println!(
+                    "desktop:     {} on {node}, {}",
+                    desktop["id"].as_str().unwrap_or("?"),
+                    desktop["state"].as_str().unwrap_or("?")
+                );
+                if let Some(reason) = desktop["reason"].as_str() {
+                    println!("             {reason}");
+                }
+            }
+            None => {
+                println!("desktop:     none (tasks in planning, implementation and review get one)")
+            }
+        }
         Ok(())
     }
 

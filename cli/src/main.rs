@@ -1,18 +1,26 @@
-//! `flotilla`: the one binary. Runs servers (`server`, `dev`) and is the
-//! operator's command line (`cluster`, `task`).
+//! `flotilla`: the one binary. Runs servers (`server`, `dev`) and node
+//! agents (`node-agent`), and is the operator's command line (`cluster`,
+//! `task`, `node`, `capacity`, `desktop`).
 
 mod client;
+mod fleet;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use flotilla_control_plane::fleet::FleetOptions;
+use flotilla_control_plane::scheduler::Strategy;
 use flotilla_control_plane::server::{self, RaftTuning, ServerOptions, StartMode};
-use flotilla_control_plane::types::Column;
+use flotilla_control_plane::types::{Column, DesktopResources};
+use flotilla_node_agent::host::{parse_bytes, parse_duration};
+use flotilla_node_agent::AgentOptions;
 
 use crate::client::{Client, Output};
+use crate::fleet::{parse_label, resources_json, DrainRequest};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +53,177 @@ enum TopCommand {
         #[command(subcommand)]
         command: TaskCommand,
     },
+    /// Run a node agent: register this host and run the desktops placed on it.
+    NodeAgent(NodeAgentArgs),
+    /// List, inspect, cordon and drain nodes.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Capacity, allocation and free room per node, per GPU and in total.
+    Capacity {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Read this server's state without a quorum round-trip.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Inspect desktops.
+    Desktop {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: DesktopCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Every node: status, eligibility, drain, desktops and resources.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One node with its GPUs and desktops.
+    Status { name: String },
+    /// Stop placing new desktops on a node.
+    Cordon { name: String },
+    /// Let a node take new desktops again.
+    Uncordon { name: String },
+    /// Move a node's desktops elsewhere (the node becomes ineligible).
+    Drain {
+        name: String,
+        /// Stop the desktops still there after this long (e.g. 30m; default 1h).
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<std::time::Duration>,
+        /// Stop every desktop now instead of migrating a batch at a time.
+        #[arg(long, conflicts_with = "deadline")]
+        force: bool,
+        /// Follow the drain to the end (Ctrl-C stops following, not the drain).
+        #[arg(long)]
+        monitor: bool,
+        /// Cancel the node's drain.
+        #[arg(long, conflicts_with_all = ["deadline", "force"])]
+        disable: bool,
+        /// Desktops migrated at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        max_parallel: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum DesktopCommand {
+    /// Every desktop: task, node and state.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Args)]
+struct NodeAgentArgs {
+    /// Control-plane server(s), HOST:PORT; repeat or comma-separate.
+    #[arg(long, required = true, value_delimiter = ',')]
+    join: Vec<String>,
+    /// File holding a node-join token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// This node's name (a-z, 0-9, '-').
+    #[arg(long, value_parser = parse_node_name)]
+    name: String,
+    /// Where the node keeps its identity and runtime journal.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Label the node (key=value); repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Millicores offered to desktops (default: the host's CPUs minus the reserve).
+    #[arg(long)]
+    cpu_millis: Option<u64>,
+    /// Memory offered to desktops, e.g. 16GiB (default: the host's minus the reserve).
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Most desktops on this node.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    desktop_slots: u32,
+    /// Millicores held back for the host.
+    #[arg(long, default_value_t = 250)]
+    reserve_cpu_millis: u64,
+    /// Memory held back for the host.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    reserve_memory: u64,
+    /// Time between SIGTERM and SIGKILL when stopping a desktop.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    stop_grace: std::time::Duration,
+    /// Do not enumerate GPUs (a host without Vulkan).
+    #[arg(long)]
+    no_gpus: bool,
+    /// Command each desktop runs under the process runtime.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
+    desktop_command: Vec<String>,
+}
+
+fn parse_node_name(text: &str) -> Result<String, String> {
+    flotilla_control_plane::types::validate_node_name(text)?;
+    Ok(text.to_owned())
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Shortest node heartbeat lease; bigger fleets get longer ones.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    node_heartbeat_ttl: std::time::Duration,
+    /// Heartbeats per second the leader takes from the whole fleet.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    max_node_heartbeats_per_second: u32,
+    /// Placement strategy.
+    #[arg(long, value_enum, default_value = "binpack")]
+    scheduler: StrategyArg,
+    /// Default desktop CPU request, millicores.
+    #[arg(long, default_value_t = DesktopResources::default().cpu_millis)]
+    desktop_cpu_millis: u64,
+    /// Default desktop memory request.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    desktop_memory: u64,
+    /// Default desktop GPU memory request (0: no GPU needed).
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    desktop_gpu_memory: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Binpack,
+    Spread,
+}
+
+impl FleetArgs {
+    fn options(&self) -> anyhow::Result<FleetOptions> {
+        let default_resources = DesktopResources {
+            cpu_millis: self.desktop_cpu_millis,
+            memory_bytes: self.desktop_memory,
+            gpu_memory_bytes: self.desktop_gpu_memory,
+            needs_gpu: self.desktop_gpu_memory > 0,
+            labels: Default::default(),
+        };
+        default_resources
+            .validate()
+            .map_err(|error| anyhow::anyhow!("default desktop request: {error}"))?;
+        if self.node_heartbeat_ttl < std::time::Duration::from_millis(500) {
+            anyhow::bail!("--node-heartbeat-ttl must be at least 500ms");
+        }
+        Ok(FleetOptions {
+            min_heartbeat_ttl: self.node_heartbeat_ttl,
+            max_heartbeats_per_second: self.max_node_heartbeats_per_second,
+            strategy: match self.scheduler {
+                StrategyArg::Binpack => Strategy::Binpack,
+                StrategyArg::Spread => Strategy::Spread,
+            },
+            default_resources,
+            ..FleetOptions::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -72,6 +251,8 @@ struct ServerArgs {
     token_file: Option<PathBuf>,
     #[command(flatten)]
     tuning: TuningArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 #[derive(Args)]
@@ -112,6 +293,11 @@ struct DevArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// Run only the control plane, no node agent.
+    #[arg(long)]
+    no_node: bool,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 #[derive(Args)]
@@ -147,7 +333,7 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum TaskCommand {
-    /// Create a task in the backlog.
+    /// Create a task (in the backlog unless --column says otherwise).
     Create {
         #[arg(long)]
         title: String,
@@ -155,6 +341,23 @@ enum TaskCommand {
         description: String,
         #[arg(long)]
         repository: Option<String>,
+        #[arg(long, value_parser = parse_column)]
+        column: Option<Column>,
+        /// Desktop CPU request in millicores (default: the server's).
+        #[arg(long)]
+        cpu_millis: Option<u64>,
+        /// Desktop memory request, e.g. 4GiB.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// GPU memory the desktop needs on one GPU, e.g. 8GiB.
+        #[arg(long, value_parser = parse_bytes)]
+        gpu_memory: Option<u64>,
+        /// The desktop needs a GPU.
+        #[arg(long)]
+        needs_gpu: bool,
+        /// Only on nodes with this label (key=value); repeatable.
+        #[arg(long = "constraint", value_parser = parse_label)]
+        constraints: Vec<(String, String)>,
     },
     /// List tasks.
     List {
@@ -228,14 +431,98 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     title,
                     description,
                     repository,
-                } => client.task_create(&title, &description, repository).await,
+                    column,
+                    cpu_millis,
+                    memory,
+                    gpu_memory,
+                    needs_gpu,
+                    constraints,
+                } => {
+                    let resources =
+                        resources_json(cpu_millis, memory, gpu_memory, needs_gpu, constraints)?;
+                    client
+                        .task_create(&title, &description, repository, column, resources)
+                        .await
+                }
                 TaskCommand::List { column, stale } => client.task_list(column, stale).await,
                 TaskCommand::Show { id } => client.task_show(&id).await,
                 TaskCommand::Move { id, to, position } => client.task_move(&id, to, position).await,
                 TaskCommand::Delete { id } => client.task_delete(&id).await,
             }
         }
+        TopCommand::NodeAgent(args) => run_node_agent(args).await,
+        TopCommand::Node { client, command } => {
+            let client = connect(client)?;
+            match command {
+                NodeCommand::List { stale } => client.node_list(stale).await,
+                NodeCommand::Status { name } => client.node_status(&name).await,
+                NodeCommand::Cordon { name } => client.node_eligibility(&name, false).await,
+                NodeCommand::Uncordon { name } => client.node_eligibility(&name, true).await,
+                NodeCommand::Drain {
+                    name,
+                    deadline,
+                    force,
+                    monitor,
+                    disable,
+                    max_parallel,
+                } => {
+                    let request = DrainRequest {
+                        deadline,
+                        force,
+                        monitor,
+                        disable,
+                        max_parallel,
+                    };
+                    tokio::select! {
+                        result = client.node_drain(&name, request) => result,
+                        _ = tokio::signal::ctrl_c() => {
+                            eprintln!("stopped following; the drain goes on (cancel it with --disable)");
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        }
+        TopCommand::Capacity { client, stale } => connect(client)?.capacity(stale).await,
+        TopCommand::Desktop { client, command } => {
+            let client = connect(client)?;
+            match command {
+                DesktopCommand::List { stale } => client.desktop_list(stale).await,
+            }
+        }
     }
+}
+
+fn read_token_file(path: &std::path::Path, kind: &str) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("read the {kind} token from {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        anyhow::bail!("{} is empty; it must hold a {kind} token", path.display());
+    }
+    Ok(token)
+}
+
+fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
+    let token = read_token_file(&args.token_file, "node-join")?;
+    let mut options = AgentOptions::new(args.join, token, args.name, args.data_dir);
+    options.labels = args.labels.into_iter().collect();
+    options.cpu_millis = args.cpu_millis;
+    options.memory_bytes = args.memory;
+    options.desktop_slots = args.desktop_slots;
+    options.reserve_cpu_millis = args.reserve_cpu_millis;
+    options.reserve_memory_bytes = args.reserve_memory;
+    options.stop_grace = args.stop_grace;
+    options.gpus = !args.no_gpus;
+    options.desktop_command = args.desktop_command;
+    Ok(options)
+}
+
+async fn run_node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let options = agent_options(args)?;
+    flotilla_node_agent::run(options, shutdown_signal()).await
 }
 
 fn connect(args: ClientArgs) -> anyhow::Result<Client> {
@@ -295,16 +582,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             let path = args
                 .token_file
                 .expect("clap requires --token-file with --join");
-            let token = std::fs::read_to_string(&path)
-                .with_context(|| format!("read the server-join token from {}", path.display()))?
-                .trim()
-                .to_owned();
-            if token.is_empty() {
-                anyhow::bail!(
-                    "{} is empty; it must hold a server-join token",
-                    path.display()
-                );
-            }
+            let token = read_token_file(&path, "server-join")?;
             StartMode::Join { seed, token }
         }
         (false, None) => StartMode::Existing,
@@ -316,6 +594,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         advertise: args.advertise,
         start,
         tuning: args.tuning.into(),
+        fleet: args.fleet.options()?,
     };
     server::run(options, shutdown_signal(), |_| {}).await
 }
@@ -335,19 +614,25 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         advertise: None,
         start,
         tuning: RaftTuning::default(),
+        fleet: args.fleet.options()?,
     };
     let token_path = data_dir.join("operator.token");
-    server::run(options, shutdown_signal(), move |running| {
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let agent_slot = agent_task.clone();
+    let run_node = !args.no_node;
+    let result = server::run(options, shutdown_signal(), move |running| {
         let control = running.control.clone();
         let addr = running.local_addr;
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             // Announce once the token works, so the printed command succeeds.
             while !control.state.with_state(|state| state.has_tokens()) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             println!();
             println!(
-                "Flotilla is running (dev mode: one server, data in {}).",
+                "Flotilla is running (dev mode: one server{}, data in {}).",
+                if run_node { " and one node agent" } else { "" },
                 data_dir.display()
             );
             println!("  API:    http://{addr}/api/v1   (OpenAPI: /api/v1/openapi.json)");
@@ -356,10 +641,53 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 token_path.display()
             );
             println!(
-                "  try:    flotilla task create --title 'my first task' && flotilla task list"
+                "  try:    flotilla task create --title 'my first task' --column planning && flotilla desktop list && flotilla node list"
             );
             println!("Press Ctrl-C to stop.");
+            if run_node {
+                match dev_agent_options(&data_dir, addr) {
+                    Ok(options) => {
+                        let stopped = async {
+                            let _ = agent_stopped.await;
+                        };
+                        if let Err(error) = flotilla_node_agent::run(options, stopped).await {
+                            tracing::error!("the dev node agent stopped: {error:#}");
+                        }
+                    }
+                    Err(error) => tracing::error!("cannot start the dev node agent: {error:#}"),
+                }
+            }
         });
+        *agent_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     })
-    .await
+    .await;
+    let _ = stop_agent.send(());
+    let handle = agent_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(handle) = handle {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), handle).await;
+    }
+    result
+}
+
+/// The dev node agent: this host, named after it, data beside the server's.
+fn dev_agent_options(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Result<AgentOptions> {
+    let token = read_token_file(&data_dir.join("node-join.token"), "node-join")?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    let name = match name.trim_matches('-') {
+        "" => "dev-node".to_owned(),
+        name => name.to_owned(),
+    };
+    Ok(AgentOptions::new(
+        vec![addr.to_string()],
+        token,
+        name,
+        data_dir.join("node-agent"),
+    ))
 }

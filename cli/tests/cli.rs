@@ -146,6 +146,24 @@ fn dev_quick_start_needs_no_token_typed() {
         assert_eq!(shown["title"], "first card");
         let list = run(&["task", "list"]);
         assert_eq!(list.as_array().map(Vec::len), Some(1));
+        // Planning gives the task a desktop on the dev node agent.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let desktops = run(&["desktop", "list"]);
+            let running = desktops.as_array().is_some_and(|list| {
+                list.len() == 1 && list[0]["state"] == "running" && list[0]["task"] == id.as_str()
+            });
+            if running {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no running desktop: {desktops}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let shown = run(&["task", "show", &id]);
+        assert_eq!(shown["desktop"]["state"], "running");
+        let nodes = run(&["node", "list"]);
+        assert_eq!(nodes[0]["status"], "ready", "{nodes}");
+        assert_eq!(nodes[0]["desktops"]["allocated"], 1, "{nodes}");
         let status = run(&["cluster", "status"]);
         assert_eq!(status["leader"], 1);
         assert_eq!(status["members"][0]["role"], "voter");

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::auth::{secrets_equal, sha256_hex, with_bearer};
 use crate::error::{ApiError, ErrorKind};
+use crate::fleet::Fleet;
 use crate::network::{channel, MAX_MESSAGE_BYTES};
 use crate::proposer::{ProposeError, Proposer};
 use crate::store::SharedState;
@@ -59,8 +60,12 @@ pub struct ControlPlane {
     pub cluster_id: String,
     pub raft: Raft,
     pub state: Arc<SharedState>,
+    pub fleet: Fleet,
     cluster_secret: String,
     proposer: Proposer,
+    /// Becomes true when the server begins shutting down; long-lived
+    /// streams end then.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// One HTTP/2 channel per peer for forwarded writes and read-index calls;
     /// a lazy channel reconnects by itself after a failure.
     peer_channels: Mutex<HashMap<String, Channel>>,
@@ -74,8 +79,11 @@ impl ControlPlane {
         cluster_secret: String,
         raft: Raft,
         state: Arc<SharedState>,
+        fleet: Fleet,
     ) -> ControlPlane {
         ControlPlane {
+            stopping: tokio::sync::watch::Sender::new(false),
+            fleet,
             proposer: Proposer::start(raft.clone()),
             peer_channels: Mutex::new(HashMap::new()),
             node_id,
@@ -103,6 +111,19 @@ impl ControlPlane {
         Ok(RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Ends every long-lived stream (watches, assignment streams).
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`ControlPlane::begin_shutdown`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.stopping.subscribe();
+        async move {
+            let _ = receiver.wait_for(|stopping| *stopping).await;
+        }
     }
 
     pub fn cluster_secret(&self) -> &str {
@@ -356,7 +377,7 @@ impl ControlPlane {
         cluster_client(&leader)
     }
 
-    fn leader_addr(&self) -> Option<String> {
+    pub fn leader_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
         metrics
@@ -366,7 +387,7 @@ impl ControlPlane {
             .map(|node| node.addr.clone())
     }
 
-    fn is_leader(&self) -> bool {
+    pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 

@@ -24,7 +24,10 @@ use crate::auth::parse_bearer;
 use crate::control::{Access, Consistency, ControlPlane};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::WatchError;
-use crate::types::{Applied, Change, ClientResponse, Column, Command, CommandError, Task};
+use crate::types::{
+    Applied, Change, ClientResponse, Column, Command, CommandError, DesktopResources, DesktopState,
+    Task,
+};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -38,6 +41,7 @@ const MAX_ID_CHARS: usize = 128;
     info(title = "Flotilla control plane", version = "1"),
     paths(
         create_task,
+        create_tasks,
         list_tasks,
         get_task,
         update_task,
@@ -45,13 +49,25 @@ const MAX_ID_CHARS: usize = 128;
         delete_task,
         cluster_status,
         remove_member,
-        watch
+        watch,
+        crate::http_fleet::list_nodes,
+        crate::http_fleet::node_status,
+        crate::http_fleet::set_eligibility,
+        crate::http_fleet::start_drain,
+        crate::http_fleet::cancel_drain,
+        crate::http_fleet::capacity,
+        crate::http_fleet::list_desktops
     ),
     components(schemas(
         Task,
         Column,
         TaskList,
+        TaskView,
+        TaskDesktop,
+        DesktopResources,
         CreateTaskBody,
+        CreateTasksBody,
+        CreatedTasks,
         UpdateTaskBody,
         MoveTaskBody,
         ClusterView,
@@ -70,11 +86,13 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
             "/api/v1/tasks/{id}",
             get(get_task).patch(update_task).delete(delete_task),
         )
+        .route("/api/v1/tasks/batch", post(create_tasks))
         .route("/api/v1/tasks/{id}/move", post(move_task))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/members/{id}", delete(remove_member))
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(crate::http_fleet::routes())
         .layer(axum::middleware::from_fn_with_state(
             control.clone(),
             require_operator,
@@ -116,7 +134,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// Turns axum's body rejections into our error shape.
-fn json_error(rejection: JsonRejection) -> ApiError {
+pub(crate) fn json_error(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorKind::UnsupportedMediaType,
@@ -141,11 +159,11 @@ fn json_error(rejection: JsonRejection) -> ApiError {
     }
 }
 
-fn query_error(rejection: QueryRejection) -> ApiError {
+pub(crate) fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", rejection.body_text())
 }
 
-fn validate_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), ApiError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_ID_CHARS
         && id
@@ -209,7 +227,7 @@ fn validate_repository(repository: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -237,13 +255,16 @@ fn task_outcome(response: ClientResponse) -> Result<Task, ApiError> {
     }
 }
 
-fn command_error(error: CommandError) -> ApiError {
+pub(crate) fn command_error(error: CommandError) -> ApiError {
     let message = error.to_string();
     match error {
         CommandError::TaskNotFound { .. }
         | CommandError::NodeNotFound { .. }
         | CommandError::DesktopNotFound { .. } => ApiError::not_found(message),
-        CommandError::TaskExists { .. } => ApiError::new(ErrorKind::Conflict, "conflict", message),
+        CommandError::TaskExists { .. }
+        | CommandError::NodeNameTaken { .. }
+        | CommandError::NodeDraining { .. }
+        | CommandError::NodeDown { .. } => ApiError::new(ErrorKind::Conflict, "conflict", message),
         CommandError::UnsupportedFormat { .. } => ApiError::internal(message),
     }
 }
@@ -259,6 +280,32 @@ pub struct CreateTaskBody {
     /// Defaults to `backlog`.
     #[serde(default)]
     column: Option<Column>,
+    /// What its desktop asks for; the server's default when absent.
+    #[serde(default)]
+    resources: Option<DesktopResources>,
+}
+
+/// Checks a task body and turns it into its command.
+fn create_task_command(control: &ControlPlane, body: CreateTaskBody) -> Result<Command, ApiError> {
+    let title = validate_title(&body.title)?;
+    validate_description(&body.description)?;
+    if let Some(repository) = &body.repository {
+        validate_repository(repository)?;
+    }
+    let resources = body
+        .resources
+        .unwrap_or_else(|| control.fleet.options.default_resources.clone());
+    resources
+        .validate()
+        .map_err(|message| ApiError::bad_request("invalid_resources", message))?;
+    Ok(Command::CreateTask {
+        id: uuid::Uuid::new_v4().to_string(),
+        title,
+        description: body.description,
+        repository: body.repository,
+        column: body.column.unwrap_or(Column::Backlog),
+        resources,
+    })
 }
 
 /// Create a task. Send `Idempotency-Key` to make retries safe.
@@ -279,21 +326,72 @@ async fn create_task(
     body: Result<Json<CreateTaskBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let Json(body) = body.map_err(json_error)?;
-    let title = validate_title(&body.title)?;
-    validate_description(&body.description)?;
-    if let Some(repository) = &body.repository {
-        validate_repository(repository)?;
-    }
-    let command = Command::CreateTask {
-        id: uuid::Uuid::new_v4().to_string(),
-        title,
-        description: body.description,
-        repository: body.repository,
-        column: body.column.unwrap_or(Column::Backlog),
-    };
+    let command = create_task_command(&control, body)?;
     let request = control.request(command, idempotency_key(&headers)?);
     let task = task_outcome(control.write(request).await?)?;
     Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// Most tasks one batch may create.
+pub const MAX_BATCH_TASKS: usize = 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTasksBody {
+    tasks: Vec<CreateTaskBody>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedTasks {
+    tasks: Vec<Task>,
+}
+
+/// Create up to 1000 tasks at once (a spec cloned across repositories).
+/// All are checked before any is written; they are committed together.
+/// With `Idempotency-Key: K`, task i uses the key `K.i`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/batch",
+    request_body = CreateTasksBody,
+    responses(
+        (status = 201, body = CreatedTasks),
+        (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody)
+    )
+)]
+async fn create_tasks(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTasksBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedTasks>), ApiError> {
+    let Json(body) = body.map_err(json_error)?;
+    if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH_TASKS {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("send 1-{MAX_BATCH_TASKS} tasks"),
+        ));
+    }
+    let key = idempotency_key(&headers)?;
+    let commands = body
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(index, task)| {
+            create_task_command(&control, task).map_err(|error| ApiError {
+                message: format!("tasks[{index}]: {}", error.message),
+                ..error
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let writes = commands.into_iter().enumerate().map(|(index, command)| {
+        let request = control.request(command, key.as_ref().map(|key| format!("{key}.{index}")));
+        control.write(request)
+    });
+    let mut tasks = Vec::new();
+    for response in futures::future::join_all(writes).await {
+        tasks.push(task_outcome(response?)?);
+    }
+    Ok((StatusCode::CREATED, Json(CreatedTasks { tasks })))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -332,7 +430,7 @@ async fn list_tasks(
     Ok(Json(TaskList { revision, tasks }))
 }
 
-fn consistency(stale: bool) -> Consistency {
+pub(crate) fn consistency(stale: bool) -> Consistency {
     if stale {
         Consistency::Stale
     } else {
@@ -344,7 +442,7 @@ fn consistency(stale: bool) -> Consistency {
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     #[serde(default)]
-    stale: bool,
+    pub(crate) stale: bool,
 }
 
 /// Get one task.
@@ -352,21 +450,55 @@ pub struct ReadQuery {
     get,
     path = "/api/v1/tasks/{id}",
     params(("id" = String, Path), ReadQuery),
-    responses((status = 200, body = Task), (status = 404, body = ErrorBody))
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody))
 )]
 async fn get_task(
     State(control): State<Arc<ControlPlane>>,
     Path(id): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Json<TaskView>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     validate_id(&id)?;
     control.read_barrier(consistency(query.stale)).await?;
     control
         .state
-        .with_state(|state| state.task(&id).cloned())
+        .with_state(|state| {
+            let task = state.task(&id)?.clone();
+            let desktop = task
+                .desktop_id
+                .as_deref()
+                .and_then(|desktop_id| state.desktop(desktop_id))
+                .map(|desktop| TaskDesktop {
+                    id: desktop.id.clone(),
+                    node: desktop
+                        .node_id
+                        .as_deref()
+                        .and_then(|node_id| state.node(node_id))
+                        .map(|node| node.name.clone()),
+                    state: desktop.state,
+                    reason: desktop.reason.clone(),
+                });
+            Some(TaskView { task, desktop })
+        })
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no task with id {id:?}")))
+}
+
+/// A task with its desktop.
+#[derive(Serialize, ToSchema)]
+pub struct TaskView {
+    #[serde(flatten)]
+    task: Task,
+    desktop: Option<TaskDesktop>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskDesktop {
+    id: String,
+    /// Name of the node it is placed on; `null` while pending.
+    node: Option<String>,
+    state: DesktopState,
+    reason: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -612,6 +744,9 @@ async fn watch(
             }
         }
     });
+    // Server shutdown ends the stream, so graceful shutdown is not held
+    // open by watchers; they reconnect to another server with Last-Event-ID.
+    let stream = futures::StreamExt::take_until(stream, control.stopped());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -13,10 +13,16 @@
 //! get nothing. A desktop that fits nowhere stays pending with a reason a
 //! person can act on.
 //!
-//! Not wired yet: the node agents and placement commands that feed and use
-//! it come with the node-agent work.
+//! The leader's fleet loop (`fleet.rs`) feeds it the replicated state and
+//! commits its decisions as `PlaceDesktops` entries; applying them checks
+//! each placement again with [`check_fit`].
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::state::Allocation;
+use crate::types::{Desktop, Node};
+
+pub use crate::types::NodeStatus as NodeHealth;
 
 /// Resource amounts. CPU in millicores, memory in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,17 +39,12 @@ pub struct GpuView {
     pub allocated_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeHealth {
-    Ready,
-    Initializing,
-    Down,
-}
-
 /// A node with what is already allocated on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub id: String,
+    /// For messages people read.
+    pub name: String,
     pub health: NodeHealth,
     /// False when cordoned (or drained with `--disable` not yet given).
     pub eligible: bool,
@@ -54,6 +55,45 @@ pub struct NodeView {
     pub desktops: u32,
     pub gpus: Vec<GpuView>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl NodeView {
+    /// A replicated node and what is allocated on it.
+    pub fn from_node(node: &Node, allocation: Option<&Allocation>) -> NodeView {
+        let gpu_allocated = |index: usize| {
+            allocation
+                .and_then(|allocation| allocation.gpu_memory_bytes.get(index).copied())
+                .unwrap_or(0)
+        };
+        NodeView {
+            id: node.id.clone(),
+            name: node.name.clone(),
+            health: node.status,
+            eligible: node.eligible,
+            draining: node.drain.is_some(),
+            capacity: Resources {
+                cpu_millis: node.capacity.cpu_millis,
+                memory_bytes: node.capacity.memory_bytes,
+            },
+            allocated: Resources {
+                cpu_millis: allocation.map_or(0, |a| a.cpu_millis),
+                memory_bytes: allocation.map_or(0, |a| a.memory_bytes),
+            },
+            desktop_slots: node.capacity.desktop_slots,
+            desktops: allocation.map_or(0, |a| a.desktops.len() as u32),
+            gpus: node
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(index, gpu)| GpuView {
+                    name: format!("gpu-{index}"),
+                    memory_bytes: gpu.memory_bytes,
+                    allocated_bytes: gpu_allocated(index),
+                })
+                .collect(),
+            labels: node.labels.clone(),
+        }
+    }
 }
 
 /// What one desktop needs.
@@ -67,6 +107,25 @@ pub struct DesktopRequest {
     pub needs_gpu: bool,
     /// Labels the node must carry, with these values.
     pub labels: BTreeMap<String, String>,
+}
+
+impl DesktopRequest {
+    pub fn from_desktop(desktop: &Desktop) -> DesktopRequest {
+        DesktopRequest {
+            desktop_id: desktop.id.clone(),
+            resources: Resources {
+                cpu_millis: desktop.resources.cpu_millis,
+                memory_bytes: desktop.resources.memory_bytes,
+            },
+            gpu_memory_bytes: desktop.resources.gpu_memory_bytes,
+            needs_gpu: desktop.resources.needs_gpu,
+            labels: desktop.resources.labels.clone(),
+        }
+    }
+
+    fn wants_gpu(&self) -> bool {
+        self.needs_gpu || self.gpu_memory_bytes > 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -154,10 +213,48 @@ fn fits(node: &NodeView, request: &DesktopRequest, strategy: Strategy) -> Option
     {
         return None;
     }
-    if request.needs_gpu || request.gpu_memory_bytes > 0 {
+    if request.wants_gpu() {
         return pick_gpu(node, request, strategy).map(Some);
     }
     Some(None)
+}
+
+/// Checks that placing `request` on `node` (charged to `gpu`) overcommits
+/// nothing and respects the node's state; says what is wrong otherwise.
+/// Applying a placement calls this, so a decision made on stale state can
+/// never overcommit.
+pub fn check_fit(
+    node: &NodeView,
+    request: &DesktopRequest,
+    gpu: Option<usize>,
+) -> Result<(), String> {
+    if !schedulable(node) {
+        return Err(format!("node {} is not ready and eligible", node.name));
+    }
+    let mut resources_only = request.clone();
+    resources_only.needs_gpu = false;
+    resources_only.gpu_memory_bytes = 0;
+    if fits(node, &resources_only, Strategy::Binpack).is_none() {
+        return Err(format!("node {} has no room left for it", node.name));
+    }
+    match (request.wants_gpu(), gpu) {
+        (false, None) => Ok(()),
+        (false, Some(_)) => Err("a GPU was chosen for a desktop that asks for none".to_owned()),
+        (true, None) => Err("the desktop needs a GPU and none was chosen".to_owned()),
+        (true, Some(index)) => match node.gpus.get(index) {
+            Some(gpu)
+                if gpu.memory_bytes.saturating_sub(gpu.allocated_bytes)
+                    >= request.gpu_memory_bytes =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "gpu-{index} of node {} has not enough free memory",
+                node.name
+            )),
+            None => Err(format!("node {} has no gpu-{index}", node.name)),
+        },
+    }
 }
 
 /// Places `requests` in order onto `nodes`, updating `nodes` with what it
@@ -263,7 +360,7 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
     {
         return "every eligible node has all its desktop slots in use".to_owned();
     }
-    if request.needs_gpu || request.gpu_memory_bytes > 0 {
+    if request.wants_gpu() {
         let largest = labelled
             .iter()
             .flat_map(|node| {
@@ -284,7 +381,7 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
                     gib(request.gpu_memory_bytes),
                     gib(free),
                     gpu.name,
-                    node.id
+                    node.name
                 )
             }
             Some(_) => {}
@@ -321,7 +418,8 @@ pub fn unplaceable_reason(nodes: &[NodeView], request: &DesktopRequest) -> Strin
 fn largest_free<'a>(nodes: &[&'a NodeView], free: impl Fn(&NodeView) -> u64) -> (u64, &'a str) {
     nodes
         .iter()
-        .map(|node| (free(node), node.id.as_str()))
-        .max_by_key(|(amount, id)| (*amount, std::cmp::Reverse(*id)))
+        .map(|node| (free(node), node.id.as_str(), node.name.as_str()))
+        .max_by_key(|(amount, id, _)| (*amount, std::cmp::Reverse(*id)))
+        .map(|(amount, _, name)| (amount, name))
         .expect("callers pass at least one node")
 }

@@ -35,6 +35,7 @@ use crate::datadir::{
     SERVER_JOIN_TOKEN_FILE, STATE_FILE,
 };
 use crate::error::ErrorKind;
+use crate::fleet::{Fleet, FleetOptions};
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, StateMachineStore};
 use crate::types::{Command, NodeId, TokenKind, TokenRecord};
@@ -49,6 +50,9 @@ pub enum StartMode {
     /// Restart an existing member.
     Existing,
 }
+
+/// How long open requests get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Raft timing and compaction.
 #[derive(Debug, Clone)]
@@ -84,6 +88,7 @@ pub struct ServerOptions {
     pub advertise: Option<String>,
     pub start: StartMode,
     pub tuning: RaftTuning,
+    pub fleet: FleetOptions,
 }
 
 /// A running server: its control plane and bound address.
@@ -190,9 +195,13 @@ pub async fn run(
         identity.cluster_secret.clone(),
         raft.clone(),
         shared_state,
+        Fleet::new(
+            options.fleet.clone(),
+            Duration::from_millis(options.tuning.election_timeout_min_ms),
+        ),
     ));
 
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(crate::fleet::run_leader_loop(control.clone()))];
     if data_dir.file(OPERATOR_TOKEN_FILE).exists() {
         background.push(tokio::spawn(record_bootstrap_tokens(
             control.clone(),
@@ -205,6 +214,7 @@ pub async fn run(
 
     let app = tonic::service::Routes::new(crate::grpc::raft_service(control.clone()))
         .add_service(crate::grpc::cluster_service(control.clone()))
+        .add_service(crate::node_api::node_service(control.clone()))
         .into_axum_router()
         .merge(crate::http::router(control.clone()))
         .fallback(crate::http::not_found);
@@ -222,10 +232,20 @@ pub async fn run(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serve")?;
+    let stopping = control.clone();
+    let graceful = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let stopped = control.stopped();
+    tokio::select! {
+        served = serve => served.context("serve")?,
+        _ = async {
+            stopped.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown began; closing them"),
+    }
 
     tracing::info!("shutting down");
     for task in background {

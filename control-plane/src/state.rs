@@ -2,13 +2,15 @@
 //! and says what changed. No IO, no clocks, no randomness: every replica that
 //! applies the same log reaches the same state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::scheduler::{self, NodeView};
 use crate::types::{
     Applied, Change, ChangeKind, ClientRequest, ClientResponse, Column, Command, CommandError,
-    Desktop, Node, Task, TokenKind, TokenRecord, LOG_FORMAT_VERSION,
+    Desktop, DesktopIntent, DesktopReport, DesktopState, Drain, Node, NodeRegistration, NodeStatus,
+    PendingReason, Placement, Task, TokenKind, TokenRecord, LOG_FORMAT_VERSION,
 };
 
 /// How many request ids are remembered for exactly-once retries. A client
@@ -29,6 +31,26 @@ pub struct State {
     column_sizes: BTreeMap<Column, u32>,
     /// Revision of the newest change (0: none yet).
     revision: u64,
+    /// Indexes over `desktops`, kept in step by [`State::index_desktop`]
+    /// and [`State::unindex_desktop`]; checked by `verify_invariants`.
+    #[serde(default)]
+    allocations: BTreeMap<String, Allocation>,
+    /// Desktops waiting for a node, oldest first: `(sequence, id)`.
+    #[serde(default)]
+    pending: BTreeSet<(u64, String)>,
+    #[serde(default)]
+    next_desktop_sequence: u64,
+}
+
+/// What the desktops placed on a node hold of it. A desktop holds its share
+/// from placement until its node reports it stopped (or the node is down).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// GPU memory per GPU index.
+    pub gpu_memory_bytes: Vec<u64>,
+    pub desktops: BTreeSet<String>,
 }
 
 /// Request ids already applied, with their answers, oldest first.
@@ -104,6 +126,7 @@ impl State {
                 description,
                 repository,
                 column,
+                resources,
             } => {
                 if self.tasks.contains_key(id) {
                     return Err(CommandError::TaskExists { id: id.clone() });
@@ -118,9 +141,13 @@ impl State {
                     created_at_ms: now_ms,
                     updated_at_ms: now_ms,
                     revision: index,
+                    resources: resources.clone(),
+                    desktop_id: None,
                 };
-                self.tasks.insert(id.clone(), task.clone());
+                self.tasks.insert(id.clone(), task);
                 self.resize_column(*column, 1);
+                self.reconcile_task_desktop(index, now_ms, id, changes);
+                let task = self.tasks[id].clone();
                 changes.push(task_put(index, &task));
                 Ok(Applied::Task { task })
             }
@@ -171,7 +198,8 @@ impl State {
                 task.position = new_position;
                 task.updated_at_ms = now_ms;
                 task.revision = index;
-                let task = task.clone();
+                self.reconcile_task_desktop(index, now_ms, id, changes);
+                let task = self.tasks[id].clone();
                 changes.push(task_put(index, &task));
                 Ok(Applied::Task { task })
             }
@@ -182,69 +210,505 @@ impl State {
                     .ok_or_else(|| CommandError::TaskNotFound { id: id.clone() })?;
                 self.shift_positions(index, task.column, task.position, -1, id, changes);
                 self.resize_column(task.column, -1);
+                if let Some(desktop_id) = &task.desktop_id {
+                    self.release_desktop(index, desktop_id, changes);
+                }
                 changes.push(Change {
                     revision: index,
                     kind: ChangeKind::TaskDeleted { id: id.clone() },
                 });
                 Ok(Applied::Deleted)
             }
-            Command::PutNode { node } => {
-                let mut node = node.clone();
-                node.revision = index;
-                self.nodes.insert(node.id.clone(), node.clone());
-                changes.push(Change {
-                    revision: index,
-                    kind: ChangeKind::NodePut { node },
-                });
+            Command::RegisterNode { registration } => {
+                let node = self.register_node(index, now_ms, registration)?;
+                changes.push(node_put(index, &node));
+                Ok(Applied::Node { node })
+            }
+            Command::SetNodeStatus { updates } => {
+                for update in updates {
+                    self.set_node_status(index, now_ms, &update.id, update.status, changes)?;
+                }
                 Ok(Applied::Done)
             }
-            Command::DeleteNode { id } => {
-                self.nodes
-                    .remove(id)
-                    .ok_or_else(|| CommandError::NodeNotFound { id: id.clone() })?;
-                changes.push(Change {
-                    revision: index,
-                    kind: ChangeKind::NodeDeleted { id: id.clone() },
-                });
-                Ok(Applied::Deleted)
-            }
-            Command::PutDesktop { desktop } => {
-                if !self.tasks.contains_key(&desktop.task_id) {
-                    return Err(CommandError::TaskNotFound {
-                        id: desktop.task_id.clone(),
+            Command::SetNodeEligibility { id, eligible } => {
+                let node = self.node_mut(id)?;
+                if *eligible && node.drain.is_some() {
+                    return Err(CommandError::NodeDraining {
+                        name: node.name.clone(),
                     });
                 }
-                if let Some(node_id) = &desktop.node_id {
-                    if !self.nodes.contains_key(node_id) {
-                        return Err(CommandError::NodeNotFound {
-                            id: node_id.clone(),
+                node.eligible = *eligible;
+                node.revision = index;
+                let node = node.clone();
+                changes.push(node_put(index, &node));
+                Ok(Applied::Node { node })
+            }
+            Command::StartDrain {
+                id,
+                deadline_ms,
+                max_parallel,
+            } => {
+                let node = self.node_mut(id)?;
+                if node.status == NodeStatus::Down {
+                    return Err(CommandError::NodeDown {
+                        name: node.name.clone(),
+                    });
+                }
+                let started_at_ms = node.drain.as_ref().map_or(now_ms, |d| d.started_at_ms);
+                node.eligible = false;
+                node.drain = Some(Drain {
+                    started_at_ms,
+                    deadline_ms: *deadline_ms,
+                    max_parallel: (*max_parallel).max(1),
+                });
+                node.drained_at_ms = None;
+                node.revision = index;
+                changes.push(node_put(index, node));
+                self.settle_drain(index, now_ms, id, changes);
+                Ok(Applied::Node {
+                    node: self.nodes[id].clone(),
+                })
+            }
+            Command::CancelDrain { id } => {
+                let node = self.node_mut(id)?;
+                if node.drain.take().is_some() {
+                    node.revision = index;
+                    changes.push(node_put(index, node));
+                }
+                Ok(Applied::Node {
+                    node: self.nodes[id].clone(),
+                })
+            }
+            Command::PlaceDesktops { placements } => {
+                let mut placed = 0;
+                let mut refused = Vec::new();
+                for placement in placements {
+                    match self.place_desktop(index, placement, changes) {
+                        Ok(()) => placed += 1,
+                        Err(reason) => refused.push(PendingReason {
+                            desktop_id: placement.desktop_id.clone(),
+                            reason,
+                        }),
+                    }
+                }
+                Ok(Applied::Placed { placed, refused })
+            }
+            Command::SetPendingReasons { reasons } => {
+                for PendingReason { desktop_id, reason } in reasons {
+                    let pending = self.desktops.get(desktop_id).is_some_and(|desktop| {
+                        desktop.node_id.is_none() && desktop.reason.as_ref() != Some(reason)
+                    });
+                    if pending {
+                        self.update_desktop(index, desktop_id, changes, |desktop| {
+                            desktop.reason = Some(reason.clone());
                         });
                     }
                 }
-                let mut desktop = desktop.clone();
-                desktop.revision = index;
-                self.desktops.insert(desktop.id.clone(), desktop.clone());
-                changes.push(Change {
-                    revision: index,
-                    kind: ChangeKind::DesktopPut { desktop },
-                });
                 Ok(Applied::Done)
             }
-            Command::DeleteDesktop { id } => {
-                self.desktops
-                    .remove(id)
-                    .ok_or_else(|| CommandError::DesktopNotFound { id: id.clone() })?;
-                changes.push(Change {
-                    revision: index,
-                    kind: ChangeKind::DesktopDeleted { id: id.clone() },
-                });
-                Ok(Applied::Deleted)
+            Command::MigrateDesktops { ids } => {
+                for id in ids {
+                    let running_here = self.desktops.get(id).is_some_and(|desktop| {
+                        desktop.node_id.is_some() && desktop.intent == DesktopIntent::Run
+                    });
+                    if running_here {
+                        self.update_desktop(index, id, changes, |desktop| {
+                            desktop.intent = DesktopIntent::Migrate;
+                        });
+                    }
+                }
+                Ok(Applied::Done)
+            }
+            Command::ReportDesktops { node_id, reports } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(CommandError::NodeNotFound {
+                        id: node_id.clone(),
+                    });
+                }
+                for report in reports {
+                    self.apply_report(index, node_id, report, changes);
+                }
+                self.settle_drain(index, now_ms, node_id, changes);
+                Ok(Applied::Done)
             }
             Command::PutToken { token } => {
                 self.tokens.insert(token.sha256_hex.clone(), token.clone());
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// Gives a task in planning, implementation or review a desktop, and
+    /// releases the desktop of one in backlog or done.
+    fn reconcile_task_desktop(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        task_id: &str,
+        changes: &mut Vec<Change>,
+    ) {
+        let task = &self.tasks[task_id];
+        let wants_desktop = matches!(
+            task.column,
+            Column::Planning | Column::Implementation | Column::Review
+        );
+        match (&task.desktop_id, wants_desktop) {
+            (None, true) => {
+                self.next_desktop_sequence += 1;
+                let sequence = self.next_desktop_sequence;
+                let desktop = Desktop {
+                    id: format!("dt-{sequence}"),
+                    task_id: task_id.to_owned(),
+                    node_id: None,
+                    gpu: None,
+                    resources: task.resources.clone(),
+                    generation: 0,
+                    intent: DesktopIntent::Run,
+                    state: DesktopState::Pending,
+                    reason: Some("waiting for the scheduler".to_owned()),
+                    sequence,
+                    created_at_ms: now_ms,
+                    revision: index,
+                };
+                self.index_desktop(&desktop);
+                changes.push(desktop_put(index, &desktop));
+                let task = self.tasks.get_mut(task_id).expect("looked up above");
+                task.desktop_id = Some(desktop.id.clone());
+                self.desktops.insert(desktop.id.clone(), desktop);
+            }
+            (Some(desktop_id), false) => {
+                let desktop_id = desktop_id.clone();
+                self.tasks
+                    .get_mut(task_id)
+                    .expect("looked up above")
+                    .desktop_id = None;
+                self.release_desktop(index, &desktop_id, changes);
+            }
+            _ => {}
+        }
+    }
+
+    /// A desktop no task needs: forgotten at once if it runs nowhere, else
+    /// stopped by its node first.
+    fn release_desktop(&mut self, index: u64, desktop_id: &str, changes: &mut Vec<Change>) {
+        let Some(desktop) = self.desktops.get(desktop_id) else {
+            return;
+        };
+        if desktop.node_id.is_none() {
+            self.delete_desktop(index, desktop_id, changes);
+        } else {
+            self.update_desktop(index, desktop_id, changes, |desktop| {
+                desktop.intent = DesktopIntent::Release;
+            });
+        }
+    }
+
+    fn delete_desktop(&mut self, index: u64, desktop_id: &str, changes: &mut Vec<Change>) {
+        if let Some(desktop) = self.desktops.remove(desktop_id) {
+            self.unindex_desktop(&desktop);
+            changes.push(Change {
+                revision: index,
+                kind: ChangeKind::DesktopDeleted {
+                    id: desktop_id.to_owned(),
+                },
+            });
+        }
+    }
+
+    /// Changes one desktop through `edit`, keeping the indexes in step.
+    fn update_desktop(
+        &mut self,
+        index: u64,
+        desktop_id: &str,
+        changes: &mut Vec<Change>,
+        edit: impl FnOnce(&mut Desktop),
+    ) {
+        let Some(mut desktop) = self.desktops.remove(desktop_id) else {
+            return;
+        };
+        self.unindex_desktop(&desktop);
+        edit(&mut desktop);
+        desktop.revision = index;
+        self.index_desktop(&desktop);
+        changes.push(desktop_put(index, &desktop));
+        self.desktops.insert(desktop_id.to_owned(), desktop);
+    }
+
+    fn index_desktop(&mut self, desktop: &Desktop) {
+        match &desktop.node_id {
+            Some(node_id) => {
+                let allocation = self.allocations.entry(node_id.clone()).or_default();
+                allocation.cpu_millis += desktop.resources.cpu_millis;
+                allocation.memory_bytes += desktop.resources.memory_bytes;
+                if let Some(gpu) = desktop.gpu {
+                    let gpu = gpu as usize;
+                    if allocation.gpu_memory_bytes.len() <= gpu {
+                        allocation.gpu_memory_bytes.resize(gpu + 1, 0);
+                    }
+                    allocation.gpu_memory_bytes[gpu] += desktop.resources.gpu_memory_bytes;
+                }
+                allocation.desktops.insert(desktop.id.clone());
+            }
+            None if desktop.intent == DesktopIntent::Run => {
+                self.pending.insert((desktop.sequence, desktop.id.clone()));
+            }
+            None => {}
+        }
+    }
+
+    fn unindex_desktop(&mut self, desktop: &Desktop) {
+        match &desktop.node_id {
+            Some(node_id) => {
+                let allocation = self
+                    .allocations
+                    .get_mut(node_id)
+                    .expect("a placed desktop's node has an allocation");
+                allocation.cpu_millis -= desktop.resources.cpu_millis;
+                allocation.memory_bytes -= desktop.resources.memory_bytes;
+                if let Some(gpu) = desktop.gpu {
+                    allocation.gpu_memory_bytes[gpu as usize] -= desktop.resources.gpu_memory_bytes;
+                }
+                allocation.desktops.remove(&desktop.id);
+                if allocation.desktops.is_empty() {
+                    self.allocations.remove(node_id);
+                }
+            }
+            None => {
+                self.pending.remove(&(desktop.sequence, desktop.id.clone()));
+            }
+        }
+    }
+
+    fn node_mut(&mut self, id: &str) -> Result<&mut Node, CommandError> {
+        self.nodes
+            .get_mut(id)
+            .ok_or_else(|| CommandError::NodeNotFound { id: id.to_owned() })
+    }
+
+    fn register_node(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        registration: &NodeRegistration,
+    ) -> Result<Node, CommandError> {
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|node| node.name == registration.name && node.id != registration.id)
+        {
+            return Err(CommandError::NodeNameTaken {
+                name: other.name.clone(),
+            });
+        }
+        let node = self
+            .nodes
+            .entry(registration.id.clone())
+            .or_insert_with(|| Node {
+                id: registration.id.clone(),
+                name: registration.name.clone(),
+                labels: BTreeMap::new(),
+                capacity: Default::default(),
+                reserved: Default::default(),
+                gpus: Vec::new(),
+                status: NodeStatus::Initializing,
+                eligible: true,
+                drain: None,
+                drained_at_ms: None,
+                agent_version: String::new(),
+                address: String::new(),
+                registered_at_ms: now_ms,
+                status_changed_at_ms: now_ms,
+                revision: index,
+            });
+        node.name = registration.name.clone();
+        node.labels = registration.labels.clone();
+        node.capacity = registration.capacity.clone();
+        node.reserved = registration.reserved.clone();
+        node.gpus = registration.gpus.clone();
+        node.agent_version = registration.agent_version.clone();
+        node.address = registration.address.clone();
+        node.revision = index;
+        Ok(node.clone())
+    }
+
+    fn set_node_status(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        node_id: &str,
+        status: NodeStatus,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), CommandError> {
+        let node = self.node_mut(node_id)?;
+        if node.status == status {
+            return Ok(());
+        }
+        node.status = status;
+        node.status_changed_at_ms = now_ms;
+        node.revision = index;
+        let name = node.name.clone();
+        changes.push(node_put(index, node));
+        if status == NodeStatus::Down {
+            let on_node: Vec<String> = self
+                .allocations
+                .get(node_id)
+                .map(|allocation| allocation.desktops.iter().cloned().collect())
+                .unwrap_or_default();
+            for desktop_id in on_node {
+                if self.desktops[&desktop_id].intent == DesktopIntent::Release {
+                    self.delete_desktop(index, &desktop_id, changes);
+                } else {
+                    self.update_desktop(index, &desktop_id, changes, |desktop| {
+                        unplace(desktop, format!("node {name} went down; placing it again"));
+                    });
+                }
+            }
+            self.settle_drain(index, now_ms, node_id, changes);
+        }
+        Ok(())
+    }
+
+    /// Ends the drain of `node_id` once no desktop is left on it.
+    fn settle_drain(&mut self, index: u64, now_ms: u64, node_id: &str, changes: &mut Vec<Change>) {
+        if self.allocations.contains_key(node_id) {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            if node.drain.take().is_some() {
+                node.drained_at_ms = Some(now_ms);
+                node.revision = index;
+                changes.push(node_put(index, node));
+            }
+        }
+    }
+
+    fn place_desktop(
+        &mut self,
+        index: u64,
+        placement: &Placement,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), String> {
+        let desktop = self
+            .desktops
+            .get(&placement.desktop_id)
+            .ok_or("the desktop no longer exists")?;
+        if desktop.node_id.is_some() || desktop.intent != DesktopIntent::Run {
+            return Err("the desktop is not pending".to_owned());
+        }
+        let view = self
+            .node_view(&placement.node_id)
+            .ok_or("the node does not exist")?;
+        let request = scheduler::DesktopRequest::from_desktop(desktop);
+        scheduler::check_fit(&view, &request, placement.gpu.map(|gpu| gpu as usize))?;
+        let node_id = placement.node_id.clone();
+        let gpu = placement.gpu;
+        self.update_desktop(index, &placement.desktop_id, changes, |desktop| {
+            desktop.node_id = Some(node_id);
+            desktop.gpu = gpu;
+            desktop.generation = index;
+            desktop.state = DesktopState::Pending;
+            desktop.reason = None;
+        });
+        Ok(())
+    }
+
+    fn apply_report(
+        &mut self,
+        index: u64,
+        node_id: &str,
+        report: &DesktopReport,
+        changes: &mut Vec<Change>,
+    ) {
+        let Some(desktop) = self.desktops.get(&report.desktop_id) else {
+            return;
+        };
+        // Fencing: only the node and generation it was placed with speak
+        // for it.
+        if desktop.node_id.as_deref() != Some(node_id) || desktop.generation != report.generation {
+            return;
+        }
+        let ended = matches!(report.state, DesktopState::Stopped | DesktopState::Failed);
+        match desktop.intent {
+            DesktopIntent::Release if ended => {
+                self.delete_desktop(index, &report.desktop_id, changes)
+            }
+            DesktopIntent::Migrate if ended => {
+                let name = self.nodes[node_id].name.clone();
+                self.update_desktop(index, &report.desktop_id, changes, |desktop| {
+                    unplace(
+                        desktop,
+                        format!("stopped on {name} by a drain; placing it again"),
+                    );
+                });
+            }
+            _ if desktop.state != report.state || desktop.reason != report.reason => {
+                self.update_desktop(index, &report.desktop_id, changes, |desktop| {
+                    desktop.state = report.state;
+                    desktop.reason = report.reason.clone();
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The scheduler's view of one node.
+    pub fn node_view(&self, node_id: &str) -> Option<NodeView> {
+        let node = self.nodes.get(node_id)?;
+        Some(scheduler::NodeView::from_node(
+            node,
+            self.allocations.get(node_id),
+        ))
+    }
+
+    /// The scheduler's view of every node, by id.
+    pub fn node_views(&self) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|node| scheduler::NodeView::from_node(node, self.allocations.get(&node.id)))
+            .collect()
+    }
+
+    /// Up to `limit` pending desktops, oldest first.
+    pub fn pending_desktops(&self, limit: usize) -> Vec<&Desktop> {
+        self.pending
+            .iter()
+            .take(limit)
+            .map(|(_, id)| &self.desktops[id])
+            .collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn allocation(&self, node_id: &str) -> Option<&Allocation> {
+        self.allocations.get(node_id)
+    }
+
+    /// Desktops placed on `node_id`, in id order.
+    pub fn node_desktops(&self, node_id: &str) -> Vec<&Desktop> {
+        self.allocations
+            .get(node_id)
+            .map(|allocation| {
+                allocation
+                    .desktops
+                    .iter()
+                    .map(|id| &self.desktops[id])
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&Node> {
+        self.nodes.values().find(|node| node.name == name)
+    }
+
+    pub fn desktop(&self, id: &str) -> Option<&Desktop> {
+        self.desktops.get(id)
     }
 
     /// Moves every task of `column` at or after `from` (other than `skip`) by
@@ -358,7 +822,54 @@ impl State {
         if self.applied_requests.order.len() != self.applied_requests.responses.len() {
             return Err("request-id index and order disagree".to_owned());
         }
+        let mut rebuilt = State::default();
+        for desktop in self.desktops.values() {
+            rebuilt.index_desktop(desktop);
+            if let Some(node_id) = &desktop.node_id {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(format!(
+                        "desktop {} is on unknown node {node_id}",
+                        desktop.id
+                    ));
+                }
+            }
+            let task = self.tasks.get(&desktop.task_id);
+            if task.and_then(|task| task.desktop_id.as_deref()) != Some(desktop.id.as_str())
+                && desktop.intent != DesktopIntent::Release
+            {
+                return Err(format!("desktop {} is not its task's", desktop.id));
+            }
+        }
+        if rebuilt.allocations != self.allocations || rebuilt.pending != self.pending {
+            return Err("desktop indexes disagree with the desktops".to_owned());
+        }
         Ok(())
+    }
+}
+
+/// Takes a desktop off its node and back to the scheduler.
+fn unplace(desktop: &mut Desktop, reason: String) {
+    desktop.node_id = None;
+    desktop.gpu = None;
+    desktop.generation = 0;
+    desktop.intent = DesktopIntent::Run;
+    desktop.state = DesktopState::Pending;
+    desktop.reason = Some(reason);
+}
+
+fn node_put(index: u64, node: &Node) -> Change {
+    Change {
+        revision: index,
+        kind: ChangeKind::NodePut { node: node.clone() },
+    }
+}
+
+fn desktop_put(index: u64, desktop: &Desktop) -> Change {
+    Change {
+        revision: index,
+        kind: ChangeKind::DesktopPut {
+            desktop: desktop.clone(),
+        },
     }
 }
 
@@ -372,6 +883,7 @@ fn task_put(index: u64, task: &Task) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::DesktopResources;
 
     fn request(id: &str, command: Command) -> ClientRequest {
         ClientRequest {
@@ -389,6 +901,7 @@ mod tests {
             description: String::new(),
             repository: None,
             column,
+            resources: DesktopResources::default(),
         }
     }
 
@@ -460,47 +973,311 @@ mod tests {
         assert_eq!(state.revision(), 0);
     }
 
-    #[test]
-    fn desktops_refer_to_existing_tasks_and_nodes() {
-        let mut state = State::default();
-        let desktop = |node_id: Option<&str>| Command::PutDesktop {
-            desktop: Desktop {
-                id: "d1".into(),
-                task_id: "a".into(),
-                node_id: node_id.map(str::to_owned),
-                revision: 0,
+    fn register(id: &str, cpu_millis: u64, slots: u32) -> Command {
+        Command::RegisterNode {
+            registration: NodeRegistration {
+                id: id.to_owned(),
+                name: format!("node-{id}"),
+                labels: BTreeMap::new(),
+                capacity: crate::types::NodeCapacity {
+                    cpu_millis,
+                    memory_bytes: 64 << 30,
+                    disk_bytes: 0,
+                    desktop_slots: slots,
+                },
+                reserved: Default::default(),
+                gpus: Vec::new(),
+                agent_version: "test".into(),
+                address: String::new(),
             },
-        };
-        let (response, _) = state.apply(1, &request("d-early", desktop(None)));
+        }
+    }
+
+    fn status(id: &str, status: NodeStatus) -> Command {
+        Command::SetNodeStatus {
+            updates: vec![crate::types::NodeStatusUpdate {
+                id: id.to_owned(),
+                status,
+            }],
+        }
+    }
+
+    fn place(desktop_id: &str, node_id: &str) -> Command {
+        Command::PlaceDesktops {
+            placements: vec![Placement {
+                desktop_id: desktop_id.to_owned(),
+                node_id: node_id.to_owned(),
+                gpu: None,
+            }],
+        }
+    }
+
+    fn report(node_id: &str, desktop: &Desktop, state: DesktopState) -> Command {
+        Command::ReportDesktops {
+            node_id: node_id.to_owned(),
+            reports: vec![DesktopReport {
+                desktop_id: desktop.id.clone(),
+                generation: desktop.generation,
+                state,
+                reason: None,
+            }],
+        }
+    }
+
+    /// Applies commands with consecutive indexes, checking invariants.
+    struct Log {
+        state: State,
+        index: u64,
+    }
+
+    impl Log {
+        fn new() -> Log {
+            Log {
+                state: State::default(),
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, command: Command) -> ClientResponse {
+            self.index += 1;
+            let (response, _) = self
+                .state
+                .apply(self.index, &request(&format!("r{}", self.index), command));
+            self.state.verify_invariants().expect("invariants hold");
+            response
+        }
+
+        fn desktop_of(&self, task: &str) -> Desktop {
+            let id = self.state.task(task).unwrap().desktop_id.clone().unwrap();
+            self.state.desktop(&id).unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn planning_requests_a_desktop_and_done_releases_it() {
+        let mut log = Log::new();
+        log.apply(create("a", Column::Backlog));
+        assert_eq!(log.state.pending_count(), 0);
+        log.apply(Command::MoveTask {
+            id: "a".into(),
+            column: Column::Planning,
+            position: None,
+        });
+        assert_eq!(log.state.pending_count(), 1);
+        let desktop = log.desktop_of("a");
+        assert_eq!(desktop.resources, DesktopResources::default());
+        log.apply(Command::MoveTask {
+            id: "a".into(),
+            column: Column::Implementation,
+            position: None,
+        });
         assert_eq!(
-            response.outcome,
-            Err(CommandError::TaskNotFound { id: "a".into() })
+            log.desktop_of("a").id,
+            desktop.id,
+            "same desktop across columns"
         );
-        state.apply(2, &request("a", create("a", Column::Planning)));
-        let (response, _) = state.apply(3, &request("d-orphan", desktop(Some("gpu-1"))));
+        log.apply(Command::MoveTask {
+            id: "a".into(),
+            column: Column::Done,
+            position: None,
+        });
         assert_eq!(
+            log.state.desktops().count(),
+            0,
+            "a pending desktop is dropped at once"
+        );
+        assert!(log.state.task("a").unwrap().desktop_id.is_none());
+    }
+
+    #[test]
+    fn placement_is_checked_on_apply_and_never_overcommits() {
+        let mut log = Log::new();
+        log.apply(register("n1", 300, 8));
+        log.apply(create("a", Column::Planning));
+        log.apply(create("b", Column::Planning));
+        let a = log.desktop_of("a");
+        let b = log.desktop_of("b");
+        // Initializing nodes take nothing.
+        let response = log.apply(place(&a.id, "n1"));
+        assert!(matches!(
             response.outcome,
-            Err(CommandError::NodeNotFound { id: "gpu-1".into() })
-        );
-        let node = Node {
-            id: "gpu-1".into(),
-            name: "gpu-1".into(),
-            labels: BTreeMap::new(),
-            revision: 0,
+            Ok(Applied::Placed { placed: 0, .. })
+        ));
+        log.apply(status("n1", NodeStatus::Ready));
+        let response = log.apply(place(&a.id, "n1"));
+        assert!(matches!(
+            response.outcome,
+            Ok(Applied::Placed { placed: 1, .. })
+        ));
+        // 250 + 250 > 300 millicores: refused.
+        let response = log.apply(place(&b.id, "n1"));
+        let Ok(Applied::Placed { placed: 0, refused }) = response.outcome else {
+            panic!("expected a refusal: {response:?}");
         };
-        state.apply(4, &request("n", Command::PutNode { node }));
-        let (response, changes) = state.apply(5, &request("d-placed", desktop(Some("gpu-1"))));
-        assert_eq!(response.outcome, Ok(Applied::Done));
-        assert!(
-            matches!(&changes[0].kind, ChangeKind::DesktopPut { desktop } if desktop.revision == 5)
+        assert!(refused[0].reason.contains("no room"), "{refused:?}");
+        // Placing the same desktop twice is refused too.
+        let response = log.apply(place(&a.id, "n1"));
+        assert!(matches!(
+            response.outcome,
+            Ok(Applied::Placed { placed: 0, .. })
+        ));
+        let placed = log.desktop_of("a");
+        assert_eq!(placed.node_id.as_deref(), Some("n1"));
+        assert_eq!(
+            placed.generation, 6,
+            "the fencing token is the placement's index"
         );
-        assert_eq!(state.desktops().count(), 1);
-        assert_eq!(state.nodes().count(), 1);
-        state.apply(
-            6,
-            &request("dd", Command::DeleteDesktop { id: "d1".into() }),
+        assert_eq!(log.state.allocation("n1").unwrap().cpu_millis, 250);
+    }
+
+    #[test]
+    fn a_down_node_loses_its_desktops_and_stale_reports_are_fenced() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        log.apply(register("n2", 4000, 8));
+        log.apply(status("n1", NodeStatus::Ready));
+        log.apply(status("n2", NodeStatus::Ready));
+        log.apply(create("a", Column::Planning));
+        let a = log.desktop_of("a");
+        log.apply(place(&a.id, "n1"));
+        let on_n1 = log.desktop_of("a");
+        log.apply(report("n1", &on_n1, DesktopState::Running));
+        assert_eq!(log.desktop_of("a").state, DesktopState::Running);
+
+        log.apply(status("n1", NodeStatus::Down));
+        let pending = log.desktop_of("a");
+        assert_eq!(pending.node_id, None);
+        assert!(pending.reason.unwrap().contains("went down"));
+        assert!(log.state.allocation("n1").is_none());
+        log.apply(place(&a.id, "n2"));
+        let on_n2 = log.desktop_of("a");
+        assert_ne!(on_n2.generation, on_n1.generation);
+
+        // n1 comes back and reports the old generation: ignored.
+        log.apply(status("n1", NodeStatus::Ready));
+        log.apply(report("n1", &on_n1, DesktopState::Stopped));
+        assert_eq!(log.desktop_of("a"), on_n2);
+        // Even with the current generation, only n2 speaks for it.
+        log.apply(report("n1", &on_n2, DesktopState::Failed));
+        assert_eq!(log.desktop_of("a"), on_n2);
+    }
+
+    #[test]
+    fn drain_migrates_then_completes_and_leaves_the_node_ineligible() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        log.apply(register("n2", 4000, 8));
+        log.apply(status("n1", NodeStatus::Ready));
+        log.apply(status("n2", NodeStatus::Ready));
+        log.apply(create("a", Column::Planning));
+        let a = log.desktop_of("a");
+        log.apply(place(&a.id, "n1"));
+        log.apply(Command::StartDrain {
+            id: "n1".into(),
+            deadline_ms: 10_000,
+            max_parallel: 1,
+        });
+        let node = log.state.node("n1").unwrap();
+        assert!(!node.eligible && node.drain.is_some());
+        // Nothing new lands on a draining node.
+        log.apply(create("b", Column::Planning));
+        let b = log.desktop_of("b");
+        let response = log.apply(place(&b.id, "n1"));
+        assert!(matches!(
+            response.outcome,
+            Ok(Applied::Placed { placed: 0, .. })
+        ));
+        // Uncordoning while draining is refused.
+        let response = log.apply(Command::SetNodeEligibility {
+            id: "n1".into(),
+            eligible: true,
+        });
+        assert!(matches!(
+            response.outcome,
+            Err(CommandError::NodeDraining { .. })
+        ));
+
+        log.apply(Command::MigrateDesktops {
+            ids: vec![a.id.clone()],
+        });
+        let migrating = log.desktop_of("a");
+        assert_eq!(migrating.intent, DesktopIntent::Migrate);
+        assert_eq!(
+            migrating.node_id.as_deref(),
+            Some("n1"),
+            "held until stopped"
         );
-        assert_eq!(state.desktops().count(), 0);
+        log.apply(report("n1", &migrating, DesktopState::Stopped));
+        let pending = log.desktop_of("a");
+        assert_eq!(
+            (pending.node_id.clone(), pending.intent),
+            (None, DesktopIntent::Run)
+        );
+        let node = log.state.node("n1").unwrap();
+        assert!(node.drain.is_none() && node.drained_at_ms.is_some() && !node.eligible);
+        log.apply(place(&a.id, "n2"));
+        assert_eq!(log.desktop_of("a").node_id.as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn draining_a_down_node_is_refused() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        log.apply(status("n1", NodeStatus::Down));
+        let before = log.state.clone();
+        let response = log.apply(Command::StartDrain {
+            id: "n1".into(),
+            deadline_ms: 0,
+            max_parallel: 1,
+        });
+        assert!(matches!(
+            response.outcome,
+            Err(CommandError::NodeDown { .. })
+        ));
+        assert_eq!(log.state.node("n1"), before.node("n1"));
+    }
+
+    #[test]
+    fn releasing_a_running_desktop_waits_for_its_node_to_stop_it() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        log.apply(status("n1", NodeStatus::Ready));
+        log.apply(create("a", Column::Planning));
+        let a = log.desktop_of("a");
+        log.apply(place(&a.id, "n1"));
+        let placed = log.state.desktop(&a.id).unwrap().clone();
+        log.apply(Command::DeleteTask { id: "a".into() });
+        assert_eq!(
+            log.state.desktop(&a.id).unwrap().intent,
+            DesktopIntent::Release
+        );
+        log.apply(report("n1", &placed, DesktopState::Stopped));
+        assert!(log.state.desktop(&a.id).is_none());
+        assert!(log.state.allocation("n1").is_none());
+    }
+
+    #[test]
+    fn node_names_are_unique() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        let mut taken = register("n2", 4000, 8);
+        if let Command::RegisterNode { registration } = &mut taken {
+            registration.name = "node-n1".into();
+        }
+        let response = log.apply(taken);
+        assert!(matches!(
+            response.outcome,
+            Err(CommandError::NodeNameTaken { .. })
+        ));
+        // Re-registering the same id keeps eligibility.
+        log.apply(Command::SetNodeEligibility {
+            id: "n1".into(),
+            eligible: false,
+        });
+        log.apply(register("n1", 8000, 8));
+        let node = log.state.node("n1").unwrap();
+        assert!(!node.eligible);
+        assert_eq!(node.capacity.cpu_millis, 8000);
     }
 
     #[test]

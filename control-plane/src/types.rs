@@ -78,6 +78,10 @@ pub enum Command {
         #[serde(default)]
         repository: Option<String>,
         column: Column,
+        /// Filled in by the accepting server with its default when the
+        /// client asked for nothing specific.
+        #[serde(default)]
+        resources: DesktopResources,
     },
     UpdateTask {
         id: String,
@@ -99,17 +103,52 @@ pub enum Command {
     DeleteTask {
         id: String,
     },
-    PutNode {
-        node: Node,
+    /// A node agent announces itself (first start or restart): capacity,
+    /// GPUs and labels are replaced; eligibility, drain and status persist.
+    RegisterNode {
+        registration: NodeRegistration,
     },
-    DeleteNode {
+    /// Health transitions decided by the leader from heartbeats. A node
+    /// marked down loses its desktops: they become pending again.
+    SetNodeStatus {
+        updates: Vec<NodeStatusUpdate>,
+    },
+    /// Cordon (`eligible: false`) or uncordon.
+    SetNodeEligibility {
+        id: String,
+        eligible: bool,
+    },
+    /// Starts a drain (the node becomes ineligible) or replaces the running
+    /// one's deadline.
+    StartDrain {
+        id: String,
+        /// Wall-clock milliseconds; the rest of the desktops are stopped then.
+        deadline_ms: u64,
+        max_parallel: u32,
+    },
+    /// Cancels a drain; the node stays ineligible until uncordoned.
+    CancelDrain {
         id: String,
     },
-    PutDesktop {
-        desktop: Desktop,
+    /// Scheduler decisions, many per entry. Each is checked again on apply
+    /// and refused if it no longer fits, so nothing is ever overcommitted.
+    PlaceDesktops {
+        placements: Vec<Placement>,
     },
-    DeleteDesktop {
-        id: String,
+    /// Why desktops are still pending (only changed reasons are written).
+    SetPendingReasons {
+        reasons: Vec<PendingReason>,
+    },
+    /// Stop these desktops where they run and place them again elsewhere
+    /// (drains).
+    MigrateDesktops {
+        ids: Vec<String>,
+    },
+    /// What a node agent says its desktops are doing. Reports for another
+    /// node's or an older generation's desktop are ignored (fencing).
+    ReportDesktops {
+        node_id: String,
+        reports: Vec<DesktopReport>,
     },
     /// Records the hash of an access token. Tokens themselves are never
     /// replicated.
@@ -135,9 +174,20 @@ pub struct ClientResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Applied {
-    Task { task: Task },
+    Task {
+        task: Task,
+    },
+    Node {
+        node: Node,
+    },
     Deleted,
     Done,
+    /// Result of [`Command::PlaceDesktops`].
+    Placed {
+        placed: u32,
+        /// Placements refused on apply, with why.
+        refused: Vec<PendingReason>,
+    },
 }
 
 /// A command that was validly replicated but could not be applied to the
@@ -153,6 +203,14 @@ pub enum CommandError {
     NodeNotFound { id: String },
     #[error("no desktop with id {id:?}")]
     DesktopNotFound { id: String },
+    #[error(
+        "node {name:?} is draining; cancel the drain first (flotilla node drain --disable {name})"
+    )]
+    NodeDraining { name: String },
+    #[error("another node already uses the name {name:?}")]
+    NodeNameTaken { name: String },
+    #[error("node {name:?} is down; a drain needs a node that can stop its desktops (they are placed elsewhere already)")]
+    NodeDown { name: String },
     #[error("log entry format {found} is newer than this server understands ({supported}); upgrade this server")]
     UnsupportedFormat { found: u32, supported: u32 },
 }
@@ -225,10 +283,184 @@ pub struct Task {
     pub updated_at_ms: u64,
     /// Revision of the last change to this task.
     pub revision: u64,
+    /// What this task's desktop asks for.
+    #[serde(default)]
+    pub resources: DesktopResources,
+    /// Its desktop while it is in planning, implementation or review.
+    #[serde(default)]
+    pub desktop_id: Option<String>,
 }
 
-/// A GPU host as the control plane knows it. The node-agent work fills in
-/// capacity and health.
+/// What a desktop asks for. CPU is a share (millicores, enforced by
+/// weight), memory a hard limit; GPU memory is charged to one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DesktopResources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub gpu_memory_bytes: u64,
+    #[serde(default)]
+    pub needs_gpu: bool,
+    /// Labels the node must carry, with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for DesktopResources {
+    /// Modest enough that a 2-core, 24 GiB machine runs several desktops.
+    fn default() -> DesktopResources {
+        DesktopResources {
+            cpu_millis: 250,
+            memory_bytes: 2 << 30,
+            gpu_memory_bytes: 0,
+            needs_gpu: false,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Upper bounds that catch typos (a request in bytes where GiB was meant).
+pub const MAX_CPU_MILLIS: u64 = 1_024_000;
+pub const MAX_MEMORY_BYTES: u64 = 64 << 40;
+pub const MAX_GPU_MEMORY_BYTES: u64 = 16 << 40;
+
+impl DesktopResources {
+    /// Refuses zero, absurd or malformed requests.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cpu_millis == 0 || self.cpu_millis > MAX_CPU_MILLIS {
+            return Err(format!(
+                "cpu_millis must be between 1 and {MAX_CPU_MILLIS}, got {}",
+                self.cpu_millis
+            ));
+        }
+        if self.memory_bytes < (1 << 20) || self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(format!(
+                "memory_bytes must be between 1 MiB and 64 TiB, got {}",
+                self.memory_bytes
+            ));
+        }
+        if self.gpu_memory_bytes > MAX_GPU_MEMORY_BYTES {
+            return Err(format!(
+                "gpu_memory_bytes must be at most 16 TiB, got {}",
+                self.gpu_memory_bytes
+            ));
+        }
+        for (key, value) in &self.labels {
+            validate_label(key, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Label keys: 1–63 characters of `[A-Za-z0-9._/-]`, starting alphanumeric;
+/// values: up to 63 of the same, possibly empty.
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+    if key.is_empty()
+        || key.len() > 63
+        || !key.chars().all(allowed)
+        || !key.starts_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "label key {key:?} must be 1-63 characters of letters, digits, '.', '_', '-', '/', starting with a letter or digit"
+        ));
+    }
+    if value.len() > 63 || !value.chars().all(allowed) {
+        return Err(format!(
+            "label value {value:?} (key {key:?}) must be at most 63 characters of letters, digits, '.', '_', '-', '/'"
+        ));
+    }
+    Ok(())
+}
+
+/// Node names: 1–63 characters of `[a-z0-9-]`, like a host name.
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || name.starts_with('-')
+    {
+        return Err(format!(
+            "node name {name:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// What a node offers desktops: its host minus what is reserved for the
+/// host itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeCapacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Free space under the node agent's data directory at registration.
+    pub disk_bytes: u64,
+    pub desktop_slots: u32,
+}
+
+/// One GPU as its node agent enumerated it (Vulkan physical device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub vendor_id: u32,
+    pub device_id: u32,
+    pub driver: String,
+    pub uuid: String,
+    /// Device-local memory.
+    pub memory_bytes: u64,
+    /// A CPU implementation such as lavapipe.
+    pub cpu_implementation: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Registered; no heartbeat yet.
+    #[default]
+    Initializing,
+    Ready,
+    /// Silent past its heartbeat deadline.
+    Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Initializing => "initializing",
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+/// A drain in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Drain {
+    pub started_at_ms: u64,
+    pub deadline_ms: u64,
+    /// Desktops migrated at once.
+    pub max_parallel: u32,
+}
+
+/// What a node agent registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    /// Stable across restarts: kept in the agent's data directory.
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: NodeCapacity,
+    pub reserved: NodeCapacity,
+    pub gpus: Vec<Gpu>,
+    pub agent_version: String,
+    /// Where the agent reaches the control plane from (for people).
+    pub address: String,
+}
+
+/// A GPU host as the control plane knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     pub id: String,
@@ -236,10 +468,99 @@ pub struct Node {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    pub capacity: NodeCapacity,
+    /// Held back for the host, already subtracted from `capacity`.
+    #[serde(default)]
+    pub reserved: NodeCapacity,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    #[serde(default)]
+    pub status: NodeStatus,
+    /// False once cordoned or drained.
+    #[serde(default = "yes")]
+    pub eligible: bool,
+    #[serde(default)]
+    pub drain: Option<Drain>,
+    /// When the last drain finished (every desktop gone).
+    #[serde(default)]
+    pub drained_at_ms: Option<u64>,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub registered_at_ms: u64,
+    #[serde(default)]
+    pub status_changed_at_ms: u64,
+    #[serde(default)]
     pub revision: u64,
 }
 
-/// A task's sandboxed computer: where it should run (intent).
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusUpdate {
+    pub id: String,
+    pub status: NodeStatus,
+}
+
+/// Where a desktop should be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopIntent {
+    /// Run on its node (or wait for one).
+    #[default]
+    Run,
+    /// Stop on its node, then be placed again (drain).
+    Migrate,
+    /// Stop on its node, then be forgotten (task done or deleted).
+    Release,
+}
+
+/// What a desktop is doing, as its node agent reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopState {
+    /// Not placed yet, or placed and not picked up by its node.
+    #[default]
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl DesktopState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesktopState::Pending => "pending",
+            DesktopState::Starting => "starting",
+            DesktopState::Running => "running",
+            DesktopState::Stopping => "stopping",
+            DesktopState::Stopped => "stopped",
+            DesktopState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DesktopState> {
+        [
+            DesktopState::Pending,
+            DesktopState::Starting,
+            DesktopState::Running,
+            DesktopState::Stopping,
+            DesktopState::Stopped,
+            DesktopState::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// A task's sandboxed computer: where it should run (intent) and what its
+/// node says it does (observed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Desktop {
     pub id: String,
@@ -247,8 +568,54 @@ pub struct Desktop {
     /// The node it is placed on; `None` while pending.
     #[serde(default)]
     pub node_id: Option<String>,
+    /// Index of the GPU on its node that it is charged to.
+    #[serde(default)]
+    pub gpu: Option<u32>,
+    #[serde(default)]
+    pub resources: DesktopResources,
+    /// Fencing token: the log index of the placement. A node runs a desktop
+    /// only for the generation it was handed; reports carry it back.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub intent: DesktopIntent,
+    #[serde(default)]
+    pub state: DesktopState,
+    /// Why it is pending or failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Order of arrival: pending desktops are placed oldest first.
+    #[serde(default)]
+    pub sequence: u64,
+    #[serde(default)]
+    pub created_at_ms: u64,
     #[serde(default)]
     pub revision: u64,
+}
+
+/// One scheduler decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub desktop_id: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub gpu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReason {
+    pub desktop_id: String,
+    pub reason: String,
+}
+
+/// A node agent's word on one desktop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesktopReport {
+    pub desktop_id: String,
+    pub generation: u64,
+    pub state: DesktopState,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Which door a token opens.

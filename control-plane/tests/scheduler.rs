@@ -14,6 +14,7 @@ const GIB: u64 = 1 << 30;
 fn node(id: &str, cpu_millis: u64, memory_gib: u64, gpus: &[u64]) -> NodeView {
     NodeView {
         id: id.to_owned(),
+        name: id.to_owned(),
         health: NodeHealth::Ready,
         eligible: true,
         draining: false,

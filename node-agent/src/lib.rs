@@ -1,5 +1,14 @@
-//! The node agent (one per GPU host): reports the node's capacity, watches the
-//! desktops the control plane assigns to it, builds each one as a sandbox from
-//! Linux namespaces and cgroups, and reports what actually runs.
+//! The node agent: one per GPU host. Registers the host's capacity (CPU,
+//! memory, disk, GPUs) with the control plane, heartbeats, watches the
+//! desktops assigned to it and runs them behind a [`runtime::DesktopRuntime`],
+//! reporting what they do.
 //!
-//! Not built yet: this crate is reserved so the workspace has its final shape.
+//! Today's runtime starts a plain child process per desktop
+//! ([`runtime::ProcessRuntime`]); the namespace sandbox plugs in behind the
+//! same trait.
+
+pub mod agent;
+pub mod host;
+pub mod runtime;
+
+pub use agent::{run, AgentOptions};

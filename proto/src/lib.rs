@@ -17,7 +17,7 @@ pub mod cluster {
     tonic::include_proto!("flotilla.cluster.v1");
 }
 
-/// Node-agent API (reserved; grows with the node-agent work).
+/// Node-agent API: registration, heartbeats, assignments.
 pub mod node {
     tonic::include_proto!("flotilla.node.v1");
 }

@@ -5,6 +5,8 @@
 //! (`target/<profile>/flotilla`); `cargo test --workspace` builds it because
 //! the `cli` package has integration tests of its own.
 
+pub mod netns;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -208,11 +210,23 @@ pub struct TestCluster {
     pub token: String,
     pub http: reqwest::Client,
     flags: ServerFlags,
+    /// Address the servers listen on.
+    host: String,
 }
 
 impl TestCluster {
     /// Bootstraps server 1, then joins servers 2..=n and waits for n voters.
     pub async fn start(size: u64, flags: ServerFlags) -> anyhow::Result<TestCluster> {
+        TestCluster::start_on("127.0.0.1", size, flags).await
+    }
+
+    /// [`TestCluster::start`] with the servers listening on `host` (an
+    /// address of this machine, e.g. a test bridge's).
+    pub async fn start_on(
+        host: &str,
+        size: u64,
+        flags: ServerFlags,
+    ) -> anyhow::Result<TestCluster> {
         let root = tempfile::tempdir().context("create the cluster directory")?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -224,6 +238,7 @@ impl TestCluster {
             token: String::new(),
             http,
             flags,
+            host: host.to_owned(),
         };
         cluster.add_server(1, None)?;
         let first_dir = cluster.servers[0].data_dir.clone();
@@ -256,7 +271,11 @@ impl TestCluster {
     }
 
     fn add_server(&mut self, node_id: u64, join: Option<&str>) -> anyhow::Result<()> {
-        let addr = format!("127.0.0.1:{}", free_port());
+        let port = TcpListener::bind((self.host.as_str(), 0))
+            .and_then(|listener| listener.local_addr())
+            .context("find a free port")?
+            .port();
+        let addr = format!("{}:{port}", self.host);
         let data_dir = self.root.path().join(format!("server-{node_id}"));
         let mut args = vec![
             "server".to_owned(),

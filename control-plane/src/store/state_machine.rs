@@ -143,6 +143,12 @@ impl SharedState {
         self.read().last_applied.map_or(0, |log_id| log_id.index)
     }
 
+    /// Every change batch from now on (level-triggered users re-read the
+    /// state on each message and treat a lag as "something changed").
+    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
+        self.feed.subscribe()
+    }
+
     /// Starts a watch that yields every change with a revision above
     /// `after_revision`.
     pub fn watch(self: &Arc<Self>, after_revision: u64) -> Result<Watcher, WatchError> {
@@ -474,6 +480,7 @@ mod tests {
                 description: String::new(),
                 repository: None,
                 column: Column::Backlog,
+                resources: Default::default(),
             },
         };
         Entry {

@@ -1,0 +1,535 @@
+//! The fleet half of the HTTP API: nodes, capacity, desktops, cordon and
+//! drain. Nodes are addressed by name (or id).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::control::{now_ms, ControlPlane};
+use crate::error::{ApiError, ErrorBody};
+use crate::fleet::Usage;
+use crate::http::{
+    command_error, consistency, idempotency_key, json_error, query_error, ReadQuery,
+};
+use crate::state::{Allocation, State as FleetState};
+use crate::types::{
+    Applied, Command, Desktop, DesktopIntent, DesktopState, Drain, Node, NodeStatus,
+};
+
+/// Default drain deadline, as Nomad's.
+pub const DEFAULT_DRAIN_DEADLINE_SECS: u64 = 3600;
+/// Longest drain deadline accepted (a week).
+pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+    Router::new()
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", get(node_status))
+        .route("/api/v1/nodes/{name}/eligibility", post(set_eligibility))
+        .route(
+            "/api/v1/nodes/{name}/drain",
+            post(start_drain).delete(cancel_drain),
+        )
+        .route("/api/v1/capacity", get(capacity))
+        .route("/api/v1/desktops", get(list_desktops))
+}
+
+/// Capacity, allocation and what is free of one resource.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Amount {
+    pub capacity: u64,
+    pub allocated: u64,
+    pub free: u64,
+}
+
+impl Amount {
+    fn new(capacity: u64, allocated: u64) -> Amount {
+        Amount {
+            capacity,
+            allocated,
+            free: capacity.saturating_sub(allocated),
+        }
+    }
+
+    fn add(&mut self, other: Amount) {
+        self.capacity += other.capacity;
+        self.allocated += other.allocated;
+        self.free += other.free;
+    }
+}
+
+/// One node in `node list`.
+#[derive(Serialize, ToSchema)]
+pub struct NodeSummary {
+    pub id: String,
+    pub name: String,
+    /// `ready`, `down` or `initializing`.
+    pub status: NodeStatus,
+    /// `eligible` or `ineligible` for new desktops.
+    pub eligibility: &'static str,
+    pub draining: bool,
+    pub drain: Option<Drain>,
+    pub drained_at_ms: Option<u64>,
+    pub desktops: Amount,
+    pub cpu_millis: Amount,
+    pub memory_bytes: Amount,
+    pub gpu_memory_bytes: Amount,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub address: String,
+    pub agent_version: String,
+}
+
+fn summary(node: &Node, allocation: Option<&Allocation>) -> NodeSummary {
+    let gpu_capacity = node.gpus.iter().map(|gpu| gpu.memory_bytes).sum();
+    let gpu_allocated = allocation.map_or(0, |a| a.gpu_memory_bytes.iter().sum());
+    NodeSummary {
+        id: node.id.clone(),
+        name: node.name.clone(),
+        status: node.status,
+        eligibility: if node.eligible {
+            "eligible"
+        } else {
+            "ineligible"
+        },
+        draining: node.drain.is_some(),
+        drain: node.drain.clone(),
+        drained_at_ms: node.drained_at_ms,
+        desktops: Amount::new(
+            u64::from(node.capacity.desktop_slots),
+            allocation.map_or(0, |a| a.desktops.len() as u64),
+        ),
+        cpu_millis: Amount::new(
+            node.capacity.cpu_millis,
+            allocation.map_or(0, |a| a.cpu_millis),
+        ),
+        memory_bytes: Amount::new(
+            node.capacity.memory_bytes,
+            allocation.map_or(0, |a| a.memory_bytes),
+        ),
+        gpu_memory_bytes: Amount::new(gpu_capacity, gpu_allocated),
+        labels: node.labels.clone(),
+        address: node.address.clone(),
+        agent_version: node.agent_version.clone(),
+    }
+}
+
+/// One desktop as listed.
+#[derive(Serialize, ToSchema)]
+pub struct DesktopView {
+    pub id: String,
+    pub task: String,
+    /// Node name; `null` while pending.
+    pub node: Option<String>,
+    pub state: DesktopState,
+    pub intent: DesktopIntent,
+    pub generation: u64,
+    pub reason: Option<String>,
+    pub gpu: Option<u32>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpu_memory_bytes: u64,
+    /// Last reported use (only when the leader answers).
+    pub usage: Option<Usage>,
+}
+
+fn desktop_view(state: &FleetState, desktop: &Desktop, usage: Option<Usage>) -> DesktopView {
+    DesktopView {
+        id: desktop.id.clone(),
+        task: desktop.task_id.clone(),
+        node: desktop
+            .node_id
+            .as_deref()
+            .and_then(|id| state.node(id))
+            .map(|node| node.name.clone()),
+        state: desktop.state,
+        intent: desktop.intent,
+        generation: desktop.generation,
+        reason: desktop.reason.clone(),
+        gpu: desktop.gpu,
+        cpu_millis: desktop.resources.cpu_millis,
+        memory_bytes: desktop.resources.memory_bytes,
+        gpu_memory_bytes: desktop.resources.gpu_memory_bytes,
+        usage,
+    }
+}
+
+fn find_node<'a>(state: &'a FleetState, name: &str) -> Result<&'a Node, ApiError> {
+    state
+        .node_by_name(name)
+        .or_else(|| state.node(name))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no node named {name:?}; `flotilla node list` shows the nodes"
+            ))
+        })
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("{name:?} is not a valid node name"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every node with its capacity and allocation.
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes",
+    params(ReadQuery),
+    responses((status = 200, body = Vec<NodeSummary>), (status = 400, body = ErrorBody))
+)]
+pub(crate) async fn list_nodes(
+    State(control): State<Arc<ControlPlane>>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<Vec<NodeSummary>>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    control.read_barrier(consistency(query.stale)).await?;
+    let mut nodes = control.state.with_state(|state| {
+        state
+            .nodes()
+            .map(|node| summary(node, state.allocation(&node.id)))
+            .collect::<Vec<_>>()
+    });
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(nodes))
+}
+
+/// A node with its GPUs and desktops.
+#[derive(Serialize, ToSchema)]
+pub struct NodeDetail {
+    #[serde(flatten)]
+    pub node: NodeSummary,
+    pub gpus: Vec<GpuDetail>,
+    pub desktops_placed: Vec<DesktopView>,
+    pub reserved: crate::types::NodeCapacity,
+    pub disk_bytes: u64,
+    pub registered_at_ms: u64,
+    pub status_changed_at_ms: u64,
+    /// When the leader last heard from it (only when the leader answers).
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GpuDetail {
+    #[serde(flatten)]
+    pub gpu: crate::types::Gpu,
+    pub allocation: Amount,
+}
+
+/// One node in detail.
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{name}",
+    params(("name" = String, Path), ReadQuery),
+    responses((status = 200, body = NodeDetail), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn node_status(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<NodeDetail>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    validate_name(&name)?;
+    control.read_barrier(consistency(query.stale)).await?;
+    let node_id = control
+        .state
+        .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
+    let usage = control.fleet.usage(&node_id);
+    let last_heartbeat_ms = control.fleet.last_heartbeat_ms(&node_id);
+    control.state.with_state(|state| {
+        let node = find_node(state, &name)?;
+        let allocation = state.allocation(&node.id);
+        Ok(Json(NodeDetail {
+            node: summary(node, allocation),
+            gpus: node
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(index, gpu)| GpuDetail {
+                    gpu: gpu.clone(),
+                    allocation: Amount::new(
+                        gpu.memory_bytes,
+                        allocation
+                            .and_then(|a| a.gpu_memory_bytes.get(index).copied())
+                            .unwrap_or(0),
+                    ),
+                })
+                .collect(),
+            desktops_placed: state
+                .node_desktops(&node.id)
+                .into_iter()
+                .map(|desktop| desktop_view(state, desktop, usage.get(&desktop.id).copied()))
+                .collect(),
+            reserved: node.reserved.clone(),
+            disk_bytes: node.capacity.disk_bytes,
+            registered_at_ms: node.registered_at_ms,
+            status_changed_at_ms: node.status_changed_at_ms,
+            last_heartbeat_ms,
+        }))
+    })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityBody {
+    eligible: bool,
+}
+
+/// Cordon (`{"eligible": false}`) or uncordon a node.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{name}/eligibility",
+    params(("name" = String, Path)),
+    request_body = EligibilityBody,
+    responses((status = 200, body = NodeSummary), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+pub(crate) async fn set_eligibility(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<EligibilityBody>, JsonRejection>,
+) -> Result<Json<NodeSummary>, ApiError> {
+    validate_name(&name)?;
+    let Json(body) = body.map_err(json_error)?;
+    let id = control
+        .state
+        .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
+    let command = Command::SetNodeEligibility {
+        id,
+        eligible: body.eligible,
+    };
+    node_outcome(&control, command, &headers).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// Seconds until the remaining desktops are stopped (default 3600).
+    #[serde(default)]
+    deadline_secs: Option<u64>,
+    /// Stop everything now (deadline 0).
+    #[serde(default)]
+    force: bool,
+    /// Desktops migrated at once (default 1).
+    #[serde(default)]
+    max_parallel: Option<u32>,
+}
+
+/// Drain a node: it becomes ineligible and its desktops move elsewhere.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{name}/drain",
+    params(("name" = String, Path)),
+    request_body = DrainBody,
+    responses((status = 200, body = NodeSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+pub(crate) async fn start_drain(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<DrainBody>, JsonRejection>,
+) -> Result<Json<NodeSummary>, ApiError> {
+    validate_name(&name)?;
+    let Json(body) = body.map_err(json_error)?;
+    let deadline_secs = if body.force {
+        0
+    } else {
+        body.deadline_secs.unwrap_or(DEFAULT_DRAIN_DEADLINE_SECS)
+    };
+    if deadline_secs > MAX_DRAIN_DEADLINE_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_deadline",
+            format!("deadline must be at most {MAX_DRAIN_DEADLINE_SECS} seconds (a week)"),
+        ));
+    }
+    let max_parallel = body.max_parallel.unwrap_or(1);
+    if max_parallel == 0 || max_parallel > crate::node_api::MAX_DESKTOP_SLOTS {
+        return Err(ApiError::bad_request(
+            "invalid_max_parallel",
+            format!(
+                "max_parallel must be between 1 and {}",
+                crate::node_api::MAX_DESKTOP_SLOTS
+            ),
+        ));
+    }
+    let id = control
+        .state
+        .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
+    let command = Command::StartDrain {
+        id,
+        deadline_ms: now_ms() + deadline_secs * 1000,
+        max_parallel,
+    };
+    let answer = node_outcome(&control, command, &headers).await;
+    control.fleet.wake();
+    answer
+}
+
+/// Cancel a node's drain; it stays ineligible until uncordoned.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/nodes/{name}/drain",
+    params(("name" = String, Path)),
+    responses((status = 200, body = NodeSummary), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn cancel_drain(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<NodeSummary>, ApiError> {
+    validate_name(&name)?;
+    let id = control
+        .state
+        .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
+    node_outcome(&control, Command::CancelDrain { id }, &headers).await
+}
+
+async fn node_outcome(
+    control: &ControlPlane,
+    command: Command,
+    headers: &HeaderMap,
+) -> Result<Json<NodeSummary>, ApiError> {
+    let request = control.request(command, idempotency_key(headers)?);
+    match control.write(request).await?.outcome {
+        Ok(Applied::Node { node }) => {
+            Ok(Json(control.state.with_state(|state| {
+                summary(&node, state.allocation(&node.id))
+            })))
+        }
+        Ok(other) => Err(ApiError::internal(format!(
+            "unexpected result {other:?} for a node command"
+        ))),
+        Err(error) => Err(command_error(error)),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CapacityView {
+    pub nodes: Vec<NodeCapacityView>,
+    /// Sum over nodes that are `ready`.
+    pub total: Totals,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub struct Totals {
+    pub cpu_millis: Amount,
+    pub memory_bytes: Amount,
+    pub gpu_memory_bytes: Amount,
+    pub desktops: Amount,
+    pub nodes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeCapacityView {
+    pub name: String,
+    pub status: NodeStatus,
+    pub eligibility: &'static str,
+    pub cpu_millis: Amount,
+    pub memory_bytes: Amount,
+    pub gpu_memory_bytes: Amount,
+    pub desktops: Amount,
+    pub gpus: Vec<GpuCapacityView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GpuCapacityView {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: Amount,
+}
+
+/// Capacity, allocation and free room per node, per GPU and in total.
+#[utoipa::path(
+    get,
+    path = "/api/v1/capacity",
+    params(ReadQuery),
+    responses((status = 200, body = CapacityView))
+)]
+pub(crate) async fn capacity(
+    State(control): State<Arc<ControlPlane>>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<CapacityView>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    control.read_barrier(consistency(query.stale)).await?;
+    let view = control.state.with_state(|state| {
+        let mut total = Totals::default();
+        let mut nodes = Vec::new();
+        for node in state.nodes() {
+            let allocation = state.allocation(&node.id);
+            let line = summary(node, allocation);
+            if node.status == NodeStatus::Ready {
+                total.cpu_millis.add(line.cpu_millis);
+                total.memory_bytes.add(line.memory_bytes);
+                total.gpu_memory_bytes.add(line.gpu_memory_bytes);
+                total.desktops.add(line.desktops);
+                total.nodes += 1;
+            }
+            nodes.push(NodeCapacityView {
+                name: line.name,
+                status: line.status,
+                eligibility: line.eligibility,
+                cpu_millis: line.cpu_millis,
+                memory_bytes: line.memory_bytes,
+                gpu_memory_bytes: line.gpu_memory_bytes,
+                desktops: line.desktops,
+                gpus: node
+                    .gpus
+                    .iter()
+                    .enumerate()
+                    .map(|(index, gpu)| GpuCapacityView {
+                        index: gpu.index,
+                        name: gpu.name.clone(),
+                        memory_bytes: Amount::new(
+                            gpu.memory_bytes,
+                            allocation
+                                .and_then(|a| a.gpu_memory_bytes.get(index).copied())
+                                .unwrap_or(0),
+                        ),
+                    })
+                    .collect(),
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        CapacityView { nodes, total }
+    });
+    Ok(Json(view))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DesktopList {
+    pub revision: u64,
+    pub desktops: Vec<DesktopView>,
+}
+
+/// Every desktop: where it should run and what its node says it does.
+#[utoipa::path(
+    get,
+    path = "/api/v1/desktops",
+    params(ReadQuery),
+    responses((status = 200, body = DesktopList))
+)]
+pub(crate) async fn list_desktops(
+    State(control): State<Arc<ControlPlane>>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<DesktopList>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    control.read_barrier(consistency(query.stale)).await?;
+    Ok(Json(control.state.with_state(|state| {
+        DesktopList {
+            revision: state.revision(),
+            desktops: state
+                .desktops()
+                .map(|desktop| desktop_view(state, desktop, None))
+                .collect(),
+        }
+    })))
+}

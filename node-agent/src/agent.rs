@@ -1,0 +1,762 @@
+//! The agent's three loops: heartbeats (which hold the lease), the
+//! assignment watch, and the reconciler that makes the runtime match the
+//! assignments.
+//!
+//! Safety rule: desktops run only while the lease is valid — `ttl / 2`
+//! after the *sending* of the last heartbeat the leader acknowledged — and
+//! only from assignments at least as new as the heartbeat that (re)granted
+//! the lease. The leader marks the node down only `ttl` after *receiving*
+//! that heartbeat, so by the time a desktop is placed elsewhere this node
+//! has stopped it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use flotilla_proto::node as pb;
+use flotilla_proto::node::node_agent_client::NodeAgentClient;
+use tokio::sync::Notify;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::host::{self, DataDir};
+use crate::runtime::{DesktopRuntime, DesktopSpec, Observed, Phase, ProcessRuntime};
+
+const LEADER_METADATA: &str = "flotilla-leader";
+const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+const RETRY: Duration = Duration::from_millis(200);
+/// How long an ended desktop that should run waits before starting again.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Control-plane servers, `HOST:PORT`; any one will do.
+    pub servers: Vec<String>,
+    /// A node-join token.
+    pub token: String,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// Overrides of what the host probes find (tests, simulations).
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub desktop_slots: u32,
+    /// Held back for the host itself.
+    pub reserve_cpu_millis: u64,
+    pub reserve_memory_bytes: u64,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// What each desktop runs under the process runtime.
+    pub desktop_command: Vec<String>,
+    /// Enumerate GPUs with Vulkan.
+    pub gpus: bool,
+}
+
+impl AgentOptions {
+    pub fn new(servers: Vec<String>, token: String, name: String, data_dir: PathBuf) -> Self {
+        AgentOptions {
+            servers,
+            token,
+            name,
+            data_dir,
+            labels: BTreeMap::new(),
+            cpu_millis: None,
+            memory_bytes: None,
+            desktop_slots: 16,
+            reserve_cpu_millis: 250,
+            reserve_memory_bytes: 1 << 30,
+            stop_grace: Duration::from_secs(10),
+            desktop_command: vec!["sleep".to_owned(), "infinity".to_owned()],
+            gpus: true,
+        }
+    }
+}
+
+/// Which servers to talk to, and which one leads.
+struct Servers {
+    addrs: Vec<String>,
+    next: AtomicUsize,
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    token: String,
+}
+
+impl Servers {
+    fn pick(&self) -> String {
+        if let Some(leader) = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return leader;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        self.addrs[index].clone()
+    }
+
+    fn client(&self, addr: &str) -> anyhow::Result<NodeAgentClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .with_context(|| format!("{addr:?} is not a HOST:PORT address"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(2))
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(NodeAgentClient::new(channel))
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = format!("Bearer {}", self.token).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Learns from a failed call: follow a leader hint, or try elsewhere.
+    fn failed(&self, addr: &str, status: &Status) {
+        let hint = status
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut leader = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        match hint {
+            Some(hint) if hint != addr => *leader = Some(hint),
+            _ => {
+                *leader = None;
+                // A dead connection is rebuilt from scratch next time.
+                if status.code() == Code::Unavailable {
+                    self.channels
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(addr);
+                }
+            }
+        }
+    }
+
+    fn succeeded(&self, addr: &str) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_owned());
+    }
+}
+
+#[derive(Default)]
+struct Lease {
+    /// Desktops may run until then.
+    until: Option<Instant>,
+    /// Assignments older than this revision predate the lease.
+    required_revision: u64,
+}
+
+struct Received {
+    revision: u64,
+    desktops: Vec<pb::Assignment>,
+}
+
+struct Shared {
+    node_id: String,
+    servers: Servers,
+    lease: Mutex<Lease>,
+    assignments: Mutex<Option<Received>>,
+    report: Mutex<Vec<pb::DesktopStatus>>,
+    reconcile_now: Notify,
+    heartbeat_now: Notify,
+    rewatch: Notify,
+}
+
+/// Runs the agent until `shutdown` resolves; then stops every desktop.
+pub async fn run(
+    options: AgentOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if options.servers.is_empty() {
+        bail!("--join needs at least one control-plane address");
+    }
+    let data_dir = DataDir::open(&options.data_dir)?;
+    let identity = data_dir.identity(&options.name)?;
+    let registration = registration(&options, &identity.node_id, &data_dir)?;
+    tracing::info!(
+        node_id = %identity.node_id,
+        name = %identity.name,
+        cpu_millis = registration.capacity.as_ref().map_or(0, |c| c.cpu_millis),
+        memory_bytes = registration.capacity.as_ref().map_or(0, |c| c.memory_bytes),
+        gpus = registration.gpus.len(),
+        "node agent starting"
+    );
+    let runtime = ProcessRuntime::new(
+        &options.name,
+        &data_dir.path,
+        options.desktop_command.clone(),
+        options.stop_grace,
+    )
+    .context("set up the desktop runtime")?;
+    let shared = Arc::new(Shared {
+        node_id: identity.node_id.clone(),
+        servers: Servers {
+            addrs: options.servers.clone(),
+            next: AtomicUsize::new(0),
+            leader: Mutex::new(None),
+            channels: Mutex::new(HashMap::new()),
+            token: options.token.clone(),
+        },
+        lease: Mutex::new(Lease::default()),
+        assignments: Mutex::new(None),
+        report: Mutex::new(Vec::new()),
+        reconcile_now: Notify::new(),
+        heartbeat_now: Notify::new(),
+        rewatch: Notify::new(),
+    });
+    register(&shared, &registration).await?;
+
+    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), registration));
+    let watch = tokio::spawn(watch_loop(shared.clone()));
+    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel();
+    let reconciler = tokio::spawn(reconcile_loop(
+        shared.clone(),
+        Box::new(runtime),
+        options.stop_grace,
+        stop_receiver,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down: stopping desktops");
+    heartbeats.abort();
+    watch.abort();
+    let _ = stop_sender.send(());
+    let _ = reconciler.await;
+    drop(data_dir);
+    Ok(())
+}
+
+fn registration(
+    options: &AgentOptions,
+    node_id: &str,
+    data_dir: &DataDir,
+) -> anyhow::Result<pb::RegisterRequest> {
+    let host_cpu = host::cpu_count() * 1000;
+    let host_memory = host::memory_bytes()?;
+    let cpu_millis = options
+        .cpu_millis
+        .unwrap_or_else(|| host_cpu.saturating_sub(options.reserve_cpu_millis));
+    let memory_bytes = options
+        .memory_bytes
+        .unwrap_or_else(|| host_memory.saturating_sub(options.reserve_memory_bytes));
+    if cpu_millis == 0 || memory_bytes == 0 {
+        bail!(
+            "nothing is left for desktops: the host has {host_cpu} millicores and {host_memory} bytes, and {} / {} are reserved",
+            options.reserve_cpu_millis,
+            options.reserve_memory_bytes
+        );
+    }
+    let gpus = if options.gpus {
+        match flotilla_gpu::enumerate() {
+            Ok(gpus) => gpus,
+            Err(error) => {
+                tracing::warn!(%error, "no GPUs reported");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    Ok(pb::RegisterRequest {
+        node_id: node_id.to_owned(),
+        name: options.name.clone(),
+        labels: options.labels.clone().into_iter().collect(),
+        capacity: Some(pb::Capacity {
+            cpu_millis,
+            memory_bytes,
+            disk_bytes: host::disk_bytes(&data_dir.path)?,
+            desktop_slots: options.desktop_slots,
+        }),
+        reserved: Some(pb::Capacity {
+            cpu_millis: options.reserve_cpu_millis,
+            memory_bytes: options.reserve_memory_bytes,
+            disk_bytes: 0,
+            desktop_slots: 0,
+        }),
+        gpus: gpus
+            .into_iter()
+            .map(|gpu| pb::Gpu {
+                index: gpu.index,
+                name: gpu.name,
+                vendor_id: gpu.vendor_id,
+                device_id: gpu.device_id,
+                driver: gpu.driver,
+                uuid: gpu.uuid,
+                memory_bytes: gpu.memory_bytes,
+                cpu_implementation: gpu.cpu_implementation,
+            })
+            .collect(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// Registers, retrying while the cluster is unreachable; refusals that a
+/// retry cannot fix end the agent with the server's reason.
+async fn register(shared: &Shared, registration: &pb::RegisterRequest) -> anyhow::Result<()> {
+    loop {
+        let addr = shared.servers.pick();
+        let result = match shared.servers.client(&addr) {
+            Ok(mut client) => {
+                tokio::time::timeout(
+                    Duration::from_secs(15),
+                    client.register(shared.servers.request(registration.clone())),
+                )
+                .await
+            }
+            Err(error) => return Err(error),
+        };
+        match result {
+            Ok(Ok(_)) => {
+                tracing::info!(server = %addr, "registered");
+                return Ok(());
+            }
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument
+                        | Code::AlreadyExists
+                        | Code::Unauthenticated
+                        | Code::PermissionDenied
+                        | Code::FailedPrecondition
+                ) =>
+            {
+                bail!(
+                    "the control plane at {addr} refused this node: {}",
+                    status.message()
+                )
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(server = %addr, error = %status.message(), "register failed; retrying");
+                shared.servers.failed(&addr, &status);
+            }
+            Err(_) => {
+                tracing::debug!(server = %addr, "register timed out; retrying");
+                shared
+                    .servers
+                    .failed(&addr, &Status::unavailable("timed out"));
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, registration: pb::RegisterRequest) {
+    let mut timeout = Duration::from_secs(2);
+    loop {
+        let addr = shared.servers.pick();
+        let desktops = shared
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let request = pb::HeartbeatRequest {
+            node_id: shared.node_id.clone(),
+            desktops,
+        };
+        let sent = Instant::now();
+        let result = match shared.servers.client(&addr) {
+            Ok(mut client) => {
+                tokio::time::timeout(timeout, client.heartbeat(shared.servers.request(request)))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::unavailable("heartbeat timed out")))
+            }
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        };
+        let pause = match result {
+            Ok(response) => {
+                shared.servers.succeeded(&addr);
+                let response = response.into_inner();
+                let ttl = Duration::from_millis(response.ttl_ms);
+                timeout = (ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+                let regained = {
+                    let mut lease = shared.lease.lock().unwrap_or_else(|p| p.into_inner());
+                    let lapsed = lease.until.is_none_or(|until| until <= sent);
+                    if lapsed {
+                        lease.required_revision = response.revision;
+                    }
+                    lease.until = Some(sent + ttl / 2);
+                    lapsed
+                };
+                if regained {
+                    tracing::info!(revision = response.revision, "lease granted");
+                    shared.rewatch.notify_one();
+                }
+                Duration::from_millis(response.next_heartbeat_ms.max(20))
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                tracing::warn!("the control plane does not know this node; registering again");
+                if let Err(error) = register(&shared, &registration).await {
+                    tracing::error!(%error, "cannot register again");
+                }
+                RETRY
+            }
+            Err(status) => {
+                tracing::debug!(server = %addr, error = %status.message(), "heartbeat failed");
+                shared.servers.failed(&addr, &status);
+                RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shared.heartbeat_now.notified() => {
+                // Coalesce bursts of state changes into one report.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn watch_loop(shared: Arc<Shared>) {
+    loop {
+        let addr = shared.servers.pick();
+        let after_revision = {
+            let lease = shared.lease.lock().unwrap_or_else(|p| p.into_inner());
+            let received = shared
+                .assignments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or(0, |received| received.revision);
+            lease.required_revision.max(received)
+        };
+        let request = pb::WatchAssignmentsRequest {
+            node_id: shared.node_id.clone(),
+            after_revision,
+        };
+        let stream = match shared.servers.client(&addr) {
+            Ok(mut client) => tokio::time::timeout(
+                Duration::from_secs(5),
+                client.watch_assignments(shared.servers.request(request)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("watch timed out"))),
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        };
+        let mut stream = match stream {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                tracing::debug!(server = %addr, error = %status.message(), "watch failed");
+                shared.servers.failed(&addr, &status);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(assignments)) => {
+                        tracing::debug!(revision = assignments.revision, desktops = assignments.desktops.len(), "assignments");
+                        *shared.assignments.lock().unwrap_or_else(|p| p.into_inner()) = Some(Received {
+                            revision: assignments.revision,
+                            desktops: assignments.desktops,
+                        });
+                        shared.reconcile_now.notify_one();
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(server = %addr, error = %status.message(), "watch ended");
+                        shared.servers.failed(&addr, &status);
+                        break;
+                    }
+                },
+                _ = shared.rewatch.notified() => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Makes the runtime match the assignments while the lease holds, and
+/// stops everything when it does not.
+async fn reconcile_loop(
+    shared: Arc<Shared>,
+    mut runtime: Box<dyn DesktopRuntime>,
+    stop_grace: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut reconciler = Reconciler::default();
+    loop {
+        let desired = desired(&shared);
+        let report = reconciler.step(runtime.as_mut(), desired.as_deref(), Instant::now());
+        let changed = {
+            let mut current = shared.report.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = !same_states(&current, &report);
+            *current = report;
+            changed
+        };
+        if changed {
+            shared.heartbeat_now.notify_one();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = shared.reconcile_now.notified() => {}
+            _ = &mut stop => break,
+        }
+    }
+    // Shutdown: stop everything, politely first.
+    let deadline = Instant::now() + stop_grace + Duration::from_secs(1);
+    loop {
+        reconciler.step(runtime.as_mut(), Some(&[]), Instant::now());
+        let running = runtime.poll().iter().any(|o| !o.phase.ended());
+        if !running || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn same_states(a: &[pb::DesktopStatus], b: &[pb::DesktopStatus]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.desktop_id == b.desktop_id
+                && a.generation == b.generation
+                && a.state == b.state
+                && a.reason == b.reason
+        })
+}
+
+/// What should run now: `None` while the lease is not held or the
+/// assignments predate it (then everything stops).
+fn desired(shared: &Shared) -> Option<Vec<pb::Assignment>> {
+    let lease = shared.lease.lock().unwrap_or_else(|p| p.into_inner());
+    let valid = lease.until.is_some_and(|until| Instant::now() < until);
+    if !valid {
+        return None;
+    }
+    let assignments = shared.assignments.lock().unwrap_or_else(|p| p.into_inner());
+    let received = assignments.as_ref()?;
+    if received.revision < lease.required_revision {
+        return None;
+    }
+    Some(received.desktops.clone())
+}
+
+/// The pure-ish core of reconciliation, separate from the loop so it can be
+/// tested with any runtime.
+#[derive(Default)]
+pub struct Reconciler {
+    /// Ended desktops that should run wait until then before restarting.
+    restart_at: HashMap<String, Instant>,
+    fenced: bool,
+}
+
+impl Reconciler {
+    /// One pass. `desired` is `None` when nothing may run (no lease).
+    /// Returns the report for the next heartbeat.
+    pub fn step(
+        &mut self,
+        runtime: &mut dyn DesktopRuntime,
+        desired: Option<&[pb::Assignment]>,
+        now: Instant,
+    ) -> Vec<pb::DesktopStatus> {
+        if desired.is_none() != self.fenced {
+            self.fenced = desired.is_none();
+            if self.fenced {
+                tracing::warn!(
+                    "no valid lease: stopping every desktop until the control plane answers again"
+                );
+            }
+        }
+        let wanted: HashMap<&str, &pb::Assignment> = desired
+            .unwrap_or_default()
+            .iter()
+            .map(|assignment| (assignment.desktop_id.as_str(), assignment))
+            .collect();
+        let observed = runtime.poll();
+        let mut present: HashMap<String, Observed> = HashMap::new();
+        for desktop in observed {
+            let assignment = wanted.get(desktop.desktop_id.as_str());
+            let keep = assignment.is_some_and(|a| a.run && a.generation == desktop.generation);
+            if !keep && !desktop.phase.ended() {
+                tracing::info!(desktop = %desktop.desktop_id, generation = desktop.generation, "stopping");
+                runtime.stop(&desktop.desktop_id);
+            }
+            let still_reported = assignment.is_some_and(|a| a.generation == desktop.generation);
+            if desktop.phase.ended() && !still_reported {
+                runtime.forget(&desktop.desktop_id);
+                self.restart_at.remove(&desktop.desktop_id);
+                continue;
+            }
+            if keep && desktop.phase.ended() {
+                let backoff = if matches!(desktop.phase, Phase::Failed(_)) {
+                    FAILURE_BACKOFF
+                } else {
+                    RESTART_BACKOFF
+                };
+                let at = *self
+                    .restart_at
+                    .entry(desktop.desktop_id.clone())
+                    .or_insert(now + backoff);
+                if at <= now {
+                    runtime.forget(&desktop.desktop_id);
+                    self.restart_at.remove(&desktop.desktop_id);
+                    continue;
+                }
+            }
+            present.insert(desktop.desktop_id.clone(), desktop);
+        }
+        for (id, assignment) in &wanted {
+            if !assignment.run || present.contains_key(*id) {
+                continue;
+            }
+            let spec = DesktopSpec {
+                desktop_id: assignment.desktop_id.clone(),
+                task_id: assignment.task_id.clone(),
+                generation: assignment.generation,
+                cpu_millis: assignment.cpu_millis,
+                memory_bytes: assignment.memory_bytes,
+                gpu_memory_bytes: assignment.gpu_memory_bytes,
+                gpu: assignment.gpu,
+            };
+            tracing::info!(desktop = %id, generation = assignment.generation, "starting");
+            if let Err(error) = runtime.start(&spec) {
+                tracing::warn!(desktop = %id, %error, "cannot start");
+            }
+        }
+        let mut report: Vec<pb::DesktopStatus> = runtime
+            .poll()
+            .into_iter()
+            .map(|desktop| pb::DesktopStatus {
+                desktop_id: desktop.desktop_id,
+                generation: desktop.generation,
+                state: desktop.phase.as_str().to_owned(),
+                reason: match desktop.phase {
+                    Phase::Failed(reason) => reason,
+                    _ => String::new(),
+                },
+                usage: Some(pb::DesktopUsage {
+                    cpu_usec: desktop.usage.cpu_usec,
+                    memory_bytes: desktop.usage.memory_bytes,
+                    pids: desktop.usage.pids,
+                }),
+            })
+            .collect();
+        report.sort_by(|a, b| a.desktop_id.cmp(&b.desktop_id));
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str, generation: u64, run: bool) -> pb::Assignment {
+        pb::Assignment {
+            desktop_id: id.to_owned(),
+            task_id: "t".to_owned(),
+            generation,
+            run,
+            cpu_millis: 250,
+            memory_bytes: 1 << 30,
+            gpu_memory_bytes: 0,
+            gpu: None,
+        }
+    }
+
+    fn runtime(dir: &std::path::Path) -> ProcessRuntime {
+        ProcessRuntime::new(
+            "n1",
+            dir,
+            vec!["sleep".to_owned(), "1000".to_owned()],
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    fn settle(
+        reconciler: &mut Reconciler,
+        runtime: &mut ProcessRuntime,
+        desired: Option<&[pb::Assignment]>,
+        want: &[(&str, u64, &str)],
+    ) {
+        let mut last = Vec::new();
+        for _ in 0..100 {
+            last = reconciler.step(runtime, desired, Instant::now());
+            let states: Vec<(&str, u64, &str)> = last
+                .iter()
+                .map(|s| (s.desktop_id.as_str(), s.generation, s.state.as_str()))
+                .collect();
+            if states == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never reached {want:?}; last report {last:?}");
+    }
+
+    #[test]
+    fn runs_what_is_assigned_and_stops_what_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runtime = runtime(dir.path());
+        let mut reconciler = Reconciler::default();
+        let both = [assignment("a", 5, true), assignment("b", 6, true)];
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&both),
+            &[("a", 5, "running"), ("b", 6, "running")],
+        );
+        // b is being drained: stopped and reported stopped while assigned.
+        let draining = [assignment("a", 5, true), assignment("b", 6, false)];
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&draining),
+            &[("a", 5, "running"), ("b", 6, "stopped")],
+        );
+        // Its assignment goes away: forgotten.
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&both[..1]),
+            &[("a", 5, "running")],
+        );
+        // A new generation of a replaces the old one.
+        let moved = [assignment("a", 9, true)];
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&moved),
+            &[("a", 9, "running")],
+        );
+    }
+
+    #[test]
+    fn without_a_lease_everything_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runtime = runtime(dir.path());
+        let mut reconciler = Reconciler::default();
+        let one = [assignment("a", 5, true)];
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&one),
+            &[("a", 5, "running")],
+        );
+        settle(&mut reconciler, &mut runtime, None, &[]);
+        // The lease comes back with the same assignment: it runs again.
+        settle(
+            &mut reconciler,
+            &mut runtime,
+            Some(&one),
+            &[("a", 5, "running")],
+        );
+    }
+}
