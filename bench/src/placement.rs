@@ -93,17 +93,34 @@ async fn simulate_nodes(leader: &str, token: &str, count: usize) -> anyhow::Resu
                         .collect(),
                     agent_version: "bench".to_owned(),
                 };
-                client.register(request(registration, &token)).await?;
-                client
-                    .heartbeat(request(
-                        pb::HeartbeatRequest {
-                            node_id,
-                            desktops: Vec::new(),
-                        },
-                        &token,
-                    ))
-                    .await?;
-                Ok::<(), tonic::Status>(())
+                // Retried as a real agent does while the leader settles.
+                let mut attempts = 0;
+                loop {
+                    let registered = client.register(request(registration.clone(), &token)).await;
+                    let result = match registered {
+                        Ok(_) => client
+                            .heartbeat(request(
+                                pb::HeartbeatRequest {
+                                    node_id: node_id.clone(),
+                                    desktops: Vec::new(),
+                                },
+                                &token,
+                            ))
+                            .await
+                            .map(|_| ()),
+                        Err(status) => Err(status),
+                    };
+                    match result {
+                        Ok(()) => return Ok::<(), tonic::Status>(()),
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable && attempts < 50 =>
+                        {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(status) => return Err(status),
+                    }
+                }
             }
         })
         .buffer_unordered(256);
@@ -166,12 +183,18 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
     );
     let cluster = TestCluster::start(3, flags).await?;
     let leader = flotilla_leader_addr(&cluster).await?;
-    let node_token =
-        std::fs::read_to_string(cluster.servers[0].data_dir.join("node-join.token"))?
-            .trim()
-            .to_owned();
+    let node_token = std::fs::read_to_string(cluster.servers[0].data_dir.join("node-join.token"))?
+        .trim()
+        .to_owned();
     simulate_nodes(&leader, &node_token, args.nodes).await?;
+    let outcome = measure(&args, &cluster, &leader).await;
+    if outcome.is_err() {
+        eprintln!("{}", cluster.logs());
+    }
+    outcome
+}
 
+async fn measure(args: &PlacementArgs, cluster: &TestCluster, leader: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -191,8 +214,12 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
     let url = format!("http://{leader}/api/v1/tasks/batch");
     let mut requests = futures::stream::iter(0..batches)
         .map(|batch| {
-            let (http, url, token, sent_at) =
-                (http.clone(), url.clone(), cluster.token.clone(), sent_at.clone());
+            let (http, url, token, sent_at) = (
+                http.clone(),
+                url.clone(),
+                cluster.token.clone(),
+                sent_at.clone(),
+            );
             let size = args.batch.min(args.desktops - batch * args.batch);
             async move {
                 let tasks: Vec<Value> = (0..size)
@@ -252,7 +279,11 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
     let span = last - started;
     let mut latencies: Vec<Duration> = sent_at
         .iter()
-        .filter_map(|(task, sent)| placed.get(task).map(|at| at.saturating_duration_since(*sent)))
+        .filter_map(|(task, sent)| {
+            placed
+                .get(task)
+                .map(|at| at.saturating_duration_since(*sent))
+        })
         .collect();
     latencies.sort_unstable();
 
@@ -264,12 +295,17 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
-    let allocated = capacity["total"]["desktops"]["allocated"].as_u64().unwrap_or(0);
+    let allocated = capacity["total"]["desktops"]["allocated"]
+        .as_u64()
+        .unwrap_or(0);
     println!(
         "# End to end: {} desktops onto {} simulated nodes, 3 servers on 127.0.0.1",
         args.desktops, args.nodes
     );
-    println!("admitted (all batch requests answered): {:.2} s", admitted.as_secs_f64());
+    println!(
+        "admitted (all batch requests answered): {:.2} s",
+        admitted.as_secs_f64()
+    );
     println!(
         "placed: {} desktops in {:.2} s = {:.0} placements/s (capacity reports {allocated} allocated)",
         placed.len(),
@@ -286,7 +322,10 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         placed.len() as f64 / span.as_secs_f64() / 10_000.0
     );
     if allocated != args.desktops as u64 {
-        bail!("capacity says {allocated} allocated, expected {}", args.desktops);
+        bail!(
+            "capacity says {allocated} allocated, expected {}",
+            args.desktops
+        );
     }
     Ok(())
 }

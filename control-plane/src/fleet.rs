@@ -26,6 +26,9 @@ use crate::types::{
     PendingReason, Placement,
 };
 
+/// Placements (or pending reasons) per log entry.
+const PLACEMENTS_PER_ENTRY: usize = 1000;
+
 /// How often the leader loop looks at the fleet when nothing wakes it.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -91,6 +94,8 @@ pub struct Fleet {
     /// that confirmation is trusted.
     confirmed: Mutex<Option<(Instant, u64)>>,
     leader_lease: Duration,
+    /// One quorum check at a time; concurrent callers reuse its result.
+    confirming: tokio::sync::Mutex<()>,
     wake: Notify,
 }
 
@@ -104,6 +109,7 @@ impl Fleet {
             // timeout after a quorum acknowledged us; half leaves margin for
             // clock-rate differences.
             leader_lease: election_timeout_min / 2,
+            confirming: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
         }
     }
@@ -137,17 +143,23 @@ impl Fleet {
 /// Answers UNAVAILABLE unless a quorum recently confirmed this server leads.
 pub async fn confirm_leadership(control: &ControlPlane) -> Result<(), ApiError> {
     let term = control.raft.metrics().borrow().current_term;
-    {
+    let fresh = || {
         let confirmed = control
             .fleet
             .confirmed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some((at, confirmed_term)) = *confirmed {
-            if confirmed_term == term && at.elapsed() < control.fleet.leader_lease {
-                return Ok(());
-            }
-        }
+        confirmed.is_some_and(|(at, confirmed_term)| {
+            confirmed_term == term && at.elapsed() < control.fleet.leader_lease
+        })
+    };
+    if fresh() {
+        return Ok(());
+    }
+    // Single flight: a burst of heartbeats costs one quorum round.
+    let _turn = control.fleet.confirming.lock().await;
+    if fresh() {
+        return Ok(());
     }
     let started = Instant::now();
     match control.raft.ensure_linearizable().await {
@@ -425,26 +437,50 @@ async fn schedule_pending(
         }
     }
     let placed_any = !placements.is_empty();
-    if placed_any {
-        let count = placements.len();
-        let response = control
-            .write(control.request(Command::PlaceDesktops { placements }, None))
-            .await?;
-        if let Ok(crate::types::Applied::Placed { refused, .. }) = &response.outcome {
-            if !refused.is_empty() {
+    // One command per chunk: each fits one log entry (see the proposer's
+    // weight limit); the chunks commit concurrently.
+    let writes = placements.chunks(PLACEMENTS_PER_ENTRY).map(|chunk| {
+        let command = Command::PlaceDesktops {
+            placements: chunk.to_vec(),
+        };
+        control.write(control.request(command, None))
+    });
+    for response in futures::future::join_all(writes).await {
+        if let Ok(crate::types::Applied::Placed { refused, .. }) = &response?.outcome {
+            if let Some(first) = refused.first() {
                 tracing::warn!(
-                    count,
                     refused = refused.len(),
-                    first = %refused[0].reason,
+                    first = %first.reason,
                     "placements refused on apply (state moved meanwhile)"
                 );
             }
         }
     }
-    if !reasons.is_empty() {
-        control
-            .write(control.request(Command::SetPendingReasons { reasons }, None))
-            .await?;
+    for chunk in reasons.chunks(PLACEMENTS_PER_ENTRY) {
+        let command = Command::SetPendingReasons {
+            reasons: chunk.to_vec(),
+        };
+        control.write(control.request(command, None)).await?;
     }
     Ok(if placed_any { None } else { Some(revision) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_grows_with_the_fleet_as_nomads_does() {
+        let options = FleetOptions::default();
+        assert_eq!(options.heartbeat_ttl(3), Duration::from_secs(10));
+        assert_eq!(options.heartbeat_ttl(125), Duration::from_secs(10));
+        // 5,000 nodes heartbeating every ttl/4 at 50/s fleet-wide.
+        assert_eq!(options.heartbeat_ttl(5_000), Duration::from_secs(400));
+        let fast = FleetOptions {
+            min_heartbeat_ttl: Duration::from_secs(2),
+            max_heartbeats_per_second: 1_000,
+            ..FleetOptions::default()
+        };
+        assert_eq!(fast.heartbeat_ttl(1_000), Duration::from_secs(4));
+    }
 }

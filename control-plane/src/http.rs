@@ -65,6 +65,7 @@ const MAX_ID_CHARS: usize = 128;
         TaskView,
         TaskDesktop,
         DesktopResources,
+        ResourcesBody,
         CreateTaskBody,
         CreateTasksBody,
         CreatedTasks,
@@ -282,7 +283,36 @@ pub struct CreateTaskBody {
     column: Option<Column>,
     /// What its desktop asks for; the server's default when absent.
     #[serde(default)]
-    resources: Option<DesktopResources>,
+    resources: Option<ResourcesBody>,
+}
+
+/// A desktop's resource request as clients send it (unknown fields are
+/// refused here; the replicated type stays open to new fields).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesBody {
+    /// Millicores (a share: enforced by weight).
+    cpu_millis: u64,
+    memory_bytes: u64,
+    #[serde(default)]
+    gpu_memory_bytes: u64,
+    #[serde(default)]
+    needs_gpu: bool,
+    /// Labels the node must carry.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+impl From<ResourcesBody> for DesktopResources {
+    fn from(body: ResourcesBody) -> DesktopResources {
+        DesktopResources {
+            cpu_millis: body.cpu_millis,
+            memory_bytes: body.memory_bytes,
+            gpu_memory_bytes: body.gpu_memory_bytes,
+            needs_gpu: body.needs_gpu,
+            labels: body.labels,
+        }
+    }
 }
 
 /// Checks a task body and turns it into its command.
@@ -294,6 +324,7 @@ fn create_task_command(control: &ControlPlane, body: CreateTaskBody) -> Result<C
     }
     let resources = body
         .resources
+        .map(DesktopResources::from)
         .unwrap_or_else(|| control.fleet.options.default_resources.clone());
     resources
         .validate()

@@ -20,7 +20,9 @@ use crate::types::{ClientRequest, ClientResponse, NodeId, Proposal, Raft};
 /// Proposals inside Raft at once. Two lets one batch fill while another
 /// commits.
 pub const MAX_IN_FLIGHT: usize = 2;
-/// Requests in one proposal at most.
+/// Weight of one proposal at most: requests, counting a batch command
+/// (placements, reports) as one per item it carries. Keeps every entry small
+/// enough to replicate within one AppendEntries timeout.
 pub const MAX_BATCH: usize = 1024;
 
 /// Why a proposal was not committed here.
@@ -63,15 +65,33 @@ impl Proposer {
 
 async fn run(raft: Raft, mut requests: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = requests.recv().await {
+    // A request that did not fit the previous batch opens the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match requests.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
         // Wait for a slot first: writes arriving meanwhile join this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let mut weight = first.request.command.weight();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while weight < MAX_BATCH {
             match requests.try_recv() {
-                Ok(pending) => batch.push(pending),
+                Ok(pending) => {
+                    let next = pending.request.command.weight();
+                    if weight + next > MAX_BATCH {
+                        carried = Some(pending);
+                        break;
+                    }
+                    weight += next;
+                    batch.push(pending);
+                }
                 Err(_) => break,
             }
         }

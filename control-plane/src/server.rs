@@ -161,6 +161,10 @@ pub async fn run(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.tuning.snapshot_every),
         max_in_snapshot_log_to_keep: options.tuning.keep_logs,
         install_snapshot_timeout: 2_000,
+        // openraft times an AppendEntries out after one heartbeat interval;
+        // a lagging follower must be fed in pieces that fit in it (an entry
+        // is at most ~1,024 commands, see the proposer).
+        max_payload_entries: 4,
         ..Config::default()
     }
     .validate()

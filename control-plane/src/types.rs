@@ -157,6 +157,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Roughly how much work and log space this command is, in units of one
+    /// simple command: batch commands count their items.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::SetNodeStatus { updates } => updates.len().max(1),
+            Command::PlaceDesktops { placements } => placements.len().max(1),
+            Command::SetPendingReasons { reasons } => reasons.len().max(1),
+            Command::MigrateDesktops { ids } => ids.len().max(1),
+            Command::ReportDesktops { reports, .. } => reports.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// What applying a [`ClientRequest`] answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientResponse {

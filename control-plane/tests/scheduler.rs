@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_control_plane::scheduler::{
-    place, Decision, DesktopRequest, GpuView, NodeHealth, NodeView, Resources,
+    check_fit, place, Decision, DesktopRequest, GpuView, NodeHealth, NodeView, Resources,
     Strategy as Placement,
 };
 use proptest::prelude::*;
@@ -233,6 +233,8 @@ proptest! {
                     prop_assert_eq!(desktop_id, &request.desktop_id);
                     let node = replay.iter_mut().find(|n| &n.id == node_id).expect("placed on a known node");
                     prop_assert!(naive_fits(node, request), "placed where it does not fit");
+                    // The apply-time check agrees with the scheduler.
+                    prop_assert_eq!(check_fit(node, request, *gpu), Ok(()));
                     node.allocated.cpu_millis += request.resources.cpu_millis;
                     node.allocated.memory_bytes += request.resources.memory_bytes;
                     node.desktops += 1;
@@ -246,6 +248,18 @@ proptest! {
                 }
                 Decision::Pending { reason, .. } => {
                     prop_assert!(!reason.is_empty());
+                    // Apply would refuse every placement of it, too.
+                    for node in &replay {
+                        let wants_gpu = request.needs_gpu || request.gpu_memory_bytes > 0;
+                        let choices: Vec<Option<usize>> = if wants_gpu {
+                            (0..node.gpus.len()).map(Some).collect()
+                        } else {
+                            vec![None]
+                        };
+                        for gpu in choices {
+                            prop_assert!(check_fit(node, request, gpu).is_err(), "apply accepts what the scheduler left pending");
+                        }
+                    }
                     prop_assert!(
                         replay.iter().all(|node| !naive_fits(node, request)),
                         "left pending although a node fits"
