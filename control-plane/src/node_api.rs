@@ -223,8 +223,10 @@ impl NodeAgent for NodeService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         authorize(&self.control, &request)?;
         let address = request
-            .remote_addr()
-            .map(|addr| addr.ip().to_string())
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string())
+            .or_else(|| request.remote_addr().map(|addr| addr.ip().to_string()))
             .unwrap_or_default();
         let registration = registration(request.into_inner(), address)?;
         let name = registration.name.clone();

@@ -241,7 +241,12 @@ pub async fn run(
         shutdown.await;
         stopping.begin_shutdown();
     };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    // Connection info lets the node API record where an agent connects from.
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
     let stopped = control.stopped();
     tokio::select! {
         served = serve => served.context("serve")?,

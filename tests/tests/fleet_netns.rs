@@ -308,6 +308,14 @@ async fn placement_cordon_drain_and_a_lost_node() -> anyhow::Result<()> {
     .await
     .with_context(|| fleet.logs())?;
 
+    // Each node is known with the address it connected from.
+    for (index, host) in fleet.network.hosts.iter().enumerate() {
+        let node = fleet.node(&format!("node-{}", index + 1)).await?;
+        assert_eq!(node["address"], host.address.as_str(), "{node:#}");
+        assert_eq!(node["labels"]["host"], format!("node-{}", index + 1));
+        assert_eq!(node["cpu_millis"]["capacity"], 16000);
+    }
+
     // 30 desktops over 3 nodes (spread: 10 each).
     fleet.create_tasks(30, "first").await?;
     let per_node = fleet.wait_all_running(30, "30 running desktops").await?;
