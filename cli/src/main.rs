@@ -160,6 +160,12 @@ struct NodeAgentArgs {
     /// Do not enumerate GPUs (a host without Vulkan).
     #[arg(long)]
     no_gpus: bool,
+    /// Run desktops without cgroup limits.
+    #[arg(long)]
+    no_cgroups: bool,
+    /// Most processes in one desktop (cgroup pids limit).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    pids_limit: u64,
     /// Command each desktop runs under the process runtime.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
     desktop_command: Vec<String>,
@@ -515,6 +521,8 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.reserve_memory_bytes = args.reserve_memory;
     options.stop_grace = args.stop_grace;
     options.gpus = !args.no_gpus;
+    options.cgroups = !args.no_cgroups;
+    options.pids_limit = args.pids_limit;
     options.desktop_command = args.desktop_command;
     Ok(options)
 }

@@ -55,6 +55,10 @@ pub struct AgentOptions {
     pub desktop_command: Vec<String>,
     /// Enumerate GPUs with Vulkan.
     pub gpus: bool,
+    /// Limit each desktop with a cgroup (needs root and cgroup controllers).
+    pub cgroups: bool,
+    /// Most processes in one desktop.
+    pub pids_limit: u64,
 }
 
 impl AgentOptions {
@@ -73,6 +77,8 @@ impl AgentOptions {
             stop_grace: Duration::from_secs(10),
             desktop_command: vec!["sleep".to_owned(), "infinity".to_owned()],
             gpus: true,
+            cgroups: true,
+            pids_limit: 4096,
         }
     }
 }
@@ -206,6 +212,10 @@ pub async fn run(
         options.stop_grace,
     )
     .context("set up the desktop runtime")?;
+    let runtime = match cgroup_scope(&options) {
+        Some(scope) => runtime.with_cgroups(scope, options.pids_limit),
+        None => runtime,
+    };
     let shared = Arc::new(Shared {
         node_id: identity.node_id.clone(),
         servers: Servers {
@@ -241,6 +251,36 @@ pub async fn run(
     let _ = reconciler.await;
     drop(data_dir);
     Ok(())
+}
+
+/// The cgroups desktops get, or `None` with a plain warning saying why
+/// they run without limits.
+fn cgroup_scope(options: &AgentOptions) -> Option<crate::sandbox::cgroup::Scope> {
+    if !options.cgroups {
+        tracing::warn!("--no-cgroups: desktops run without CPU, memory and pids limits");
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::warn!("not running as root: desktops run without CPU, memory and pids limits (cgroups need root or delegation)");
+        return None;
+    }
+    match crate::sandbox::cgroup::detect_host().and_then(|hierarchy| {
+        let version = hierarchy.version();
+        hierarchy.scope(&options.name).map(|scope| (scope, version))
+    }) {
+        Ok((scope, version)) => {
+            tracing::info!(
+                version,
+                "desktops get cgroup limits (CPU weight, memory without swap, pids)"
+            );
+            Some(scope)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "desktops run without CPU, memory and pids limits");
+            None
+        }
+    }
 }
 
 fn registration(

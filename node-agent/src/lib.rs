@@ -10,5 +10,6 @@
 pub mod agent;
 pub mod host;
 pub mod runtime;
+pub mod sandbox;
 
 pub use agent::{run, AgentOptions};

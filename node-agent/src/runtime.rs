@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::sandbox::cgroup::{Cgroup, Limits, Scope};
+
 /// What the control plane asked this node to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesktopSpec {
@@ -91,6 +93,9 @@ struct ProcessDesktop {
     child: Child,
     phase: Phase,
     kill_at: Option<Instant>,
+    /// Its cgroup, when the node has cgroup limits.
+    cgroup: Option<Cgroup>,
+    memory_limit: u64,
 }
 
 /// Runs each desktop as `command` in its own process group, with the
@@ -102,6 +107,8 @@ pub struct ProcessRuntime {
     stop_grace: Duration,
     desktops: BTreeMap<String, ProcessDesktop>,
     journal: Journal,
+    cgroups: Option<Scope>,
+    pids_limit: u64,
 }
 
 impl ProcessRuntime {
@@ -123,8 +130,53 @@ impl ProcessRuntime {
             stop_grace,
             desktops: BTreeMap::new(),
             journal: Journal::open(&data_dir.join(JOURNAL_FILE))?,
+            cgroups: None,
+            pids_limit: 4096,
         })
     }
+
+    /// Puts every desktop in its own cgroup under `scope`, limited to its
+    /// CPU share, memory (no swap) and `pids_limit` processes. Cgroups an
+    /// earlier run of the agent left are killed and removed first (the
+    /// process runtime cannot re-adopt desktops).
+    pub fn with_cgroups(mut self, scope: Scope, pids_limit: u64) -> ProcessRuntime {
+        for name in scope.existing() {
+            match scope
+                .open(&name)
+                .and_then(|cgroup| cgroup.destroy(Duration::from_secs(5)))
+            {
+                Ok(()) => tracing::info!(cgroup = %name, "removed a cgroup left by an earlier run"),
+                Err(error) => {
+                    tracing::warn!(cgroup = %name, %error, "cannot remove a leftover cgroup")
+                }
+            }
+        }
+        self.cgroups = Some(scope);
+        self.pids_limit = pids_limit;
+        self
+    }
+}
+
+/// Joins the calling process to the cgroups whose `cgroup.procs` files are
+/// given. Runs between fork and exec: only open/write/close.
+fn join_cgroups(procs_files: &[std::ffi::CString]) -> std::io::Result<()> {
+    for file in procs_files {
+        // SAFETY: open/write/close on a NUL-terminated path prepared before
+        // the fork; all three are async-signal-safe.
+        unsafe {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl DesktopRuntime for ProcessRuntime {
@@ -145,17 +197,46 @@ impl DesktopRuntime for ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        let cgroup = match &self.cgroups {
+            Some(scope) => {
+                let limits = Limits {
+                    cpu_millis: spec.cpu_millis,
+                    cpu_max_millis: None,
+                    memory_bytes: spec.memory_bytes,
+                    pids: self.pids_limit,
+                };
+                let name = format!("{}-{}", spec.desktop_id, spec.generation);
+                Some(
+                    scope
+                        .create(&name, &limits)
+                        .map_err(|error| format!("cannot create its cgroup: {error}"))?,
+                )
+            }
+            None => None,
+        };
+        let procs_files: Vec<std::ffi::CString> = match (&self.cgroups, &cgroup) {
+            (Some(scope), Some(cgroup)) => scope
+                .procs_files(cgroup.name())
+                .into_iter()
+                .filter_map(|path| {
+                    use std::os::unix::ffi::OsStringExt;
+                    std::ffi::CString::new(path.into_os_string().into_vec()).ok()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (prctl, setpgid); nothing allocates or takes locks.
+        // made (prctl, setpgid, open/write/close); nothing allocates or
+        // takes locks: the paths were prepared above.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                join_cgroups(&procs_files)
             });
         }
         self.journal
@@ -163,6 +244,9 @@ impl DesktopRuntime for ProcessRuntime {
         let child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.destroy(Duration::from_secs(1));
+                }
                 self.journal
                     .record(&self.node, &spec.desktop_id, spec.generation, "stopped");
                 return Err(format!("cannot start {:?}: {error}", self.command[0]));
@@ -175,6 +259,8 @@ impl DesktopRuntime for ProcessRuntime {
                 child,
                 phase: Phase::Running,
                 kill_at: None,
+                cgroup,
+                memory_limit: spec.memory_bytes,
             },
         );
         Ok(())
@@ -199,10 +285,25 @@ impl DesktopRuntime for ProcessRuntime {
             if !desktop.phase.ended() {
                 match desktop.child.try_wait() {
                     Ok(Some(status)) => {
-                        // Whatever it left in its group goes with it.
+                        // Whatever it left in its group (and cgroup) goes
+                        // with it.
                         signal_group(&desktop.child, libc::SIGKILL);
+                        let oom_killed = desktop
+                            .cgroup
+                            .as_ref()
+                            .is_some_and(|cgroup| cgroup.usage().oom_kills > 0);
+                        if let Some(cgroup) = desktop.cgroup.take() {
+                            if let Err(error) = cgroup.destroy(Duration::from_secs(5)) {
+                                tracing::warn!(desktop = %id, %error, "cannot remove its cgroup");
+                            }
+                        }
                         desktop.phase = if desktop.phase == Phase::Stopping {
                             Phase::Stopped
+                        } else if oom_killed {
+                            Phase::Failed(format!(
+                                "out of memory: killed at its {} MiB limit ({status})",
+                                desktop.memory_limit >> 20
+                            ))
                         } else {
                             Phase::Failed(format!("the desktop exited ({status})"))
                         };
@@ -212,6 +313,9 @@ impl DesktopRuntime for ProcessRuntime {
                     Ok(None) => {
                         if desktop.kill_at.is_some_and(|at| at <= now) {
                             signal_group(&desktop.child, libc::SIGKILL);
+                            if let Some(cgroup) = &desktop.cgroup {
+                                let _ = cgroup.kill_all(Duration::from_millis(100));
+                            }
                             desktop.kill_at = None;
                         }
                     }
@@ -220,10 +324,17 @@ impl DesktopRuntime for ProcessRuntime {
                     }
                 }
             }
-            let usage = if desktop.phase.ended() {
-                Usage::default()
-            } else {
-                process_usage(desktop.child.id())
+            let usage = match (&desktop.cgroup, desktop.phase.ended()) {
+                (_, true) => Usage::default(),
+                (Some(cgroup), false) => {
+                    let usage = cgroup.usage();
+                    Usage {
+                        cpu_usec: usage.cpu_usec,
+                        memory_bytes: usage.memory_bytes,
+                        pids: usage.pids as u32,
+                    }
+                }
+                (None, false) => process_usage(desktop.child.id()),
             };
             observed.push(Observed {
                 desktop_id: id.clone(),
@@ -255,6 +366,12 @@ impl Drop for ProcessRuntime {
                 self.journal
                     .record(&self.node, id, desktop.generation, "stopped");
             }
+            if let Some(cgroup) = desktop.cgroup.take() {
+                let _ = cgroup.destroy(Duration::from_secs(5));
+            }
+        }
+        if let Some(scope) = &self.cgroups {
+            scope.remove_if_empty();
         }
     }
 }
@@ -441,6 +558,96 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         runtime.stop("d1");
         wait_for(&mut runtime, "d1", "stopped");
+    }
+
+    /// The host's cgroups for a test, or `None` (with a message) when this
+    /// is not root on a host with cgroup controllers.
+    fn test_scope(test: &str) -> Option<Scope> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        match crate::sandbox::cgroup::detect_host() {
+            Ok(hierarchy) => Some(
+                hierarchy
+                    .scope(&format!("{test}-{}", std::process::id()))
+                    .unwrap(),
+            ),
+            Err(error) if std::env::var_os("FLOTILLA_REQUIRE_NETNS").is_none() => {
+                eprintln!("skipping: {error}");
+                None
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn a_memory_hog_is_oom_killed_and_reported() {
+        let Some(scope) = test_scope("oom") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let command = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "x=aaaaaaaa; while true; do x=\"$x$x\"; done".to_owned(),
+        ];
+        let mut runtime = ProcessRuntime::new("n1", dir.path(), command, Duration::from_secs(1))
+            .unwrap()
+            .with_cgroups(scope.clone(), 64);
+        let mut small = spec("hog", 1);
+        small.memory_bytes = 32 << 20;
+        runtime.start(&small).unwrap();
+        let failed = wait_for(&mut runtime, "hog", "failed");
+        assert!(
+            matches!(&failed.phase, Phase::Failed(reason) if reason.contains("out of memory")),
+            "{failed:?}"
+        );
+        assert!(scope.existing().is_empty(), "its cgroup is gone");
+        drop(runtime);
+        scope.remove_if_empty();
+    }
+
+    #[test]
+    fn a_fork_bomb_is_held_by_the_pids_limit() {
+        let Some(scope) = test_scope("pids") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // bash retries a failed fork for a while, so the bomb sits at the
+        // limit long enough to be seen there.
+        let command = vec![
+            "bash".to_owned(),
+            "-c".to_owned(),
+            "i=0; while [ $i -lt 500 ]; do sleep 1000 & i=$((i+1)); done 2>/dev/null; wait"
+                .to_owned(),
+        ];
+        let mut runtime = ProcessRuntime::new("n1", dir.path(), command, Duration::from_secs(1))
+            .unwrap()
+            .with_cgroups(scope.clone(), 32);
+        runtime.start(&spec("bomb", 1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut most = 0;
+        loop {
+            let observed = runtime.poll();
+            let pids = observed.first().map_or(0, |o| o.usage.pids);
+            most = most.max(pids);
+            assert!(pids <= 32, "{pids} processes despite a limit of 32");
+            if most == 32 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(most, 32, "the bomb filled its limit and no more");
+        runtime.stop("bomb");
+        wait_for(&mut runtime, "bomb", "stopped");
+        assert!(
+            scope.existing().is_empty(),
+            "every process and the cgroup are gone"
+        );
+        drop(runtime);
+        scope.remove_if_empty();
     }
 
     #[test]
