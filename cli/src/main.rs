@@ -163,6 +163,9 @@ struct NodeAgentArgs {
     /// Run desktops without cgroup limits.
     #[arg(long)]
     no_cgroups: bool,
+    /// How desktops run: `sandbox` (namespaces; needs root) or `process`.
+    #[arg(long, value_enum, default_value = "sandbox")]
+    runtime: RuntimeArg,
     /// Most processes in one desktop (cgroup pids limit).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
     pids_limit: u64,
@@ -196,6 +199,12 @@ struct FleetArgs {
     /// Default desktop GPU memory request (0: no GPU needed).
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
     desktop_gpu_memory: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    Sandbox,
+    Process,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -402,6 +411,13 @@ fn dev_data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // A sandbox's init must start single-threaded (it forks): handled before
+    // the async runtime exists. Internal: the node agent runs it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "sandbox-init" {
+        let status = flotilla_node_agent::sandbox::init::main(std::path::Path::new(&args[2]));
+        return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -522,6 +538,7 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.stop_grace = args.stop_grace;
     options.gpus = !args.no_gpus;
     options.cgroups = !args.no_cgroups;
+    options.sandbox = matches!(args.runtime, RuntimeArg::Sandbox);
     options.pids_limit = args.pids_limit;
     options.desktop_command = args.desktop_command;
     Ok(options)

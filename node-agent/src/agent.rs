@@ -59,6 +59,9 @@ pub struct AgentOptions {
     pub cgroups: bool,
     /// Most processes in one desktop.
     pub pids_limit: u64,
+    /// Run desktops in namespace sandboxes (needs root); otherwise plain
+    /// child processes.
+    pub sandbox: bool,
 }
 
 impl AgentOptions {
@@ -79,6 +82,7 @@ impl AgentOptions {
             gpus: true,
             cgroups: true,
             pids_limit: 4096,
+            sandbox: true,
         }
     }
 }
@@ -216,6 +220,20 @@ pub async fn run(
         Some(scope) => runtime.with_cgroups(scope, options.pids_limit),
         None => runtime,
     };
+    let runtime = if sandboxes_possible(&options) {
+        let settings = crate::runtime::SandboxSettings {
+            exe: std::env::current_exe().context("find the flotilla binary for sandbox-init")?,
+            desktops_dir: data_dir.path.join("desktops"),
+        };
+        tracing::info!(
+            "desktops run in namespace sandboxes (user, pid, mount, uts, ipc, net, cgroup)"
+        );
+        runtime
+            .with_sandbox(settings)
+            .context("prepare the sandboxes' directory")?
+    } else {
+        runtime
+    };
     let shared = Arc::new(Shared {
         node_id: identity.node_id.clone(),
         servers: Servers {
@@ -281,6 +299,19 @@ fn cgroup_scope(options: &AgentOptions) -> Option<crate::sandbox::cgroup::Scope>
             None
         }
     }
+}
+
+fn sandboxes_possible(options: &AgentOptions) -> bool {
+    if !options.sandbox {
+        tracing::warn!("--runtime process: desktops run as plain processes, not sandboxed");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::warn!("not running as root: desktops run as plain processes, NOT sandboxed (the sandbox needs root to map a uid range)");
+        return false;
+    }
+    true
 }
 
 fn registration(

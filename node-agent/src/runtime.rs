@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::sandbox::cgroup::{Cgroup, Limits, Scope};
+use crate::sandbox::{SandboxSpec, DESKTOP_UID, DESKTOP_USER, MAX_SLOTS, UIDS_PER_DESKTOP};
 
 /// What the control plane asked this node to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +97,18 @@ struct ProcessDesktop {
     /// Its cgroup, when the node has cgroup limits.
     cgroup: Option<Cgroup>,
     memory_limit: u64,
+    /// Its sandbox slot (uid range) and directory, when sandboxed.
+    sandbox: Option<(u32, PathBuf)>,
+}
+
+/// How desktops are sandboxed.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// The `flotilla` binary (it runs `sandbox-init`).
+    pub exe: PathBuf,
+    /// Where each desktop's directory (home, workspace, staging root, log)
+    /// lives.
+    pub desktops_dir: PathBuf,
 }
 
 /// Runs each desktop as `command` in its own process group, with the
@@ -109,6 +122,7 @@ pub struct ProcessRuntime {
     journal: Journal,
     cgroups: Option<Scope>,
     pids_limit: u64,
+    sandbox: Option<SandboxSettings>,
 }
 
 impl ProcessRuntime {
@@ -132,7 +146,103 @@ impl ProcessRuntime {
             journal: Journal::open(&data_dir.join(JOURNAL_FILE))?,
             cgroups: None,
             pids_limit: 4096,
+            sandbox: None,
         })
+    }
+
+    /// Runs every desktop in a namespace sandbox (`flotilla sandbox-init`).
+    /// Directories an earlier run left are removed.
+    pub fn with_sandbox(mut self, settings: SandboxSettings) -> std::io::Result<ProcessRuntime> {
+        use std::os::unix::fs::PermissionsExt;
+        if settings.desktops_dir.exists() {
+            std::fs::remove_dir_all(&settings.desktops_dir)?;
+        }
+        std::fs::create_dir_all(&settings.desktops_dir)?;
+        // Sandboxes (unprivileged host uids) must traverse to their own
+        // directories; listing stays root's.
+        std::fs::set_permissions(
+            &settings.desktops_dir,
+            std::fs::Permissions::from_mode(0o711),
+        )?;
+        if let Some(parent) = settings.desktops_dir.parent() {
+            let mode = std::fs::metadata(parent)?.permissions().mode();
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o011))?;
+        }
+        self.sandbox = Some(settings);
+        Ok(self)
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        let used: std::collections::BTreeSet<u32> = self
+            .desktops
+            .values()
+            .filter_map(|desktop| desktop.sandbox.as_ref().map(|(slot, _)| *slot))
+            .collect();
+        (0..MAX_SLOTS).find(|slot| !used.contains(slot))
+    }
+
+    /// Makes the desktop's directories and spec; returns the command that
+    /// runs it and its (slot, directory).
+    fn prepare_sandbox(
+        &self,
+        settings: &SandboxSettings,
+        spec: &DesktopSpec,
+    ) -> Result<(Vec<String>, (u32, PathBuf)), String> {
+        let slot = self
+            .free_slot()
+            .ok_or("no free uid range for another sandbox")?;
+        let uid_base = SandboxSpec::uid_base_for(slot);
+        let dir = settings
+            .desktops_dir
+            .join(format!("{}-{}", spec.desktop_id, spec.generation));
+        let fail = |what: &str, error: std::io::Error| format!("{what} {}: {error}", dir.display());
+        let _ = std::fs::remove_dir_all(&dir);
+        let (home, workspace, staging) =
+            (dir.join("home"), dir.join("workspace"), dir.join("root"));
+        for path in [&home, &workspace, &staging] {
+            std::fs::create_dir_all(path).map_err(|e| fail("create", e))?;
+        }
+        let user = uid_base + DESKTOP_UID;
+        for (path, owner) in [
+            (&dir, uid_base),
+            (&home, user),
+            (&workspace, user),
+            (&staging, uid_base),
+        ] {
+            std::os::unix::fs::chown(path, Some(owner), Some(owner))
+                .map_err(|e| fail("chown", e))?;
+        }
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let sandbox_spec = SandboxSpec {
+            hostname: spec.desktop_id.clone(),
+            uid_base,
+            uid_count: UIDS_PER_DESKTOP,
+            desktop_uid: DESKTOP_UID,
+            user: DESKTOP_USER.to_owned(),
+            staging_dir: staging,
+            home_dir: home,
+            workspace_dir: workspace,
+            resolv_conf,
+            command: self.command.clone(),
+            env: [
+                ("FLOTILLA_DESKTOP_ID".to_owned(), spec.desktop_id.clone()),
+                ("FLOTILLA_TASK_ID".to_owned(), spec.task_id.clone()),
+                (
+                    "FLOTILLA_GENERATION".to_owned(),
+                    spec.generation.to_string(),
+                ),
+            ]
+            .into(),
+        };
+        let spec_path = dir.join("spec.json");
+        let json = serde_json::to_vec_pretty(&sandbox_spec).map_err(|e| e.to_string())?;
+        std::fs::write(&spec_path, json).map_err(|e| fail("write spec in", e))?;
+        let command = vec![
+            settings.exe.display().to_string(),
+            "sandbox-init".to_owned(),
+            spec_path.display().to_string(),
+        ];
+        Ok((command, (slot, dir)))
     }
 
     /// Puts every desktop in its own cgroup under `scope`, limited to its
@@ -186,9 +296,19 @@ impl DesktopRuntime for ProcessRuntime {
                 return Err(format!("{} is already running here", spec.desktop_id));
             }
         }
-        let mut command = Command::new(&self.command[0]);
+        let (argv, sandbox, log) = match &self.sandbox {
+            Some(settings) => {
+                let (argv, sandbox) = self.prepare_sandbox(settings, spec)?;
+                let log = std::fs::File::create(sandbox.1.join("log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null());
+                (argv, Some(sandbox), log)
+            }
+            None => (self.command.clone(), None, Stdio::null()),
+        };
+        let mut command = Command::new(&argv[0]);
         command
-            .args(&self.command[1..])
+            .args(&argv[1..])
             .env("FLOTILLA_DESKTOP_ID", &spec.desktop_id)
             .env("FLOTILLA_TASK_ID", &spec.task_id)
             .env("FLOTILLA_GENERATION", spec.generation.to_string())
@@ -196,7 +316,7 @@ impl DesktopRuntime for ProcessRuntime {
             .env("FLOTILLA_MEMORY_BYTES", spec.memory_bytes.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         let cgroup = match &self.cgroups {
             Some(scope) => {
                 let limits = Limits {
@@ -214,6 +334,7 @@ impl DesktopRuntime for ProcessRuntime {
             }
             None => None,
         };
+        let sandboxed = sandbox.is_some();
         let procs_files: Vec<std::ffi::CString> = match (&self.cgroups, &cgroup) {
             (Some(scope), Some(cgroup)) => scope
                 .procs_files(cgroup.name())
@@ -236,6 +357,18 @@ impl DesktopRuntime for ProcessRuntime {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if sandboxed {
+                    // sandbox-init's outer processes must not die of a stop
+                    // signal before its PID 1 has finished the desktop: the
+                    // mask survives exec, PID 1 takes the signals with
+                    // sigtimedwait, the desktop's command gets a clean mask.
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                        libc::sigaddset(&mut set, signal);
+                    }
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
                 join_cgroups(&procs_files)
             });
         }
@@ -246,6 +379,9 @@ impl DesktopRuntime for ProcessRuntime {
             Err(error) => {
                 if let Some(cgroup) = &cgroup {
                     let _ = cgroup.destroy(Duration::from_secs(1));
+                }
+                if let Some((_, dir)) = &sandbox {
+                    let _ = std::fs::remove_dir_all(dir);
                 }
                 self.journal
                     .record(&self.node, &spec.desktop_id, spec.generation, "stopped");
@@ -261,6 +397,7 @@ impl DesktopRuntime for ProcessRuntime {
                 kill_at: None,
                 cgroup,
                 memory_limit: spec.memory_bytes,
+                sandbox,
             },
         );
         Ok(())
@@ -299,6 +436,20 @@ impl DesktopRuntime for ProcessRuntime {
                         }
                         desktop.phase = if desktop.phase == Phase::Stopping {
                             Phase::Stopped
+                        } else if status.code() == Some(crate::sandbox::init::SETUP_FAILED)
+                            && desktop.sandbox.is_some()
+                        {
+                            let log = desktop
+                                .sandbox
+                                .as_ref()
+                                .and_then(|(_, dir)| std::fs::read_to_string(dir.join("log")).ok())
+                                .unwrap_or_default();
+                            let line = log
+                                .lines()
+                                .rev()
+                                .find(|l| l.starts_with("sandbox:"))
+                                .unwrap_or("no message");
+                            Phase::Failed(format!("the sandbox could not be built: {line}"))
                         } else if oom_killed {
                             Phase::Failed(format!(
                                 "out of memory: killed at its {} MiB limit ({status})",
@@ -352,7 +503,13 @@ impl DesktopRuntime for ProcessRuntime {
             .get(desktop_id)
             .is_some_and(|desktop| desktop.phase.ended())
         {
-            self.desktops.remove(desktop_id);
+            if let Some(desktop) = self.desktops.remove(desktop_id) {
+                if let Some((_, dir)) = desktop.sandbox {
+                    if let Err(error) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot remove a desktop's directory");
+                    }
+                }
+            }
         }
     }
 }
@@ -368,6 +525,9 @@ impl Drop for ProcessRuntime {
             }
             if let Some(cgroup) = desktop.cgroup.take() {
                 let _ = cgroup.destroy(Duration::from_secs(5));
+            }
+            if let Some((_, dir)) = desktop.sandbox.take() {
+                let _ = std::fs::remove_dir_all(dir);
             }
         }
         if let Some(scope) = &self.cgroups {

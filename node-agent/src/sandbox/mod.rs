@@ -1,5 +1,49 @@
 //! The desktop sandbox, built directly from Linux namespaces and cgroups
-//! (no container runtime). Being built piece by piece: so far the cgroup
-//! layer ([`cgroup`]).
+//! (no container runtime): [`cgroup`] for limits, [`init`] for the
+//! namespaces, the root filesystem and PID 1. The process runtime starts
+//! `flotilla sandbox-init SPEC` in the desktop's cgroup when sandboxes are
+//! on; [`SandboxSpec`] is what it reads.
 
 pub mod cgroup;
+pub mod init;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Host uids of desktop `slot` start here; each desktop gets 65,536.
+pub const UID_BASE: u32 = 1_000_000_000;
+pub const UIDS_PER_DESKTOP: u32 = 65_536;
+/// Desktops one node can hold uid ranges for.
+pub const MAX_SLOTS: u32 = 4096;
+/// The desktop user inside every sandbox.
+pub const DESKTOP_UID: u32 = 1000;
+pub const DESKTOP_USER: &str = "desktop";
+
+/// Everything `sandbox-init` needs, written by the agent as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub hostname: String,
+    /// First host uid (and gid) of the desktop's range; root inside.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub desktop_uid: u32,
+    pub user: String,
+    /// An empty directory the new root is mounted on (in the sandbox's own
+    /// mount namespace; the host never sees the mount).
+    pub staging_dir: PathBuf,
+    /// Writable, kept on the host's disk.
+    pub home_dir: PathBuf,
+    pub workspace_dir: PathBuf,
+    pub resolv_conf: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl SandboxSpec {
+    /// Host uid range of `slot`.
+    pub fn uid_base_for(slot: u32) -> u32 {
+        UID_BASE + slot * UIDS_PER_DESKTOP
+    }
+}

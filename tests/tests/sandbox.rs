@@ -1,0 +1,353 @@
+//! The desktop sandbox, from inside (as youki's runtimetest does) and from
+//! outside: namespaces, root filesystem, privileges, isolation between two
+//! sandboxes, and nothing left behind after many create/destroy cycles,
+//! including ones that fail during setup. Needs root; skips with a message
+//! otherwise unless FLOTILLA_REQUIRE_NETNS is set (CI sets it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_node_agent::runtime::{DesktopRuntime, DesktopSpec, ProcessRuntime, SandboxSettings};
+use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
+use flotilla_tests::{flotilla_bin, netns};
+
+fn root_available() -> anyhow::Result<bool> {
+    netns::available()
+}
+
+fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
+    let uid_base = SandboxSpec::uid_base_for(slot);
+    for (sub, owner) in [
+        ("", uid_base),
+        ("home", uid_base + 1000),
+        ("workspace", uid_base + 1000),
+        ("root", uid_base),
+    ] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
+    }
+    SandboxSpec {
+        hostname: "dt-test".to_owned(),
+        uid_base,
+        uid_count: UIDS_PER_DESKTOP,
+        desktop_uid: 1000,
+        user: "desktop".to_owned(),
+        staging_dir: dir.join("root"),
+        home_dir: dir.join("home"),
+        workspace_dir: dir.join("workspace"),
+        resolv_conf: "nameserver 127.0.0.53\n".to_owned(),
+        command: vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()],
+        env: BTreeMap::new(),
+    }
+}
+
+fn run_sandbox(dir: &Path, spec: &SandboxSpec) -> (i32, String, String) {
+    let path = dir.join("spec.json");
+    std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
+    let output = Command::new(flotilla_bin())
+        .arg("sandbox-init")
+        .arg(&path)
+        .output()
+        .expect("run sandbox-init");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A world-traversable temporary directory (sandboxes run as unprivileged
+/// host uids and must reach their own directories).
+fn traversable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
+#[test]
+fn from_inside_the_sandbox_is_what_was_designed() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    let dir = traversable_tempdir();
+    let checks = r#"
+echo "pid1=$(cat /proc/1/comm)"
+echo "self=$$"
+echo "pids=$(ls /proc | grep -c '^[0-9]')"
+echo "hostname=$(hostname)"
+echo "uid=$(id -u) gid=$(id -g)"
+echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
+touch /usr/flotilla-test 2>/dev/null && echo "usr=writable" || echo "usr=read-only"
+touch /etc/flotilla-test 2>/dev/null && echo "etc=writable" || echo "etc=read-only"
+echo "dev=$(ls /dev | tr '\n' ' ')"
+echo "caps=$(grep CapEff /proc/self/status | cut -f2)"
+echo "nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)"
+echo "seccomp=$(grep '^Seccomp:' /proc/self/status | cut -f2)"
+perl -e '$r = syscall(250, 0, -3, 0); print "keyctl=", ($r < 0 ? "$!" : "allowed"), "\n"'
+echo "net=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
+echo "home=$HOME"
+echo hello > "$HOME/file" && echo "home=writable"
+echo hello > /workspace/file && echo "workspace=writable"
+echo "tmp=$(stat -f -c %T /tmp)"
+echo "host_root=$(ls /root 2>/dev/null | wc -l)"
+"#;
+    let spec = spec_in(dir.path(), 4000, checks);
+    let (status, stdout, stderr) = run_sandbox(dir.path(), &spec);
+    assert_eq!(status, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let facts: BTreeMap<&str, &str> = stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    let fact = |key: &str| facts.get(key).copied().unwrap_or("<missing>").trim();
+    assert_eq!(fact("pid1"), "flotilla", "PID 1 is our init\n{stdout}");
+    assert_eq!(fact("self"), "2", "the command is PID 1's child\n{stdout}");
+    let pids: u32 = fact("pids").parse()?;
+    assert!(
+        pids <= 6,
+        "host processes are invisible, saw {pids}\n{stdout}"
+    );
+    assert_eq!(fact("hostname"), "dt-test");
+    assert_eq!(fact("uid"), "1000 gid=1000");
+    assert_eq!(
+        fact("uid_map"),
+        format!("0 {} {}", spec.uid_base, UIDS_PER_DESKTOP)
+    );
+    assert_eq!(fact("usr"), "read-only");
+    assert_eq!(fact("etc"), "read-only");
+    assert_eq!(
+        fact("dev"),
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"
+    );
+    assert_eq!(fact("caps"), "0000000000000000");
+    assert_eq!(fact("nnp"), "1");
+    assert_eq!(fact("seccomp"), "2");
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(
+            fact("keyctl"),
+            "Operation not permitted",
+            "seccomp denies keyctl"
+        );
+    }
+    assert_eq!(fact("net"), "lo", "only loopback in its network namespace");
+    assert_eq!(fact("home"), "writable");
+    assert_eq!(fact("workspace"), "writable");
+    assert_eq!(fact("tmp"), "tmpfs");
+    assert_eq!(fact("host_root"), "0", "the host's /root is not visible");
+    // What it wrote is on the host's disk, owned by its unprivileged uid.
+    let meta = std::fs::metadata(dir.path().join("workspace/file"))?;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), spec.uid_base + 1000);
+    Ok(())
+}
+
+#[test]
+fn a_setup_failure_names_its_step_and_leaves_nothing() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    let dir = traversable_tempdir();
+    let mut spec = spec_in(dir.path(), 4001, "true");
+    spec.workspace_dir = dir.path().join("missing");
+    let (status, _, stderr) = run_sandbox(dir.path(), &spec);
+    assert_eq!(status, 125, "{stderr}");
+    assert!(stderr.contains("sandbox: mount"), "{stderr}");
+    let mut spec = spec_in(dir.path(), 4001, "true");
+    spec.command = vec!["/nonexistent/init".to_owned()];
+    let (status, _, stderr) = run_sandbox(dir.path(), &spec);
+    assert_eq!(status, 125, "{stderr}");
+    assert!(stderr.contains("exec"), "{stderr}");
+    assert!(processes_in_range(4001..4002).is_empty());
+    Ok(())
+}
+
+/// Processes running as a uid of the sandbox slots `slots` (tests run in
+/// parallel, each with its own slots).
+fn processes_in_range(slots: std::ops::Range<u32>) -> Vec<u32> {
+    let low = SandboxSpec::uid_base_for(slots.start);
+    let high = SandboxSpec::uid_base_for(slots.end);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let uid: Option<u32> = status
+            .lines()
+            .find(|line| line.starts_with("Uid:"))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok());
+        if uid.is_some_and(|uid| (low..high).contains(&uid)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn desktop(id: &str, generation: u64) -> DesktopSpec {
+    DesktopSpec {
+        desktop_id: id.to_owned(),
+        task_id: "t".to_owned(),
+        generation,
+        cpu_millis: 250,
+        memory_bytes: 256 << 20,
+        gpu_memory_bytes: 0,
+        gpu: None,
+    }
+}
+
+fn wait_phase(runtime: &mut ProcessRuntime, id: &str, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let observed = runtime.poll();
+        if observed
+            .iter()
+            .any(|o| o.desktop_id == id && o.phase.as_str() == phase)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never {phase}: {observed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    let data = traversable_tempdir();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .count();
+    // Each sandbox records what it can see, then waits to be stopped.
+    let script = "echo \"$(hostname)|$(ls /proc | grep -c '^[0-9]')|$(ls /workspace | tr '\\n' ,)|$(ls / | tr '\\n' ,)\" > /workspace/seen; echo mine > /workspace/$(hostname); exec sleep 1000";
+    let command = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let mut runtime = ProcessRuntime::new("sbx", data.path(), command, Duration::from_secs(2))?
+        .with_sandbox(SandboxSettings {
+            exe: flotilla_bin(),
+            desktops_dir: data.path().join("desktops"),
+        })?;
+    runtime
+        .start(&desktop("dt-a", 1))
+        .map_err(anyhow::Error::msg)?;
+    runtime
+        .start(&desktop("dt-b", 1))
+        .map_err(anyhow::Error::msg)?;
+    wait_phase(&mut runtime, "dt-a", "running");
+    wait_phase(&mut runtime, "dt-b", "running");
+    let seen = |id: &str| {
+        let path = data.path().join(format!("desktops/{id}-1/workspace/seen"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if !text.is_empty() {
+                    return text;
+                }
+            }
+            assert!(Instant::now() < deadline, "{id} never wrote what it sees");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for (id, other) in [("dt-a", "dt-b"), ("dt-b", "dt-a")] {
+        let text = seen(id);
+        let fields: Vec<&str> = text.trim().split('|').collect();
+        assert_eq!(fields[0], id, "{text}");
+        assert!(
+            fields[1].parse::<u32>()? <= 5,
+            "sees other processes: {text}"
+        );
+        assert!(!text.contains(other), "{id} sees {other}: {text}");
+        assert!(!fields[3].contains("desktops"), "{text}");
+    }
+    runtime.stop("dt-a");
+    runtime.stop("dt-b");
+    wait_phase(&mut runtime, "dt-a", "stopped");
+    wait_phase(&mut runtime, "dt-b", "stopped");
+    runtime.forget("dt-a");
+    runtime.forget("dt-b");
+
+    // 200 create/destroy cycles, every tenth made to fail during setup.
+    for cycle in 0..200u64 {
+        let id = format!("dt-{cycle}");
+        runtime
+            .start(&desktop(&id, cycle))
+            .map_err(anyhow::Error::msg)?;
+        if cycle % 10 == 0 {
+            // Pull its workspace away before sandbox-init binds it.
+            let dir = data.path().join(format!("desktops/{id}-{cycle}/workspace"));
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let observed = runtime.poll();
+            let phase = observed
+                .iter()
+                .find(|o| o.desktop_id == id)
+                .map(|o| o.phase.clone());
+            match phase {
+                Some(phase) if phase.as_str() == "running" || phase.ended() => break,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "{id} never settled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runtime.stop(&id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !runtime
+            .poll()
+            .iter()
+            .any(|o| o.desktop_id == id && o.phase.ended())
+        {
+            assert!(Instant::now() < deadline, "{id} never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runtime.forget(&id);
+    }
+    drop(runtime);
+    // This runtime hands out slots from 0.
+    let left = processes_in_range(0..100);
+    let described: Vec<String> = left
+        .iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let state = status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("")
+                .to_owned();
+            let cmdline =
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ppid = status
+                .lines()
+                .find(|l| l.starts_with("PPid:"))
+                .unwrap_or("")
+                .to_owned();
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .unwrap_or("")
+                .to_owned();
+            format!("{pid} {state} {ppid} {uid} {}", cmdline.replace('\0', " "))
+        })
+        .collect();
+    assert!(left.is_empty(), "sandbox processes left: {described:?}");
+    let left: Vec<_> = std::fs::read_dir(data.path().join("desktops"))?
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "desktop directories left: {left:?}");
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .count();
+    assert_eq!(
+        mounts_before, mounts_after,
+        "the host's mount table changed"
+    );
+    Ok(())
+}
