@@ -9,6 +9,7 @@
 
 mod etcd;
 mod placement;
+mod sandbox;
 mod scheduler;
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ enum Bench {
     Scheduler(scheduler::SchedulerArgs),
     /// Placements per second end to end through a 3-server cluster.
     Placement(placement::PlacementArgs),
+    /// Sandbox create → exec and destroy vs bubblewrap and crun (root).
+    Sandbox(sandbox::SandboxArgs),
 }
 
 #[derive(clap::Args)]
@@ -376,5 +379,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Placement(args) => placement::run(args).await,
+        Bench::Sandbox(args) => sandbox::run(args),
     }
 }

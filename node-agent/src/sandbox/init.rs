@@ -1,13 +1,12 @@
 //! `flotilla sandbox-init SPEC`: builds one desktop's sandbox and runs its
 //! init. Entered from `main` before any thread exists, so `fork` is safe.
 //!
-//! Three processes:
+//! Two processes:
 //! 1. the **outer** process (host namespaces, already in the desktop's
-//!    cgroup): forks the middle one, writes its uid/gid maps, waits;
-//! 2. the **middle** one: a new user namespace (root inside maps to the
-//!    desktop's unprivileged host range), then new pid, mount, uts, ipc, net
-//!    and cgroup namespaces; forks PID 1 and waits;
-//! 3. **PID 1**, our init: makes the root filesystem and `pivot_root`s into
+//!    cgroup): clones PID 1 into new user, pid, mount, uts, ipc, net and
+//!    cgroup namespaces at once, writes its uid/gid maps (root inside maps to
+//!    the desktop's unprivileged host range), passes stop signals on, waits;
+//! 2. **PID 1**, our init: makes the root filesystem and `pivot_root`s into
 //!    it, sets the hostname, brings up loopback, then runs the desktop's
 //!    command as the desktop user with `no_new_privs`, reaps zombies, forwards
 //!    SIGTERM/SIGINT/SIGHUP, and when the command ends kills whatever is left
@@ -57,21 +56,40 @@ pub fn main(spec_path: &Path) -> i32 {
         }
     };
     // Signals that end the desktop reach PID 1 directly (same process
-    // group); the outer and middle processes only wait.
+    // group); the outer process only waits.
     block_stop_signals();
     let mut ready = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
     check("pipe", unsafe {
         libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC)
     });
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP;
+    // One clone makes PID 1 in all its namespaces at once (fork-like: a
+    // null stack, the child continues here).
     // SAFETY: this process is single-threaded (entered before any thread was
-    // started), so the child may run arbitrary code.
-    let middle = unsafe { libc::fork() };
-    check("fork", middle);
-    if middle == 0 {
+    // started), so the child may run arbitrary code; a null stack makes the
+    // raw clone behave like fork.
+    let init = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    } as libc::pid_t;
+    check("clone the sandbox's namespaces", init);
+    if init == 0 {
         // SAFETY: closing our copy of the write end.
         unsafe { libc::close(ready[1]) };
-        middle_process(&spec, ready[0]);
+        init_process(&spec, ready[0]);
     }
     // SAFETY: closing our copy of the read end.
     unsafe { libc::close(ready[0]) };
@@ -85,14 +103,11 @@ pub fn main(spec_path: &Path) -> i32 {
             format!("0 {} {}\n", spec.uid_base, spec.uid_count),
         ),
     ];
-    // The middle process unshares its user namespace, then waits for us to
-    // read that it did (its namespace link changes) before we write maps.
-    wait_for_new_user_namespace(middle);
     for (file, map) in maps {
-        let path = format!("/proc/{middle}/{file}");
+        let path = format!("/proc/{init}/{file}");
         if let Err(error) = fs::write(&path, map) {
             // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(middle, libc::SIGKILL) };
+            unsafe { libc::kill(init, libc::SIGKILL) };
             eprintln!("sandbox: write {path}: {error}");
             return SETUP_FAILED;
         }
@@ -102,13 +117,13 @@ pub fn main(spec_path: &Path) -> i32 {
         libc::write(ready[1], b"1".as_ptr().cast(), 1);
         libc::close(ready[1]);
     }
-    wait_forwarding_stops(middle)
+    wait_forwarding_stops(init)
 }
 
-/// Waits for `middle`, passing a stop signal on to the whole process group
+/// Waits for `init`, passing a stop signal on to the whole process group
 /// until it ends: a stop that arrives while PID 1 is still being built
 /// would otherwise reach nobody (pending signals are not inherited).
-fn wait_forwarding_stops(middle: libc::pid_t) -> i32 {
+fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
     // SAFETY: sigset manipulation on locals; sigtimedwait, waitpid and kill
     // with plain integers and valid pointers.
     unsafe {
@@ -128,7 +143,7 @@ fn wait_forwarding_stops(middle: libc::pid_t) -> i32 {
                 stop = Some(signal);
             }
             let mut status = 0;
-            if libc::waitpid(middle, &mut status, libc::WNOHANG) == middle {
+            if libc::waitpid(init, &mut status, libc::WNOHANG) == init {
                 return if libc::WIFEXITED(status) {
                     libc::WEXITSTATUS(status)
                 } else {
@@ -136,7 +151,7 @@ fn wait_forwarding_stops(middle: libc::pid_t) -> i32 {
                 };
             }
             if let Some(signal) = stop {
-                // Our own group: us (blocked), the middle process (blocked),
+                // Our own group: us (blocked), the init process (blocked),
                 // PID 1 (takes it) and the desktop.
                 libc::kill(0, signal);
             }
@@ -156,74 +171,23 @@ fn block_stop_signals() {
     }
 }
 
-fn wait_for_new_user_namespace(pid: libc::pid_t) {
-    let ours = fs::read_link("/proc/self/ns/user").ok();
-    for _ in 0..5000 {
-        let theirs = fs::read_link(format!("/proc/{pid}/ns/user")).ok();
-        if theirs.is_some() && theirs != ours {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
-    fail("wait for the user namespace", "the child never created it");
-}
-
-/// Waits for `pid` and turns its end into an exit status (128 + signal).
-fn wait_status(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let result = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if result == pid {
-            break;
-        }
-        if result < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return SETUP_FAILED;
-        }
-    }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    }
-}
-
-fn middle_process(spec: &SandboxSpec, ready: libc::c_int) -> ! {
+/// PID 1, just cloned into its namespaces: waits for its uid maps, becomes
+/// root of its user namespace, then builds and runs the sandbox.
+fn init_process(spec: &SandboxSpec, ready: libc::c_int) -> ! {
     // SAFETY: prctl with integer arguments.
     check("pdeathsig", unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
-    });
-    // SAFETY: unshare with flag constants.
-    check("unshare user namespace", unsafe {
-        libc::unshare(libc::CLONE_NEWUSER)
     });
     let mut byte = [0u8; 1];
     // SAFETY: reading one byte into a live buffer.
     if unsafe { libc::read(ready, byte.as_mut_ptr().cast(), 1) } != 1 {
         fail("wait for uid maps", "the outer process went away");
     }
-    // Now root inside the new user namespace.
     // SAFETY: plain id syscalls.
     check("setresgid", unsafe { libc::setresgid(0, 0, 0) });
     // SAFETY: as above.
     check("setresuid", unsafe { libc::setresuid(0, 0, 0) });
-    let flags = libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP;
-    // SAFETY: unshare with flag constants.
-    check("unshare namespaces", unsafe { libc::unshare(flags) });
-    // SAFETY: single-threaded process.
-    let init = unsafe { libc::fork() };
-    check("fork init", init);
-    if init == 0 {
-        pid_one(spec);
-    }
-    let status = wait_status(init);
-    // SAFETY: _exit from a forked child.
-    unsafe { libc::_exit(status) }
+    pid_one(spec)
 }
 
 fn mount(
@@ -433,10 +397,6 @@ fn chown(path: &Path, uid: u32) {
 }
 
 fn pid_one(spec: &SandboxSpec) -> ! {
-    // SAFETY: prctl with integer arguments.
-    check("pdeathsig", unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
-    });
     // Our mounts stay ours.
     mount(
         None,

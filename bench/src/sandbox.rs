@@ -1,0 +1,298 @@
+//! `flotilla-bench sandbox`: create → exec and destroy times of Flotilla's
+//! sandbox beside bubblewrap and crun, in the same run, as root.
+//!
+//! Every system gets the same namespaces (user with a mapped range, pid,
+//! mount, ipc, uts, net, cgroup where it supports it), a read-only `/usr`, a
+//! fresh `/proc`, a minimal `/dev` and tmpfs `/tmp`, and runs
+//! `sh -c 'echo ready; exec sleep 1000'`.
+//! - create → exec: from spawning the sandbox to reading `ready` from the
+//!   command's stdout;
+//! - destroy: from sending SIGTERM to the sandbox until its process has
+//!   exited and been reaped (for ours and bwrap the process group gets it;
+//!   crun forwards it to the container).
+//!
+//! Cgroups are left out for all three (crun runs with `--cgroup-manager
+//! disabled`), so the figures compare namespace and filesystem setup.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
+
+use crate::{millis, percentile};
+
+#[derive(clap::Args)]
+pub struct SandboxArgs {
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+}
+
+const SCRIPT: &str = "echo ready; exec sleep 1000";
+
+struct Sample {
+    start: Duration,
+    destroy: Duration,
+}
+
+/// Spawns `command` in its own process group and times it.
+fn measure(mut command: Command, group_signal: bool) -> anyhow::Result<Sample> {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    // SAFETY: setpgid between fork and exec is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = command.spawn().context("spawn the sandbox")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut first = [0u8; 5];
+    if let Err(error) = stdout.read_exact(&mut first) {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = child.kill();
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        bail!("no 'ready' from the sandbox ({error}): {stderr}");
+    }
+    let start = started.elapsed();
+    let stopping = Instant::now();
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our unreaped child (or its group).
+    unsafe { libc::kill(if group_signal { -pid } else { pid }, libc::SIGTERM) };
+    child.wait().context("wait for the sandbox")?;
+    Ok(Sample {
+        start,
+        destroy: stopping.elapsed(),
+    })
+}
+
+fn flotilla_command(exe: &Path, dir: &Path, index: usize) -> anyhow::Result<Command> {
+    let dir = dir.join(format!("ours-{index}"));
+    let uid_base = SandboxSpec::uid_base_for(4090);
+    for (sub, owner) in [
+        ("", uid_base),
+        ("home", uid_base + 1000),
+        ("workspace", uid_base + 1000),
+        ("root", uid_base),
+    ] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)?;
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner))?;
+    }
+    let spec = SandboxSpec {
+        hostname: format!("bench-{index}"),
+        uid_base,
+        uid_count: UIDS_PER_DESKTOP,
+        desktop_uid: 1000,
+        user: "desktop".to_owned(),
+        staging_dir: dir.join("root"),
+        home_dir: dir.join("home"),
+        workspace_dir: dir.join("workspace"),
+        resolv_conf: String::new(),
+        command: vec!["sh".to_owned(), "-c".to_owned(), SCRIPT.to_owned()],
+        env: Default::default(),
+    };
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    let mut command = Command::new(exe);
+    command.arg("sandbox-init").arg(spec_path);
+    Ok(command)
+}
+
+fn bwrap_command() -> Command {
+    let mut command = Command::new("bwrap");
+    command.args([
+        "--unshare-user",
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup",
+        "--hostname",
+        "bench",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--die-with-parent",
+        "sh",
+        "-c",
+        SCRIPT,
+    ]);
+    command
+}
+
+/// An OCI bundle equivalent to the others: same namespaces, user mapping,
+/// read-only /usr, /proc, /dev, /tmp.
+fn crun_bundle(dir: &Path) -> anyhow::Result<PathBuf> {
+    let bundle = dir.join("crun-bundle");
+    let rootfs = bundle.join("rootfs");
+    for sub in ["usr", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub))?;
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        let path = rootfs.join(link);
+        if !path.exists() {
+            std::os::unix::fs::symlink(target, path)?;
+        }
+    }
+    let uid_base = SandboxSpec::uid_base_for(4091);
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 1000, "gid": 1000},
+            "args": ["sh", "-c", SCRIPT],
+            "env": ["PATH=/usr/bin:/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]}
+        ],
+        "linux": {
+            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": 65536}],
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "mount"}, {"type": "user"}, {"type": "cgroup"}
+            ]
+        }
+    });
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+    std::os::unix::fs::chown(&bundle, Some(uid_base), Some(uid_base))?;
+    Ok(bundle)
+}
+
+fn crun_command(bundle: &Path, index: usize) -> Command {
+    let mut command = Command::new("crun");
+    command
+        .args(["--cgroup-manager", "disabled", "run", "--bundle"])
+        .arg(bundle)
+        .arg(format!("flotilla-bench-{}-{index}", std::process::id()));
+    command
+}
+
+fn summarize(name: &str, samples: &mut [Sample]) -> (Duration, Duration, Duration, Duration) {
+    let mut starts: Vec<Duration> = samples.iter().map(|s| s.start).collect();
+    let mut destroys: Vec<Duration> = samples.iter().map(|s| s.destroy).collect();
+    starts.sort_unstable();
+    destroys.sort_unstable();
+    let figures = (
+        percentile(&starts, 0.5),
+        percentile(&starts, 0.99),
+        percentile(&destroys, 0.5),
+        percentile(&destroys, 0.99),
+    );
+    println!(
+        "{name:<10} {:>9} {:>9} {:>11} {:>11}",
+        millis(figures.0),
+        millis(figures.1),
+        millis(figures.2),
+        millis(figures.3)
+    );
+    figures
+}
+
+pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the sandbox benchmark needs root (it maps uid ranges, as the node agent does)");
+    }
+    let exe = flotilla_tests::flotilla_bin();
+    let dir = tempfile::tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    }
+    let bundle = crun_bundle(dir.path())?;
+    let mut ours = Vec::new();
+    let mut bwrap = Vec::new();
+    let mut crun = Vec::new();
+    let mut crun_error = None;
+    // Interleaved, so drift on a shared machine hits all three alike.
+    for index in 0..args.iterations {
+        ours.push(measure(flotilla_command(&exe, dir.path(), index)?, true)?);
+        let _ = std::fs::remove_dir_all(dir.path().join(format!("ours-{index}")));
+        bwrap.push(measure(bwrap_command(), true)?);
+        if crun_error.is_none() {
+            match measure(crun_command(&bundle, index), false) {
+                Ok(sample) => crun.push(sample),
+                Err(error) => crun_error = Some(error),
+            }
+        }
+    }
+    println!(
+        "# Sandbox create → exec and destroy, {} iterations, ms (namespaces: user, pid, mount, ipc, uts, net, cgroup)",
+        args.iterations
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>11} {:>11}",
+        "system", "start p50", "start p99", "destroy p50", "destroy p99"
+    );
+    let ours = summarize("flotilla", &mut ours);
+    let bwrap = summarize("bwrap", &mut bwrap);
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "flotilla / bwrap: start p50 {:.2}×, destroy p50 {:.2}× (goal: start p50 ≤ 0.5×)",
+        ratio(ours.0, bwrap.0),
+        ratio(ours.2, bwrap.2)
+    );
+    match crun_error {
+        None => {
+            let crun = summarize("crun", &mut crun);
+            println!(
+                "flotilla / crun: start p50 {:.2}×, destroy p50 {:.2}× (goal: start p50 ≤ 0.2×)",
+                ratio(ours.0, crun.0),
+                ratio(ours.2, crun.2)
+            );
+        }
+        Some(error) => println!("crun: could not run here: {error:#}"),
+    }
+    Ok(())
+}
