@@ -80,16 +80,7 @@ fn measure(mut command: Command, group_signal: bool) -> anyhow::Result<Sample> {
 fn flotilla_command(exe: &Path, dir: &Path, index: usize) -> anyhow::Result<Command> {
     let dir = dir.join(format!("ours-{index}"));
     let uid_base = SandboxSpec::uid_base_for(4090);
-    for (sub, owner) in [
-        ("", uid_base),
-        ("home", uid_base + 1000),
-        ("workspace", uid_base + 1000),
-        ("root", uid_base),
-    ] {
-        let path = dir.join(sub);
-        std::fs::create_dir_all(&path)?;
-        std::os::unix::fs::chown(&path, Some(owner), Some(owner))?;
-    }
+    flotilla_node_agent::sandbox::make_desktop_dirs(&dir, uid_base)?;
     let spec = SandboxSpec {
         hostname: format!("bench-{index}"),
         uid_base,

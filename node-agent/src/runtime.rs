@@ -198,20 +198,7 @@ impl ProcessRuntime {
         let fail = |what: &str, error: std::io::Error| format!("{what} {}: {error}", dir.display());
         let _ = std::fs::remove_dir_all(&dir);
         let (home, workspace, staging) =
-            (dir.join("home"), dir.join("workspace"), dir.join("root"));
-        for path in [&home, &workspace, &staging] {
-            std::fs::create_dir_all(path).map_err(|e| fail("create", e))?;
-        }
-        let user = uid_base + DESKTOP_UID;
-        for (path, owner) in [
-            (&dir, uid_base),
-            (&home, user),
-            (&workspace, user),
-            (&staging, uid_base),
-        ] {
-            std::os::unix::fs::chown(path, Some(owner), Some(owner))
-                .map_err(|e| fail("chown", e))?;
-        }
+            crate::sandbox::make_desktop_dirs(&dir, uid_base).map_err(|e| fail("create", e))?;
         let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let sandbox_spec = SandboxSpec {
             hostname: spec.desktop_id.clone(),

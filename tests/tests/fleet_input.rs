@@ -7,18 +7,9 @@ use std::time::Duration;
 
 use flotilla_proto::node as pb;
 use flotilla_proto::node::node_agent_client::NodeAgentClient;
-use flotilla_tests::{flotilla_bin, wait_for, ServerFlags, TestCluster};
+use flotilla_tests::{flotilla_bin, wait_for, with_token, ServerFlags, TestCluster};
 use serde_json::{json, Value};
 use tonic::Code;
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ASCII header"),
-    );
-    request
-}
 
 fn registration(id: &str, name: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {

@@ -6,17 +6,8 @@ use flotilla_proto::cluster::cluster_client::ClusterClient;
 use flotilla_proto::cluster::{JoinRequest, StatusRequest};
 use flotilla_proto::raft::raft_client::RaftClient;
 use flotilla_proto::raft::RaftPayload;
-use flotilla_tests::{ServerFlags, TestCluster};
+use flotilla_tests::{with_token, ServerFlags, TestCluster};
 use tonic::Code;
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ASCII header"),
-    );
-    request
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_calls_are_refused_clearly() -> anyhow::Result<()> {

@@ -19,16 +19,7 @@ fn root_available() -> anyhow::Result<bool> {
 
 fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
     let uid_base = SandboxSpec::uid_base_for(slot);
-    for (sub, owner) in [
-        ("", uid_base),
-        ("home", uid_base + 1000),
-        ("workspace", uid_base + 1000),
-        ("root", uid_base),
-    ] {
-        let path = dir.join(sub);
-        std::fs::create_dir_all(&path).unwrap();
-        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
-    }
+    flotilla_node_agent::sandbox::make_desktop_dirs(dir, uid_base).unwrap();
     SandboxSpec {
         hostname: "dt-test".to_owned(),
         uid_base,

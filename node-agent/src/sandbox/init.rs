@@ -127,11 +127,7 @@ fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
     // SAFETY: sigset manipulation on locals; sigtimedwait, waitpid and kill
     // with plain integers and valid pointers.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, signal);
-        }
+        let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
         let timeout = libc::timespec {
             tv_sec: 0,
             tv_nsec: 50_000_000,
@@ -144,11 +140,7 @@ fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
             }
             let mut status = 0;
             if libc::waitpid(init, &mut status, libc::WNOHANG) == init {
-                return if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else {
-                    128 + libc::WTERMSIG(status)
-                };
+                return exit_code(status);
             }
             if let Some(signal) = stop {
                 // Our own group: us (blocked), the init process (blocked),
@@ -159,14 +151,32 @@ fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
     }
 }
 
-fn block_stop_signals() {
-    // SAFETY: sigset manipulation on a local set, then sigprocmask.
+/// A signal set holding `signals`.
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset on a local, zero-initialised set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+        for &signal in signals {
             libc::sigaddset(&mut set, signal);
         }
+        set
+    }
+}
+
+/// The exit status a shell would report for a `waitpid` status.
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+fn block_stop_signals() {
+    // SAFETY: sigset manipulation on a local set, then sigprocmask.
+    unsafe {
+        let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
@@ -632,11 +642,7 @@ fn supervise(command: libc::pid_t) -> ! {
     // SAFETY: sigset manipulation on locals; sigtimedwait/waitpid/kill with
     // plain integers and valid pointers.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, signal);
-        }
+        let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
         let timeout = libc::timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -655,12 +661,7 @@ fn supervise(command: libc::pid_t) -> ! {
                 if reaped == command {
                     // The session is over: nothing else may outlive it.
                     libc::kill(-1, libc::SIGKILL);
-                    let code = if libc::WIFEXITED(status) {
-                        libc::WEXITSTATUS(status)
-                    } else {
-                        128 + libc::WTERMSIG(status)
-                    };
-                    libc::_exit(code);
+                    libc::_exit(exit_code(status));
                 }
             }
         }

@@ -41,6 +41,27 @@ pub struct SandboxSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// A desktop's directories under `dir`: `home` and `workspace` owned by its
+/// user, `root` (the staging mount point) and `dir` itself by its root, all
+/// in the host range starting at `uid_base`. Returns (home, workspace, root).
+pub fn make_desktop_dirs(
+    dir: &std::path::Path,
+    uid_base: u32,
+) -> std::io::Result<(PathBuf, PathBuf, PathBuf)> {
+    let (home, workspace, staging) = (dir.join("home"), dir.join("workspace"), dir.join("root"));
+    let user = uid_base + DESKTOP_UID;
+    for (path, owner) in [
+        (dir, uid_base),
+        (home.as_path(), user),
+        (workspace.as_path(), user),
+        (staging.as_path(), uid_base),
+    ] {
+        std::fs::create_dir_all(path)?;
+        std::os::unix::fs::chown(path, Some(owner), Some(owner))?;
+    }
+    Ok((home, workspace, staging))
+}
+
 impl SandboxSpec {
     /// Host uid range of `slot`.
     pub fn uid_base_for(slot: u32) -> u32 {
