@@ -621,11 +621,21 @@ fn desired(shared: &Shared) -> Option<Vec<pb::Assignment>> {
 
 /// The pure-ish core of reconciliation, separate from the loop so it can be
 /// tested with any runtime.
-#[derive(Default)]
 pub struct Reconciler {
     /// Ended desktops that should run wait until then before restarting.
     restart_at: HashMap<String, Instant>,
+    /// No lease: nothing may run. True at start (nothing runs yet, nothing
+    /// to warn about).
     fenced: bool,
+}
+
+impl Default for Reconciler {
+    fn default() -> Reconciler {
+        Reconciler {
+            restart_at: HashMap::new(),
+            fenced: true,
+        }
+    }
 }
 
 impl Reconciler {
