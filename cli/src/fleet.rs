@@ -159,6 +159,17 @@ impl Client {
         Ok(())
     }
 
+    pub async fn node_remove(&self, name: &str) -> anyhow::Result<()> {
+        let _: Value = self
+            .send(self.http.delete(self.url(&format!("/api/v1/nodes/{name}"))))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", json!({ "removed": name })),
+            Output::Table => println!("removed node {name}"),
+        }
+        Ok(())
+    }
+
     pub async fn node_drain(&self, name: &str, drain: DrainRequest) -> anyhow::Result<()> {
         let node: Value = if drain.disable {
             self.send(

@@ -92,6 +92,8 @@ enum NodeCommand {
     Cordon { name: String },
     /// Let a node take new desktops again.
     Uncordon { name: String },
+    /// Forget a node that is down (decommissioned).
+    Remove { name: String },
     /// Move a node's desktops elsewhere (the node becomes ineligible).
     Drain {
         name: String,
@@ -480,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 NodeCommand::Status { name } => client.node_status(&name).await,
                 NodeCommand::Cordon { name } => client.node_eligibility(&name, false).await,
                 NodeCommand::Uncordon { name } => client.node_eligibility(&name, true).await,
+                NodeCommand::Remove { name } => client.node_remove(&name).await,
                 NodeCommand::Drain {
                     name,
                     deadline,

@@ -55,6 +55,7 @@ const MAX_ID_CHARS: usize = 128;
         crate::http_fleet::set_eligibility,
         crate::http_fleet::start_drain,
         crate::http_fleet::cancel_drain,
+        crate::http_fleet::remove_node,
         crate::http_fleet::capacity,
         crate::http_fleet::list_desktops
     ),
@@ -265,6 +266,7 @@ pub(crate) fn command_error(error: CommandError) -> ApiError {
         CommandError::TaskExists { .. }
         | CommandError::NodeNameTaken { .. }
         | CommandError::NodeDraining { .. }
+        | CommandError::NodeNotDown { .. }
         | CommandError::NodeDown { .. } => ApiError::new(ErrorKind::Conflict, "conflict", message),
         CommandError::UnsupportedFormat { .. } => ApiError::internal(message),
     }

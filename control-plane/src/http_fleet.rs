@@ -30,7 +30,7 @@ pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
     Router::new()
         .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{name}", get(node_status))
+        .route("/api/v1/nodes/{name}", get(node_status).delete(remove_node))
         .route("/api/v1/nodes/{name}/eligibility", post(set_eligibility))
         .route(
             "/api/v1/nodes/{name}/drain",
@@ -391,6 +391,29 @@ pub(crate) async fn cancel_drain(
         .state
         .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
     node_outcome(&control, Command::CancelDrain { id }, &headers).await
+}
+
+/// Forget a node that is down (decommissioned).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/nodes/{name}",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+pub(crate) async fn remove_node(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::http::StatusCode, ApiError> {
+    validate_name(&name)?;
+    let id = control
+        .state
+        .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
+    let request = control.request(Command::RemoveNode { id }, idempotency_key(&headers)?);
+    match control.write(request).await?.outcome {
+        Ok(_) => Ok(axum::http::StatusCode::NO_CONTENT),
+        Err(error) => Err(command_error(error)),
+    }
 }
 
 async fn node_outcome(

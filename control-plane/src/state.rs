@@ -279,6 +279,21 @@ impl State {
                     node: self.nodes[id].clone(),
                 })
             }
+            Command::RemoveNode { id } => {
+                let holds_desktops = self.allocations.contains_key(id);
+                let node = self.node_mut(id)?;
+                if node.status != NodeStatus::Down || holds_desktops {
+                    return Err(CommandError::NodeNotDown {
+                        name: node.name.clone(),
+                    });
+                }
+                self.nodes.remove(id);
+                changes.push(Change {
+                    revision: index,
+                    kind: ChangeKind::NodeDeleted { id: id.clone() },
+                });
+                Ok(Applied::Deleted)
+            }
             Command::PlaceDesktops { placements } => {
                 let mut placed = 0;
                 let mut refused = Vec::new();
@@ -1254,6 +1269,28 @@ mod tests {
         log.apply(report("n1", &placed, DesktopState::Stopped));
         assert!(log.state.desktop(&a.id).is_none());
         assert!(log.state.allocation("n1").is_none());
+    }
+
+    #[test]
+    fn only_down_nodes_can_be_removed() {
+        let mut log = Log::new();
+        log.apply(register("n1", 4000, 8));
+        log.apply(status("n1", NodeStatus::Ready));
+        let response = log.apply(Command::RemoveNode { id: "n1".into() });
+        assert!(matches!(
+            response.outcome,
+            Err(CommandError::NodeNotDown { .. })
+        ));
+        log.apply(status("n1", NodeStatus::Down));
+        let response = log.apply(Command::RemoveNode { id: "n1".into() });
+        assert_eq!(response.outcome, Ok(Applied::Deleted));
+        assert!(log.state.node("n1").is_none());
+        // Its agent coming back registers it again.
+        log.apply(register("n1", 4000, 8));
+        assert_eq!(
+            log.state.node("n1").unwrap().status,
+            NodeStatus::Initializing
+        );
     }
 
     #[test]

@@ -130,6 +130,11 @@ pub enum Command {
     CancelDrain {
         id: String,
     },
+    /// Forgets a node that is down (decommissioned). A node whose agent
+    /// comes back simply registers again.
+    RemoveNode {
+        id: String,
+    },
     /// Scheduler decisions, many per entry. Each is checked again on apply
     /// and refused if it no longer fits, so nothing is ever overcommitted.
     PlaceDesktops {
@@ -222,6 +227,8 @@ pub enum CommandError {
         "node {name:?} is draining; cancel the drain first (flotilla node drain --disable {name})"
     )]
     NodeDraining { name: String },
+    #[error("node {name:?} is not down; only a down node can be removed (drain it and stop its agent first)")]
+    NodeNotDown { name: String },
     #[error("another node already uses the name {name:?}")]
     NodeNameTaken { name: String },
     #[error("node {name:?} is down; a drain needs a node that can stop its desktops (they are placed elsewhere already)")]

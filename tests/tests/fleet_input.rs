@@ -336,6 +336,17 @@ async fn bad_fleet_input_is_refused_and_changes_nothing() -> anyhow::Result<()> 
         .await?;
     assert_eq!(desktops["desktops"], json!([]));
 
+    // A node that is not down cannot be removed.
+    expect_error(
+        http.delete(format!("{base}/nodes/node-1"))
+            .bearer_auth(token)
+            .send()
+            .await?,
+        409,
+        "conflict",
+    )
+    .await;
+
     // Draining a down node: one heartbeat, then silence past its lease.
     nodes
         .heartbeat(with_token(
