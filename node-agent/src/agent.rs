@@ -224,6 +224,7 @@ pub async fn run(
         let settings = crate::runtime::SandboxSettings {
             exe: std::env::current_exe().context("find the flotilla binary for sandbox-init")?,
             desktops_dir: data_dir.path.join("desktops"),
+            first_slot: 0,
         };
         tracing::info!(
             "desktops run in namespace sandboxes (user, pid, mount, uts, ipc, net, cgroup)"

@@ -109,6 +109,9 @@ pub struct SandboxSettings {
     /// Where each desktop's directory (home, workspace, staging root, log)
     /// lives.
     pub desktops_dir: PathBuf,
+    /// Uid-range slots are handed out from here (0 for an agent; tests
+    /// running side by side use distinct ranges).
+    pub first_slot: u32,
 }
 
 /// Runs each desktop as `command` in its own process group, with the
@@ -178,7 +181,11 @@ impl ProcessRuntime {
             .values()
             .filter_map(|desktop| desktop.sandbox.as_ref().map(|(slot, _)| *slot))
             .collect();
-        (0..MAX_SLOTS).find(|slot| !used.contains(slot))
+        let first = self
+            .sandbox
+            .as_ref()
+            .map_or(0, |settings| settings.first_slot);
+        (first..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
     /// Makes the desktop's directories and spec; returns the command that

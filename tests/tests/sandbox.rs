@@ -223,6 +223,7 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
         .with_sandbox(SandboxSettings {
             exe: flotilla_bin(),
             desktops_dir: data.path().join("desktops"),
+            first_slot: 0,
         })?;
     runtime
         .start(&desktop("dt-a", 1))
@@ -340,5 +341,42 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
         mounts_before, mounts_after,
         "the host's mount table changed"
     );
+    Ok(())
+}
+
+#[test]
+fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    let hierarchy = match flotilla_node_agent::sandbox::cgroup::detect_host() {
+        Ok(hierarchy) => hierarchy,
+        Err(error) => anyhow::bail!("root but no cgroup controllers: {error}"),
+    };
+    let scope = hierarchy.scope(&format!("sandbox-oom-{}", std::process::id()))?;
+    let data = traversable_tempdir();
+    let command = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "x=aaaaaaaa; while true; do x=\"$x$x\"; done".to_owned(),
+    ];
+    let mut runtime = ProcessRuntime::new("oom", data.path(), command, Duration::from_secs(1))?
+        .with_cgroups(scope.clone(), 64)
+        .with_sandbox(SandboxSettings {
+            exe: flotilla_bin(),
+            desktops_dir: data.path().join("desktops"),
+            first_slot: 200,
+        })?;
+    let mut spec = desktop("dt-hog", 1);
+    spec.memory_bytes = 48 << 20;
+    runtime.start(&spec).map_err(anyhow::Error::msg)?;
+    wait_phase(&mut runtime, "dt-hog", "failed");
+    let observed = runtime.poll();
+    let reason = format!("{:?}", observed[0].phase);
+    assert!(reason.contains("out of memory"), "{reason}");
+    runtime.forget("dt-hog");
+    drop(runtime);
+    assert!(scope.existing().is_empty(), "its cgroup is gone");
+    scope.remove_if_empty();
     Ok(())
 }
