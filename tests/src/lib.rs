@@ -81,6 +81,18 @@ pub async fn write_with_retries(
     Ok(false)
 }
 
+/// Checks an HTTP error answer: its status, its stable `code`, a non-empty
+/// message; returns the body.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert_eq!(actual, status, "unexpected status, body {body}");
+    assert_eq!(body["error"]["code"], code, "unexpected code in {body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(!message.is_empty(), "empty message in {body}");
+    body
+}
+
 /// A gRPC request carrying `token` as its bearer token.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

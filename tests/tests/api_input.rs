@@ -5,18 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::{flotilla_bin, free_port, ServerFlags, TestCluster};
+use flotilla_tests::{expect_error, flotilla_bin, free_port, ServerFlags, TestCluster};
 use serde_json::{json, Value};
-
-async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
-    let actual = response.status().as_u16();
-    let body: Value = response.json().await.expect("error bodies are JSON");
-    assert_eq!(actual, status, "unexpected status, body {body}");
-    assert_eq!(body["error"]["code"], code, "unexpected code in {body}");
-    let message = body["error"]["message"].as_str().expect("a message");
-    assert!(!message.is_empty());
-    body
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_input_is_rejected_clearly_and_harmlessly() -> anyhow::Result<()> {

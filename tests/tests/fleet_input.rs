@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flotilla_proto::node as pb;
 use flotilla_proto::node::node_agent_client::NodeAgentClient;
-use flotilla_tests::{flotilla_bin, wait_for, with_token, ServerFlags, TestCluster};
+use flotilla_tests::{expect_error, flotilla_bin, wait_for, with_token, ServerFlags, TestCluster};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -35,14 +35,6 @@ fn registration(id: &str, name: &str) -> pb::RegisterRequest {
         }],
         agent_version: "test".to_owned(),
     }
-}
-
-async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
-    let actual = response.status().as_u16();
-    let body: Value = response.json().await.expect("error bodies are JSON");
-    assert_eq!(actual, status, "unexpected status, body {body}");
-    assert_eq!(body["error"]["code"], code, "unexpected code in {body}");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
