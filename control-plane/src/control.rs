@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flotilla_proto::cluster as pb;
 use flotilla_proto::raft::raft_client::RaftClient;
 use flotilla_proto::raft::{RaftPayload, ReadIndexRequest};
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::transport::Channel;
 
@@ -488,6 +488,37 @@ impl ControlPlane {
     }
 
     /// Removes a server from the cluster (leader only; others forward).
+    /// The membership change that removes `node_id`, from the current
+    /// membership.
+    fn removal(&self, node_id: NodeId) -> Result<ChangeMembers<NodeId, BasicNode>, ApiError> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return Err(ApiError::new(
+                    ErrorKind::FailedPrecondition,
+                    "last_voter",
+                    format!(
+                        "server {node_id} is the only voter; add another server before removing it"
+                    ),
+                ));
+            }
+            Ok(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])))
+        } else if membership.get_node(&node_id).is_some() {
+            Ok(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])))
+        } else {
+            Err(ApiError::not_found(format!(
+                "server {node_id} is not a member of this cluster"
+            )))
+        }
+    }
+
     pub async fn remove_member(
         &self,
         node_id: NodeId,
@@ -500,36 +531,26 @@ impl ControlPlane {
                 .await?;
             return Ok(reply.into_inner());
         }
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let change = if voters.contains(&node_id) {
-            if voters.len() == 1 {
-                return Err(ApiError::new(
-                    ErrorKind::FailedPrecondition,
-                    "last_voter",
-                    format!(
-                        "server {node_id} is the only voter; add another server before removing it"
-                    ),
-                ));
+        // A membership change still in flight (a join or promotion) makes
+        // openraft refuse a new one: wait for it to settle, then decide
+        // again from the membership it left.
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let change = self.removal(node_id)?;
+            match self.raft.change_membership(change, false).await {
+                Ok(_) => break,
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => {
+                    return Err(ApiError::unavailable(format!(
+                        "remove server {node_id}: {error}"
+                    )))
+                }
             }
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else if membership.get_node(&node_id).is_some() {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        } else {
-            return Err(ApiError::not_found(format!(
-                "server {node_id} is not a member of this cluster"
-            )));
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|error| ApiError::unavailable(format!("remove server {node_id}: {error}")))?;
+        }
         Ok(self.status())
     }
 }
