@@ -566,7 +566,11 @@ async fn reconcile_loop(
     let mut reconciler = Reconciler::default();
     loop {
         let desired = desired(&shared);
-        let report = reconciler.step(runtime.as_mut(), desired.as_deref(), Instant::now());
+        // A step may wait on the runtime (killing a cgroup, reaping): off
+        // the async workers, so heartbeats never queue behind it.
+        let report = tokio::task::block_in_place(|| {
+            reconciler.step(runtime.as_mut(), desired.as_deref(), Instant::now())
+        });
         let changed = {
             let mut current = shared.report.lock().unwrap_or_else(|p| p.into_inner());
             let changed = !same_states(&current, &report);
@@ -585,7 +589,9 @@ async fn reconcile_loop(
     // Shutdown: stop everything, politely first.
     let deadline = Instant::now() + stop_grace + Duration::from_secs(1);
     loop {
-        reconciler.step(runtime.as_mut(), Some(&[]), Instant::now());
+        tokio::task::block_in_place(|| {
+            reconciler.step(runtime.as_mut(), Some(&[]), Instant::now())
+        });
         let running = runtime.poll().iter().any(|o| !o.phase.ended());
         if !running || Instant::now() > deadline {
             break;
