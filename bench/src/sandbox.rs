@@ -93,6 +93,11 @@ fn flotilla_command(exe: &Path, dir: &Path, index: usize) -> anyhow::Result<Comm
         resolv_conf: String::new(),
         command: vec!["sh".to_owned(), "-c".to_owned(), SCRIPT.to_owned()],
         env: Default::default(),
+        netns_fd: None,
+        lease_file: None,
+        stop_grace_ms: 0,
+        usr_links: Vec::new(),
+        fail_at_step: None,
     };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;

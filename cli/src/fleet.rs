@@ -382,12 +382,14 @@ pub fn resources_json(
     gpu_memory: Option<u64>,
     needs_gpu: bool,
     constraints: Vec<(String, String)>,
+    egress: Option<flotilla_control_plane::types::Egress>,
 ) -> anyhow::Result<Option<Value>> {
     if cpu_millis.is_none()
         && memory.is_none()
         && gpu_memory.is_none()
         && !needs_gpu
         && constraints.is_empty()
+        && egress.is_none()
     {
         return Ok(None);
     }
@@ -398,6 +400,7 @@ pub fn resources_json(
         gpu_memory_bytes: gpu_memory.unwrap_or(0),
         needs_gpu,
         labels: constraints.into_iter().collect(),
+        egress: egress.unwrap_or_default(),
     };
     resources.validate().map_err(anyhow::Error::msg)?;
     Ok(Some(

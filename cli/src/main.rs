@@ -174,6 +174,42 @@ struct NodeAgentArgs {
     /// Command each desktop runs under the process runtime.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
     desktop_command: Vec<String>,
+    /// Give sandboxes loopback only (no veth, bridge or NAT).
+    #[arg(long)]
+    no_desktop_network: bool,
+    /// The desktops' /16: the bridge takes .0.1, policies take /18s.
+    #[arg(long, default_value = "10.88.0.0/16", value_parser = parse_subnet)]
+    desktop_subnet: std::net::Ipv4Addr,
+    /// The host bridge desktops' veths are ports of.
+    #[arg(long, default_value = "flotilla0")]
+    desktop_bridge: String,
+    /// Control-plane endpoints (IP:PORT) desktops with egress control-plane
+    /// may reach; repeatable (default: the --join addresses).
+    #[arg(long = "desktop-endpoint")]
+    desktop_endpoints: Vec<std::net::SocketAddr>,
+    /// Network namespaces kept ready for starting desktops.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=256))]
+    netns_pool: u64,
+    /// On shutdown leave sandboxes running; the next start adopts them.
+    #[arg(long)]
+    leave_desktops_running: bool,
+}
+
+/// `A.B.0.0/16`.
+fn parse_subnet(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    let (address, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a subnet; use A.B.0.0/16"))?;
+    if prefix != "16" {
+        return Err(format!("the desktop subnet must be a /16, not /{prefix}"));
+    }
+    let address: std::net::Ipv4Addr = address
+        .parse()
+        .map_err(|error| format!("{address:?}: {error}"))?;
+    if u32::from(address) & 0xFFFF != 0 {
+        return Err(format!("{text} has host bits set; use A.B.0.0/16"));
+    }
+    Ok(address)
 }
 
 fn parse_node_name(text: &str) -> Result<String, String> {
@@ -210,6 +246,24 @@ enum RuntimeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum EgressArg {
+    None,
+    ControlPlane,
+    Open,
+}
+
+impl EgressArg {
+    fn policy(self) -> flotilla_control_plane::types::Egress {
+        use flotilla_control_plane::types::Egress;
+        match self {
+            EgressArg::None => Egress::None,
+            EgressArg::ControlPlane => Egress::ControlPlane,
+            EgressArg::Open => Egress::Open,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum StrategyArg {
     Binpack,
     Spread,
@@ -223,6 +277,7 @@ impl FleetArgs {
             gpu_memory_bytes: self.desktop_gpu_memory,
             needs_gpu: self.desktop_gpu_memory > 0,
             labels: Default::default(),
+            egress: Default::default(),
         };
         default_resources
             .validate()
@@ -375,6 +430,9 @@ enum TaskCommand {
         /// Only on nodes with this label (key=value); repeatable.
         #[arg(long = "constraint", value_parser = parse_label)]
         constraints: Vec<(String, String)>,
+        /// What its desktop may reach: none, control-plane (default) or open.
+        #[arg(long, value_enum)]
+        egress: Option<EgressArg>,
     },
     /// List tasks.
     List {
@@ -461,9 +519,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     gpu_memory,
                     needs_gpu,
                     constraints,
+                    egress,
                 } => {
-                    let resources =
-                        resources_json(cpu_millis, memory, gpu_memory, needs_gpu, constraints)?;
+                    let resources = resources_json(
+                        cpu_millis,
+                        memory,
+                        gpu_memory,
+                        needs_gpu,
+                        constraints,
+                        egress.map(EgressArg::policy),
+                    )?;
                     client
                         .task_create(&title, &description, repository, column, resources)
                         .await
@@ -543,6 +608,22 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.cgroups = !args.no_cgroups;
     options.sandbox = matches!(args.runtime, RuntimeArg::Sandbox);
     options.pids_limit = args.pids_limit;
+    options.leave_desktops_running = args.leave_desktops_running;
+    options.network = if args.no_desktop_network {
+        None
+    } else {
+        let settings = flotilla_node_agent::sandbox::net::NetworkSettings {
+            bridge: args.desktop_bridge,
+            subnet: args.desktop_subnet,
+            control_plane: args.desktop_endpoints,
+            pool_size: args.netns_pool as usize,
+            ..Default::default()
+        };
+        settings
+            .validate()
+            .map_err(|error| anyhow::anyhow!("desktop network: {error}"))?;
+        Some(settings)
+    };
     options.desktop_command = args.desktop_command;
     Ok(options)
 }

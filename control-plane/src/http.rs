@@ -303,6 +303,9 @@ pub struct ResourcesBody {
     /// Labels the node must carry.
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    /// `none`, `control-plane` (the default) or `open`.
+    #[serde(default)]
+    egress: crate::types::Egress,
 }
 
 impl From<ResourcesBody> for DesktopResources {
@@ -313,6 +316,7 @@ impl From<ResourcesBody> for DesktopResources {
             gpu_memory_bytes: body.gpu_memory_bytes,
             needs_gpu: body.needs_gpu,
             labels: body.labels,
+            egress: body.egress,
         }
     }
 }

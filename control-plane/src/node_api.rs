@@ -208,6 +208,7 @@ fn assignments(control: &ControlPlane, node_id: &str) -> pb::Assignments {
                 memory_bytes: desktop.resources.memory_bytes,
                 gpu_memory_bytes: desktop.resources.gpu_memory_bytes,
                 gpu: desktop.gpu,
+                egress: desktop.resources.egress.as_str().to_owned(),
             })
             .collect(),
     })

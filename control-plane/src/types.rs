@@ -326,6 +326,35 @@ pub struct DesktopResources {
     /// Labels the node must carry, with these values.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the desktop may reach on the network.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// A desktop's egress policy, enforced by its node (see the node agent's
+/// `sandbox::net`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// Nothing beyond its own loopback.
+    None,
+    /// Only the control plane's endpoints that desktops use.
+    #[default]
+    ControlPlane,
+    /// Anything outside the node through NAT, never other desktops.
+    Open,
+}
+
+impl Egress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::None => "none",
+            Egress::ControlPlane => "control-plane",
+            Egress::Open => "open",
+        }
+    }
 }
 
 impl Default for DesktopResources {
@@ -337,6 +366,7 @@ impl Default for DesktopResources {
             gpu_memory_bytes: 0,
             needs_gpu: false,
             labels: BTreeMap::new(),
+            egress: Egress::default(),
         }
     }
 }

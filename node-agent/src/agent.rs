@@ -62,6 +62,12 @@ pub struct AgentOptions {
     /// Run desktops in namespace sandboxes (needs root); otherwise plain
     /// child processes.
     pub sandbox: bool,
+    /// Give sandboxes a network (veth, NAT, egress policies); `None`: each
+    /// has loopback only. Empty `control_plane` means the `--join`
+    /// addresses.
+    pub network: Option<crate::sandbox::net::NetworkSettings>,
+    /// On shutdown leave sandboxes running for the next run to adopt.
+    pub leave_desktops_running: bool,
 }
 
 impl AgentOptions {
@@ -83,6 +89,8 @@ impl AgentOptions {
             cgroups: true,
             pids_limit: 4096,
             sandbox: true,
+            network: Some(crate::sandbox::net::NetworkSettings::default()),
+            leave_desktops_running: false,
         }
     }
 }
@@ -180,6 +188,8 @@ struct Received {
 }
 
 struct Shared {
+    /// Where sandboxes read the lease's deadline (when sandboxed).
+    lease_file: Option<PathBuf>,
     node_id: String,
     servers: Servers,
     lease: Mutex<Lease>,
@@ -216,15 +226,17 @@ pub async fn run(
         options.stop_grace,
     )
     .context("set up the desktop runtime")?;
-    let runtime = match cgroup_scope(&options) {
-        Some(scope) => runtime.with_cgroups(scope, options.pids_limit),
-        None => runtime,
-    };
-    let runtime = if sandboxes_possible(&options) {
+    let lease_file = data_dir.path.join(LEASE_FILE);
+    // Sandboxes first: they adopt what an earlier run left running, and
+    // the cgroups and network keep what those use.
+    let sandboxed = sandboxes_possible(&options);
+    let runtime = if sandboxed {
         let settings = crate::runtime::SandboxSettings {
             exe: std::env::current_exe().context("find the flotilla binary for sandbox-init")?,
             desktops_dir: data_dir.path.join("desktops"),
             first_slot: 0,
+            lease_file: Some(lease_file.clone()),
+            fail_at_step: None,
         };
         tracing::info!(
             "desktops run in namespace sandboxes (user, pid, mount, uts, ipc, net, cgroup)"
@@ -235,7 +247,34 @@ pub async fn run(
     } else {
         runtime
     };
+    let runtime = match cgroup_scope(&options) {
+        Some(scope) => runtime.with_cgroups(scope, options.pids_limit),
+        None => runtime,
+    };
+    let mut runtime = runtime;
+    match (&options.network, sandboxed) {
+        (Some(settings), true) => {
+            let mut settings = settings.clone();
+            if settings.control_plane.is_empty() {
+                settings.control_plane = resolve_endpoints(&options.servers);
+            }
+            match runtime.add_network(settings.clone()) {
+                Ok(()) => tracing::info!(
+                    bridge = %settings.bridge,
+                    subnet = %format!("{}/16", settings.subnet),
+                    control_plane = ?settings.desktop_endpoints(),
+                    "desktops get a network: veth on the bridge, NAT, egress policy per desktop (none, control-plane, open)"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "desktops get NO network (loopback only, as with egress policy none): the host side could not be set up")
+                }
+            }
+        }
+        (None, true) => tracing::warn!("--no-desktop-network: desktops have loopback only"),
+        _ => {}
+    }
     let shared = Arc::new(Shared {
+        lease_file: sandboxed.then(|| lease_file.clone()),
         node_id: identity.node_id.clone(),
         servers: Servers {
             addrs: options.servers.clone(),
@@ -261,6 +300,7 @@ pub async fn run(
         Box::new(runtime),
         options.stop_grace,
         stop_receiver,
+        options.leave_desktops_running,
     ));
     shutdown.await;
     tracing::info!("shutting down: stopping desktops");
@@ -299,6 +339,42 @@ fn cgroup_scope(options: &AgentOptions) -> Option<crate::sandbox::cgroup::Scope>
             tracing::warn!(%error, "desktops run without CPU, memory and pids limits");
             None
         }
+    }
+}
+
+/// The file holding the lease's CLOCK_MONOTONIC deadline for sandboxes.
+pub const LEASE_FILE: &str = "lease";
+
+/// The control-plane addresses, resolved (those that do not resolve are
+/// left out with a warning).
+fn resolve_endpoints(servers: &[String]) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut endpoints = Vec::new();
+    for server in servers {
+        let address = server
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        match address.to_socket_addrs() {
+            Ok(found) => endpoints.extend(found.filter(|a| a.is_ipv4())),
+            Err(error) => {
+                tracing::warn!(%server, %error, "cannot resolve a control-plane address for desktops")
+            }
+        }
+    }
+    endpoints.sort();
+    endpoints.dedup();
+    endpoints
+}
+
+/// Writes the lease deadline for sandboxes (temporary file and rename).
+fn write_lease(path: &std::path::Path, until: Instant) {
+    let left = until.saturating_duration_since(Instant::now());
+    let deadline = crate::runtime::monotonic_ns() + left.as_nanos();
+    let temporary = path.with_extension("tmp");
+    let written = std::fs::write(&temporary, format!("{deadline}\n"))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = written {
+        tracing::warn!(%error, path = %path.display(), "cannot write the lease file");
     }
 }
 
@@ -464,6 +540,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, registration: pb::RegisterRequest) 
                         lease.required_revision = response.revision;
                     }
                     lease.until = Some(sent + ttl / 2);
+                    if let Some(path) = &shared.lease_file {
+                        write_lease(path, sent + ttl / 2);
+                    }
                     lapsed
                 };
                 if regained {
@@ -562,6 +641,7 @@ async fn reconcile_loop(
     mut runtime: Box<dyn DesktopRuntime>,
     stop_grace: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    leave_running: bool,
 ) {
     let mut reconciler = Reconciler::default();
     loop {
@@ -585,6 +665,10 @@ async fn reconcile_loop(
             _ = shared.reconcile_now.notified() => {}
             _ = &mut stop => break,
         }
+    }
+    if leave_running {
+        runtime.leave_running();
+        return;
     }
     // Shutdown: stop everything, politely first.
     let deadline = Instant::now() + stop_grace + Duration::from_secs(1);
@@ -634,6 +718,10 @@ pub struct Reconciler {
     /// No lease: nothing may run. True at start (nothing runs yet, nothing
     /// to warn about).
     fenced: bool,
+    /// A lease was held since this process started. Before the first one,
+    /// sandboxes adopted from an earlier run are left alone: they still
+    /// run under that run's lease, which they enforce themselves.
+    leased_once: bool,
 }
 
 impl Default for Reconciler {
@@ -641,6 +729,7 @@ impl Default for Reconciler {
         Reconciler {
             restart_at: HashMap::new(),
             fenced: true,
+            leased_once: false,
         }
     }
 }
@@ -654,6 +743,10 @@ impl Reconciler {
         desired: Option<&[pb::Assignment]>,
         now: Instant,
     ) -> Vec<pb::DesktopStatus> {
+        self.leased_once |= desired.is_some();
+        if !self.leased_once {
+            return report(runtime.poll());
+        }
         if desired.is_none() != self.fenced {
             self.fenced = desired.is_none();
             if self.fenced {
@@ -712,33 +805,44 @@ impl Reconciler {
                 memory_bytes: assignment.memory_bytes,
                 gpu_memory_bytes: assignment.gpu_memory_bytes,
                 gpu: assignment.gpu,
+                egress: match assignment.egress.parse() {
+                    Ok(egress) => egress,
+                    Err(error) => {
+                        tracing::warn!(desktop = %id, %error, "cannot start");
+                        continue;
+                    }
+                },
             };
             tracing::info!(desktop = %id, generation = assignment.generation, "starting");
             if let Err(error) = runtime.start(&spec) {
                 tracing::warn!(desktop = %id, %error, "cannot start");
             }
         }
-        let mut report: Vec<pb::DesktopStatus> = runtime
-            .poll()
-            .into_iter()
-            .map(|desktop| pb::DesktopStatus {
-                desktop_id: desktop.desktop_id,
-                generation: desktop.generation,
-                state: desktop.phase.as_str().to_owned(),
-                reason: match desktop.phase {
-                    Phase::Failed(reason) => reason,
-                    _ => String::new(),
-                },
-                usage: Some(pb::DesktopUsage {
-                    cpu_usec: desktop.usage.cpu_usec,
-                    memory_bytes: desktop.usage.memory_bytes,
-                    pids: desktop.usage.pids,
-                }),
-            })
-            .collect();
-        report.sort_by(|a, b| a.desktop_id.cmp(&b.desktop_id));
-        report
+        report(runtime.poll())
     }
+}
+
+/// The heartbeat's view of what the runtime observed.
+fn report(observed: Vec<Observed>) -> Vec<pb::DesktopStatus> {
+    let mut report: Vec<pb::DesktopStatus> = observed
+        .into_iter()
+        .map(|desktop| pb::DesktopStatus {
+            desktop_id: desktop.desktop_id,
+            generation: desktop.generation,
+            state: desktop.phase.as_str().to_owned(),
+            reason: match desktop.phase {
+                Phase::Failed(reason) => reason,
+                _ => String::new(),
+            },
+            usage: Some(pb::DesktopUsage {
+                cpu_usec: desktop.usage.cpu_usec,
+                memory_bytes: desktop.usage.memory_bytes,
+                pids: desktop.usage.pids,
+            }),
+        })
+        .collect();
+    report.sort_by(|a, b| a.desktop_id.cmp(&b.desktop_id));
+    report
 }
 
 #[cfg(test)]
@@ -755,6 +859,7 @@ mod tests {
             memory_bytes: 1 << 30,
             gpu_memory_bytes: 0,
             gpu: None,
+            egress: String::new(),
         }
     }
 

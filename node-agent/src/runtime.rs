@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use serde::Deserialize;
+
 use crate::sandbox::cgroup::{Cgroup, Limits, Scope};
+use crate::sandbox::net::{DesktopNet, Egress, NetRecord, Network};
 use crate::sandbox::{SandboxSpec, DESKTOP_UID, DESKTOP_USER, MAX_SLOTS, UIDS_PER_DESKTOP};
 
 /// What the control plane asked this node to run.
@@ -33,6 +36,8 @@ pub struct DesktopSpec {
     pub memory_bytes: u64,
     pub gpu_memory_bytes: u64,
     pub gpu: Option<u32>,
+    /// What it may reach on the network (sandboxes with a network only).
+    pub egress: Egress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +92,101 @@ pub trait DesktopRuntime: Send {
     fn poll(&mut self) -> Vec<Observed>;
     /// Drops an ended desktop from the runtime's books.
     fn forget(&mut self, desktop_id: &str);
+    /// Leaves what runs running when the runtime is dropped, for the next
+    /// run of the agent to adopt (if the runtime can).
+    fn leave_running(&mut self) {}
+}
+
+/// The process a desktop runs as: our child, or a sandbox an earlier run
+/// of the agent started and this one re-adopted.
+enum Handle {
+    Child(Child),
+    Adopted {
+        pid: libc::pid_t,
+        /// Readable once the process has ended.
+        pidfd: std::os::fd::OwnedFd,
+    },
+}
+
+/// How a desktop's process ended.
+struct Ended {
+    code: Option<i32>,
+    text: String,
+}
+
+impl Handle {
+    fn pid(&self) -> libc::pid_t {
+        match self {
+            Handle::Child(child) => child.id() as libc::pid_t,
+            Handle::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// `Some` once the process has ended. An adopted sandbox's status comes
+    /// from the `exit-status` file its outer process writes in `dir`.
+    fn try_wait(&mut self, dir: Option<&Path>) -> std::io::Result<Option<Ended>> {
+        match self {
+            Handle::Child(child) => Ok(child.try_wait()?.map(|status| Ended {
+                code: status.code(),
+                text: status.to_string(),
+            })),
+            Handle::Adopted { pidfd, .. } => {
+                use std::os::fd::AsRawFd;
+                let mut poll = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll(2) on one live pollfd without waiting.
+                if unsafe { libc::poll(&mut poll, 1, 0) } <= 0 {
+                    return Ok(None);
+                }
+                let code = dir
+                    .and_then(|dir| std::fs::read_to_string(dir.join(EXIT_STATUS_FILE)).ok())
+                    .and_then(|text| text.trim().parse::<i32>().ok());
+                Ok(Some(Ended {
+                    code,
+                    text: code.map_or("exit status unknown".to_owned(), |code| {
+                        format!("exit status: {code}")
+                    }),
+                }))
+            }
+        }
+    }
+
+    /// Reaps our own child (an adopted process is reaped by its parent).
+    fn reap(&mut self) {
+        if let Handle::Child(child) = self {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The file a sandbox's outer process writes its exit status to.
+pub const EXIT_STATUS_FILE: &str = "exit-status";
+/// A sandboxed desktop's record in its directory, for re-adoption.
+const STATE_FILE: &str = "state.json";
+
+/// What the agent writes about a running sandbox, so that a restarted
+/// agent can adopt it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SandboxState {
+    desktop_id: String,
+    generation: u64,
+    slot: u32,
+    /// The outer `sandbox-init` process (leader of the desktop's process
+    /// group) and its start time in clock ticks since boot, so a reused pid
+    /// is never mistaken for it.
+    pid: libc::pid_t,
+    start_ticks: u64,
+    cgroup: Option<String>,
+    net: Option<NetRecord>,
+    memory_limit: u64,
 }
 
 struct ProcessDesktop {
     generation: u64,
-    child: Child,
+    handle: Handle,
     phase: Phase,
     kill_at: Option<Instant>,
     /// Its cgroup, when the node has cgroup limits.
@@ -99,6 +194,8 @@ struct ProcessDesktop {
     memory_limit: u64,
     /// Its sandbox slot (uid range) and directory, when sandboxed.
     sandbox: Option<(u32, PathBuf)>,
+    /// Its network, when sandboxes have one; released when it ends.
+    net: Option<NetRecord>,
 }
 
 /// How desktops are sandboxed.
@@ -112,6 +209,12 @@ pub struct SandboxSettings {
     /// Uid-range slots are handed out from here (0 for an agent; tests
     /// running side by side use distinct ranges).
     pub first_slot: u32,
+    /// The agent's lease file (CLOCK_MONOTONIC deadline in ns): each
+    /// sandbox ends itself when it passes, even with the agent gone.
+    pub lease_file: Option<PathBuf>,
+    /// Tests only: which setup call (if any) a desktop's sandbox fails on
+    /// purpose (`SandboxSpec::fail_at_step`). `None` in the agent.
+    pub fail_at_step: Option<fn(&DesktopSpec) -> Option<usize>>,
 }
 
 /// Runs each desktop as `command` in its own process group, with the
@@ -126,6 +229,11 @@ pub struct ProcessRuntime {
     cgroups: Option<Scope>,
     pids_limit: u64,
     sandbox: Option<SandboxSettings>,
+    network: Option<Network>,
+    /// Sandboxes found running at start, adopted by `with_sandbox`.
+    adopted: Vec<SandboxState>,
+    /// Leave sandboxes running when dropped (for re-adoption).
+    leave_running: bool,
 }
 
 impl ProcessRuntime {
@@ -150,17 +258,48 @@ impl ProcessRuntime {
             cgroups: None,
             pids_limit: 4096,
             sandbox: None,
+            network: None,
+            adopted: Vec::new(),
+            leave_running: false,
         })
     }
 
     /// Runs every desktop in a namespace sandbox (`flotilla sandbox-init`).
-    /// Directories an earlier run left are removed.
+    /// Sandboxes an earlier run of the agent left running are adopted (they
+    /// show up in [`DesktopRuntime::poll`] as running); the directories of
+    /// any that ended are removed. Call before `with_cgroups` and
+    /// `with_network`, which keep what the adopted desktops use.
     pub fn with_sandbox(mut self, settings: SandboxSettings) -> std::io::Result<ProcessRuntime> {
         use std::os::unix::fs::PermissionsExt;
-        if settings.desktops_dir.exists() {
-            std::fs::remove_dir_all(&settings.desktops_dir)?;
-        }
         std::fs::create_dir_all(&settings.desktops_dir)?;
+        for entry in std::fs::read_dir(&settings.desktops_dir)?.flatten() {
+            let dir = entry.path();
+            match adopt(&dir) {
+                Some((state, handle)) => {
+                    tracing::info!(desktop = %state.desktop_id, generation = state.generation, pid = state.pid, "re-adopted a running sandbox");
+                    self.desktops.insert(
+                        state.desktop_id.clone(),
+                        ProcessDesktop {
+                            generation: state.generation,
+                            handle,
+                            phase: Phase::Running,
+                            kill_at: None,
+                            cgroup: None,
+                            memory_limit: state.memory_limit,
+                            sandbox: Some((state.slot, dir)),
+                            net: state.net.clone(),
+                        },
+                    );
+                    self.adopted.push(state);
+                }
+                None => {
+                    tracing::info!(dir = %dir.display(), "removing an ended sandbox's directory");
+                    if let Err(error) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot remove it");
+                    }
+                }
+            }
+        }
         // Sandboxes (unprivileged host uids) must traverse to their own
         // directories; listing stays root's.
         std::fs::set_permissions(
@@ -173,6 +312,17 @@ impl ProcessRuntime {
         }
         self.sandbox = Some(settings);
         Ok(self)
+    }
+
+    /// Gives every sandbox its own network (see [`crate::sandbox::net`]):
+    /// sets the host side up and keeps the networks of adopted desktops.
+    pub fn add_network(
+        &mut self,
+        settings: crate::sandbox::net::NetworkSettings,
+    ) -> Result<(), String> {
+        let keep: Vec<NetRecord> = self.adopted.iter().filter_map(|s| s.net.clone()).collect();
+        self.network = Some(Network::start(settings, &keep)?);
+        Ok(())
     }
 
     fn free_slot(&self) -> Option<u32> {
@@ -194,6 +344,7 @@ impl ProcessRuntime {
         &self,
         settings: &SandboxSettings,
         spec: &DesktopSpec,
+        net: Option<&DesktopNet>,
     ) -> Result<(Vec<String>, (u32, PathBuf)), String> {
         let slot = self
             .free_slot()
@@ -207,6 +358,29 @@ impl ProcessRuntime {
         let (home, workspace, staging) =
             crate::sandbox::make_desktop_dirs(&dir, uid_base).map_err(|e| fail("create", e))?;
         let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut env: BTreeMap<String, String> = [
+            ("FLOTILLA_DESKTOP_ID".to_owned(), spec.desktop_id.clone()),
+            ("FLOTILLA_TASK_ID".to_owned(), spec.task_id.clone()),
+            (
+                "FLOTILLA_GENERATION".to_owned(),
+                spec.generation.to_string(),
+            ),
+        ]
+        .into();
+        if let (Some(net), Some(network)) = (net, &self.network) {
+            env.insert("FLOTILLA_EGRESS".to_owned(), net.egress.as_str().to_owned());
+            env.insert(
+                "FLOTILLA_DESKTOP_ADDRESS".to_owned(),
+                net.address.to_string(),
+            );
+            let endpoints: Vec<String> = network
+                .settings()
+                .desktop_endpoints()
+                .iter()
+                .map(|endpoint| endpoint.to_string())
+                .collect();
+            env.insert("FLOTILLA_CONTROL_PLANE".to_owned(), endpoints.join(","));
+        }
         let sandbox_spec = SandboxSpec {
             hostname: spec.desktop_id.clone(),
             uid_base,
@@ -218,15 +392,15 @@ impl ProcessRuntime {
             workspace_dir: workspace,
             resolv_conf,
             command: self.command.clone(),
-            env: [
-                ("FLOTILLA_DESKTOP_ID".to_owned(), spec.desktop_id.clone()),
-                ("FLOTILLA_TASK_ID".to_owned(), spec.task_id.clone()),
-                (
-                    "FLOTILLA_GENERATION".to_owned(),
-                    spec.generation.to_string(),
-                ),
-            ]
-            .into(),
+            env,
+            netns_fd: net.and_then(|net| {
+                use std::os::fd::AsRawFd;
+                net.netns.as_ref().map(|fd| fd.as_raw_fd())
+            }),
+            lease_file: settings.lease_file.clone(),
+            stop_grace_ms: self.stop_grace.as_millis() as u64,
+            usr_links: Vec::new(),
+            fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&sandbox_spec).map_err(|e| e.to_string())?;
@@ -244,7 +418,28 @@ impl ProcessRuntime {
     /// earlier run of the agent left are killed and removed first (the
     /// process runtime cannot re-adopt desktops).
     pub fn with_cgroups(mut self, scope: Scope, pids_limit: u64) -> ProcessRuntime {
+        for state in &self.adopted {
+            let (Some(name), Some(desktop)) =
+                (&state.cgroup, self.desktops.get_mut(&state.desktop_id))
+            else {
+                continue;
+            };
+            match scope.open(name) {
+                Ok(cgroup) => desktop.cgroup = Some(cgroup),
+                Err(error) => {
+                    tracing::warn!(desktop = %state.desktop_id, %error, "cannot reopen its cgroup")
+                }
+            }
+        }
+        let kept: std::collections::BTreeSet<&str> = self
+            .adopted
+            .iter()
+            .filter_map(|state| state.cgroup.as_deref())
+            .collect();
         for name in scope.existing() {
+            if kept.contains(name.as_str()) {
+                continue;
+            }
             match scope
                 .open(&name)
                 .and_then(|cgroup| cgroup.destroy(Duration::from_secs(5)))
@@ -259,6 +454,50 @@ impl ProcessRuntime {
         self.pids_limit = pids_limit;
         self
     }
+}
+
+/// Adopts the sandbox whose directory is `dir` if its outer process is
+/// still the one that was started (same pid and start time).
+fn adopt(dir: &Path) -> Option<(SandboxState, Handle)> {
+    let text = std::fs::read(dir.join(STATE_FILE)).ok()?;
+    let state: SandboxState = serde_json::from_slice(&text).ok()?;
+    if state.pid <= 1 || process_start_ticks(state.pid) != Some(state.start_ticks) {
+        return None;
+    }
+    // SAFETY: pidfd_open with a pid and no flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, state.pid, 0) } as libc::c_int;
+    if fd < 0 {
+        return None;
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh descriptor nobody else owns.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // The pid could have been reused between the check and pidfd_open.
+    if process_start_ticks(state.pid) != Some(state.start_ticks) {
+        return None;
+    }
+    let pid = state.pid;
+    Some((state, Handle::Adopted { pid, pidfd }))
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`
+/// field 22), or `None` if there is no such live process.
+fn process_start_ticks(pid: libc::pid_t) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // fields[0] is the state (field 3); a zombie has ended.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Writes `value` as JSON to `path` through a temporary file and rename.
+fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec(value)?)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Joins the calling process to the cgroups whose `cgroup.procs` files are
@@ -290,15 +529,34 @@ impl DesktopRuntime for ProcessRuntime {
                 return Err(format!("{} is already running here", spec.desktop_id));
             }
         }
-        let (argv, sandbox, log) = match &self.sandbox {
-            Some(settings) => {
-                let (argv, sandbox) = self.prepare_sandbox(settings, spec)?;
-                let log = std::fs::File::create(sandbox.1.join("log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null());
-                (argv, Some(sandbox), log)
+        // Everything taken here is given back if a later step fails.
+        let mut net = match (&self.sandbox, &mut self.network) {
+            (Some(_), Some(network)) => Some(network.take(spec.egress)?),
+            _ => None,
+        };
+        let release_net = |runtime: &mut ProcessRuntime, net: Option<DesktopNet>| {
+            if let (Some(net), Some(network)) = (net, &mut runtime.network) {
+                network.release(&net.record());
             }
-            None => (self.command.clone(), None, Stdio::null()),
+        };
+        let prepared = match &self.sandbox {
+            Some(settings) => {
+                self.prepare_sandbox(settings, spec, net.as_ref())
+                    .map(|(argv, sandbox)| {
+                        let log = std::fs::File::create(sandbox.1.join("log"))
+                            .map(Stdio::from)
+                            .unwrap_or_else(|_| Stdio::null());
+                        (argv, Some(sandbox), log)
+                    })
+            }
+            None => Ok((self.command.clone(), None, Stdio::null())),
+        };
+        let (argv, sandbox, log) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                release_net(self, net);
+                return Err(error);
+            }
         };
         let mut command = Command::new(&argv[0]);
         command
@@ -320,11 +578,16 @@ impl DesktopRuntime for ProcessRuntime {
                     pids: self.pids_limit,
                 };
                 let name = format!("{}-{}", spec.desktop_id, spec.generation);
-                Some(
-                    scope
-                        .create(&name, &limits)
-                        .map_err(|error| format!("cannot create its cgroup: {error}"))?,
-                )
+                match scope.create(&name, &limits) {
+                    Ok(cgroup) => Some(cgroup),
+                    Err(error) => {
+                        if let Some((_, dir)) = &sandbox {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
+                        release_net(self, net);
+                        return Err(format!("cannot create its cgroup: {error}"));
+                    }
+                }
             }
             None => None,
         };
@@ -340,12 +603,18 @@ impl DesktopRuntime for ProcessRuntime {
                 .collect(),
             _ => Vec::new(),
         };
+        let netns_fd = net.as_ref().and_then(|net| {
+            use std::os::fd::AsRawFd;
+            net.netns.as_ref().map(|fd| fd.as_raw_fd())
+        });
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (prctl, setpgid, open/write/close); nothing allocates or
-        // takes locks: the paths were prepared above.
+        // made (prctl, setpgid, fcntl, sigprocmask, open/write/close);
+        // nothing allocates or takes locks: the paths were prepared above.
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                // A sandbox outlives the agent (the next run adopts it; its
+                // lease file ends it if none does); a plain process does not.
+                if !sandboxed && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::setpgid(0, 0) != 0 {
@@ -363,6 +632,13 @@ impl DesktopRuntime for ProcessRuntime {
                     }
                     libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
                 }
+                if let Some(fd) = netns_fd {
+                    // The namespace descriptor, kept open across exec for
+                    // sandbox-init (its number is in the spec).
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 join_cgroups(&procs_files)
             });
         }
@@ -377,21 +653,43 @@ impl DesktopRuntime for ProcessRuntime {
                 if let Some((_, dir)) = &sandbox {
                     let _ = std::fs::remove_dir_all(dir);
                 }
+                release_net(self, net);
                 self.journal
                     .record(&self.node, &spec.desktop_id, spec.generation, "stopped");
                 return Err(format!("cannot start {:?}: {error}", self.command[0]));
             }
         };
+        // The sandbox holds its network namespace from here on.
+        if let Some(net) = &mut net {
+            net.netns = None;
+        }
+        let net = net.map(|net| net.record());
+        if let Some((slot, dir)) = &sandbox {
+            let state = SandboxState {
+                desktop_id: spec.desktop_id.clone(),
+                generation: spec.generation,
+                slot: *slot,
+                pid: child.id() as libc::pid_t,
+                start_ticks: process_start_ticks(child.id() as libc::pid_t).unwrap_or(0),
+                cgroup: cgroup.as_ref().map(|cgroup| cgroup.name().to_owned()),
+                net: net.clone(),
+                memory_limit: spec.memory_bytes,
+            };
+            if let Err(error) = write_atomically(&dir.join(STATE_FILE), &state) {
+                tracing::warn!(desktop = %spec.desktop_id, %error, "cannot write its state file: a restarted agent will not adopt it");
+            }
+        }
         self.desktops.insert(
             spec.desktop_id.clone(),
             ProcessDesktop {
                 generation: spec.generation,
-                child,
+                handle: Handle::Child(child),
                 phase: Phase::Running,
                 kill_at: None,
                 cgroup,
                 memory_limit: spec.memory_bytes,
                 sandbox,
+                net,
             },
         );
         Ok(())
@@ -404,7 +702,7 @@ impl DesktopRuntime for ProcessRuntime {
         if desktop.phase.ended() || desktop.phase == Phase::Stopping {
             return;
         }
-        signal_group(&desktop.child, libc::SIGTERM);
+        signal_group(desktop.handle.pid(), libc::SIGTERM);
         desktop.phase = Phase::Stopping;
         desktop.kill_at = Some(Instant::now() + self.stop_grace);
     }
@@ -414,11 +712,12 @@ impl DesktopRuntime for ProcessRuntime {
         let mut observed = Vec::with_capacity(self.desktops.len());
         for (id, desktop) in &mut self.desktops {
             if !desktop.phase.ended() {
-                match desktop.child.try_wait() {
-                    Ok(Some(status)) => {
+                let dir = desktop.sandbox.as_ref().map(|(_, dir)| dir.as_path());
+                match desktop.handle.try_wait(dir) {
+                    Ok(Some(ended)) => {
                         // Whatever it left in its group (and cgroup) goes
                         // with it.
-                        signal_group(&desktop.child, libc::SIGKILL);
+                        signal_group(desktop.handle.pid(), libc::SIGKILL);
                         let oom_killed = desktop
                             .cgroup
                             .as_ref()
@@ -428,36 +727,45 @@ impl DesktopRuntime for ProcessRuntime {
                                 tracing::warn!(desktop = %id, %error, "cannot remove its cgroup");
                             }
                         }
+                        if let (Some(net), Some(network)) = (desktop.net.take(), &mut self.network)
+                        {
+                            network.release(&net);
+                        }
+                        // The sandbox's own last word, if it had one.
+                        let said = dir
+                            .and_then(|dir| std::fs::read_to_string(dir.join("log")).ok())
+                            .and_then(|log| {
+                                log.lines()
+                                    .rev()
+                                    .find(|l| l.starts_with("sandbox:"))
+                                    .map(str::to_owned)
+                            });
                         desktop.phase = if desktop.phase == Phase::Stopping {
                             Phase::Stopped
-                        } else if status.code() == Some(crate::sandbox::init::SETUP_FAILED)
+                        } else if ended.code == Some(crate::sandbox::init::SETUP_FAILED)
                             && desktop.sandbox.is_some()
                         {
-                            let log = desktop
-                                .sandbox
-                                .as_ref()
-                                .and_then(|(_, dir)| std::fs::read_to_string(dir.join("log")).ok())
-                                .unwrap_or_default();
-                            let line = log
-                                .lines()
-                                .rev()
-                                .find(|l| l.starts_with("sandbox:"))
-                                .unwrap_or("no message");
-                            Phase::Failed(format!("the sandbox could not be built: {line}"))
+                            Phase::Failed(format!(
+                                "the sandbox could not be built: {}",
+                                said.as_deref().unwrap_or("no message")
+                            ))
+                        } else if let Some(said) = said {
+                            Phase::Failed(format!("the desktop ended ({}): {said}", ended.text))
                         } else if oom_killed {
                             Phase::Failed(format!(
-                                "out of memory: killed at its {} MiB limit ({status})",
-                                desktop.memory_limit >> 20
+                                "out of memory: killed at its {} MiB limit ({})",
+                                desktop.memory_limit >> 20,
+                                ended.text
                             ))
                         } else {
-                            Phase::Failed(format!("the desktop exited ({status})"))
+                            Phase::Failed(format!("the desktop exited ({})", ended.text))
                         };
                         self.journal
                             .record(&self.node, id, desktop.generation, "stopped");
                     }
                     Ok(None) => {
                         if desktop.kill_at.is_some_and(|at| at <= now) {
-                            signal_group(&desktop.child, libc::SIGKILL);
+                            signal_group(desktop.handle.pid(), libc::SIGKILL);
                             if let Some(cgroup) = &desktop.cgroup {
                                 let _ = cgroup.kill_all(Duration::from_millis(100));
                             }
@@ -479,7 +787,7 @@ impl DesktopRuntime for ProcessRuntime {
                         pids: usage.pids as u32,
                     }
                 }
-                (None, false) => process_usage(desktop.child.id()),
+                (None, false) => process_usage(desktop.handle.pid() as u32),
             };
             observed.push(Observed {
                 desktop_id: id.clone(),
@@ -489,6 +797,12 @@ impl DesktopRuntime for ProcessRuntime {
             });
         }
         observed
+    }
+
+    /// Sandboxes keep running (an agent that exits for an upgrade); the
+    /// next run adopts them. Plain processes end with the agent anyway.
+    fn leave_running(&mut self) {
+        self.leave_running = self.sandbox.is_some();
     }
 
     fn forget(&mut self, desktop_id: &str) {
@@ -510,15 +824,28 @@ impl DesktopRuntime for ProcessRuntime {
 
 impl Drop for ProcessRuntime {
     fn drop(&mut self) {
+        if self.leave_running {
+            tracing::info!(
+                sandboxes = self.desktops.len(),
+                "leaving sandboxes running for the next run to adopt"
+            );
+            return;
+        }
         for (id, desktop) in &mut self.desktops {
             if !desktop.phase.ended() {
-                signal_group(&desktop.child, libc::SIGKILL);
-                let _ = desktop.child.wait();
+                signal_group(desktop.handle.pid(), libc::SIGKILL);
+                if let Some(cgroup) = &desktop.cgroup {
+                    let _ = cgroup.kill_all(Duration::from_secs(1));
+                }
+                desktop.handle.reap();
                 self.journal
                     .record(&self.node, id, desktop.generation, "stopped");
             }
             if let Some(cgroup) = desktop.cgroup.take() {
                 let _ = cgroup.destroy(Duration::from_secs(5));
+            }
+            if let (Some(net), Some(network)) = (desktop.net.take(), &mut self.network) {
+                network.release(&net);
             }
             if let Some((_, dir)) = desktop.sandbox.take() {
                 let _ = std::fs::remove_dir_all(dir);
@@ -530,12 +857,13 @@ impl Drop for ProcessRuntime {
     }
 }
 
-fn signal_group(child: &Child, signal: i32) {
-    // SAFETY: kill(2) with a negative pid signals the group the child leads
-    // (it called setpgid(0, 0)); the child is not reaped yet, so its pid and
-    // group id cannot have been reused.
+fn signal_group(leader: libc::pid_t, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals the group the process
+    // leads (it called setpgid(0, 0)). Our own child is not reaped yet, so
+    // its pid and group id cannot have been reused; an adopted one was
+    // checked by start time and is watched through a pidfd.
     unsafe {
-        libc::kill(-(child.id() as libc::pid_t), signal);
+        libc::kill(-leader, signal);
     }
 }
 
@@ -656,6 +984,7 @@ mod tests {
             memory_bytes: 1 << 30,
             gpu_memory_bytes: 0,
             gpu: None,
+            egress: Egress::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_node_agent::runtime::{DesktopRuntime, DesktopSpec, ProcessRuntime, SandboxSettings};
+use flotilla_node_agent::sandbox::net::NetworkSettings;
 use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
 use flotilla_tests::{flotilla_bin, netns};
 
@@ -32,6 +33,11 @@ fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
         resolv_conf: "nameserver 127.0.0.53\n".to_owned(),
         command: vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()],
         env: BTreeMap::new(),
+        netns_fd: None,
+        lease_file: None,
+        stop_grace_ms: 0,
+        usr_links: Vec::new(),
+        fail_at_step: None,
     }
 }
 
@@ -177,6 +183,15 @@ fn processes_in_range(slots: std::ops::Range<u32>) -> Vec<u32> {
     found
 }
 
+/// Removes a test's bridge and nft table when dropped.
+struct RemoveHostSetup(NetworkSettings);
+
+impl Drop for RemoveHostSetup {
+    fn drop(&mut self) {
+        let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&self.0);
+    }
+}
+
 fn desktop(id: &str, generation: u64) -> DesktopSpec {
     DesktopSpec {
         desktop_id: id.to_owned(),
@@ -186,6 +201,7 @@ fn desktop(id: &str, generation: u64) -> DesktopSpec {
         memory_bytes: 256 << 20,
         gpu_memory_bytes: 0,
         gpu: None,
+        egress: Default::default(),
     }
 }
 
@@ -219,12 +235,45 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
     // Each sandbox records what it can see, then waits to be stopped.
     let script = "echo \"$(hostname)|$(ls /proc | grep -c '^[0-9]')|$(ls /workspace | tr '\\n' ,)|$(ls / | tr '\\n' ,)\" > /workspace/seen; echo mine > /workspace/$(hostname); exec sleep 1000";
     let command = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    let mut runtime = ProcessRuntime::new("sbx", data.path(), command, Duration::from_secs(2))?
+    // Setup steps in a sandbox with a prepared network (no loopback step).
+    const STEPS: usize = 56;
+    /// Cycles 0, 2, 4, ... fail at setup step 0, 1, 2, ... until every
+    /// step has failed once.
+    fn fail_at(spec: &DesktopSpec) -> Option<usize> {
+        let cycle = spec.generation.checked_sub(1_000)? as usize;
+        (cycle.is_multiple_of(2) && cycle / 2 < STEPS).then_some(cycle / 2)
+    }
+    let network = NetworkSettings {
+        bridge: format!("fk{}", std::process::id() % 10_000),
+        veth_prefix: format!("k{}", std::process::id() % 10_000),
+        nft_table: format!("flotilla_leak_{}", std::process::id()),
+        subnet: std::net::Ipv4Addr::new(10, 160 + (std::process::id() % 40) as u8, 0, 0),
+        control_plane: Vec::new(),
+        pool_size: 2,
+    };
+    let _cleanup = RemoveHostSetup(network.clone());
+    let scope = flotilla_node_agent::sandbox::cgroup::detect_host()
+        .ok()
+        .map(|hierarchy| {
+            hierarchy
+                .scope(&format!("sandbox-leak-{}", std::process::id()))
+                .unwrap()
+        });
+    let runtime = ProcessRuntime::new("sbx", data.path(), command, Duration::from_secs(2))?
         .with_sandbox(SandboxSettings {
             exe: flotilla_bin(),
             desktops_dir: data.path().join("desktops"),
             first_slot: 0,
+            lease_file: None,
+            fail_at_step: Some(fail_at),
         })?;
+    let mut runtime = match &scope {
+        Some(scope) => runtime.with_cgroups(scope.clone(), 64),
+        None => runtime,
+    };
+    runtime
+        .add_network(network.clone())
+        .map_err(anyhow::Error::msg)?;
     runtime
         .start(&desktop("dt-a", 1))
         .map_err(anyhow::Error::msg)?;
@@ -264,15 +313,20 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
     runtime.forget("dt-a");
     runtime.forget("dt-b");
 
-    // 200 create/destroy cycles, every tenth made to fail during setup.
+    // 200 create/destroy cycles: one made to fail at each setup step, and
+    // every tenth of the others losing its workspace before setup.
+    let mut failures = Vec::new();
     for cycle in 0..200u64 {
         let id = format!("dt-{cycle}");
+        let generation = 1_000 + cycle;
         runtime
-            .start(&desktop(&id, cycle))
+            .start(&desktop(&id, generation))
             .map_err(anyhow::Error::msg)?;
-        if cycle % 10 == 0 {
+        if cycle % 10 == 5 {
             // Pull its workspace away before sandbox-init binds it.
-            let dir = data.path().join(format!("desktops/{id}-{cycle}/workspace"));
+            let dir = data
+                .path()
+                .join(format!("desktops/{id}-{generation}/workspace"));
             let _ = std::fs::remove_dir(&dir);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -282,8 +336,14 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
                 .iter()
                 .find(|o| o.desktop_id == id)
                 .map(|o| o.phase.clone());
+            // One made to fail is waited for until it has failed.
+            let fails = fail_at(&desktop(&id, generation)).is_some() || cycle % 10 == 5;
             match phase {
-                Some(phase) if phase.as_str() == "running" || phase.ended() => break,
+                Some(phase) if phase.ended() => {
+                    failures.push((cycle, format!("{phase:?}")));
+                    break;
+                }
+                Some(phase) if phase.as_str() == "running" && !fails => break,
                 _ => {}
             }
             assert!(Instant::now() < deadline, "{id} never settled");
@@ -300,6 +360,24 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
             std::thread::sleep(Duration::from_millis(5));
         }
         runtime.forget(&id);
+    }
+    // Every injected failure was seen and named its step.
+    for cycle in (5..200).step_by(10) {
+        let failure = failures.iter().find(|(c, _)| *c == cycle);
+        assert!(
+            failure.is_some_and(|(_, reason)| reason.contains("sandbox: mount")),
+            "cycle {cycle} (no workspace): {failure:?}"
+        );
+    }
+    for step in 0..STEPS {
+        let cycle = (step * 2) as u64;
+        let failure = failures.iter().find(|(c, _)| *c == cycle);
+        assert!(
+            failure.is_some_and(
+                |(_, reason)| reason.contains(&format!("step {step}, failed on purpose"))
+            ),
+            "cycle {cycle} (step {step}): {failure:?}"
+        );
     }
     drop(runtime);
     // This runtime hands out slots from 0.
@@ -341,6 +419,25 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
         mounts_before, mounts_after,
         "the host's mount table changed"
     );
+    let veths: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&network.veth_prefix))
+        .collect();
+    assert!(veths.is_empty(), "veths left: {veths:?}");
+    if let Some(scope) = &scope {
+        assert!(
+            scope.existing().is_empty(),
+            "cgroups left: {:?}",
+            scope.existing()
+        );
+        scope.remove_if_empty();
+    }
+    drop(_cleanup);
+    let table = Command::new("nft")
+        .args(["list", "table", "inet", &network.nft_table])
+        .output()?;
+    assert!(!table.status.success(), "the nft table is left");
     Ok(())
 }
 
@@ -366,6 +463,8 @@ fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> 
             exe: flotilla_bin(),
             desktops_dir: data.path().join("desktops"),
             first_slot: 200,
+            lease_file: None,
+            fail_at_step: None,
         })?;
     let mut spec = desktop("dt-hog", 1);
     spec.memory_bytes = 48 << 20;

@@ -20,6 +20,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::sandbox::sys::{FailingSys, RealSys, Sys, SysResult};
 use crate::sandbox::SandboxSpec;
 
 /// Exit status for "the sandbox could not be built".
@@ -45,7 +46,7 @@ fn cstring(text: impl AsRef<OsStr>) -> CString {
 /// Runs the sandbox described by the file at `spec_path`; returns the exit
 /// status for the outer process.
 pub fn main(spec_path: &Path) -> i32 {
-    let spec: SandboxSpec = match fs::read(spec_path)
+    let mut spec: SandboxSpec = match fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
     {
@@ -55,6 +56,9 @@ pub fn main(spec_path: &Path) -> i32 {
             return SETUP_FAILED;
         }
     };
+    if spec.usr_links.is_empty() {
+        spec.usr_links = crate::sandbox::host_usr_links();
+    }
     // Signals that end the desktop reach PID 1 directly (same process
     // group); the outer process only waits.
     block_stop_signals();
@@ -63,13 +67,24 @@ pub fn main(spec_path: &Path) -> i32 {
     check("pipe", unsafe {
         libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC)
     });
-    let flags = libc::CLONE_NEWUSER
+    let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP;
+    match spec.netns_fd {
+        // The agent's prepared namespace: entered here, inherited by PID 1.
+        Some(fd) => {
+            // SAFETY: setns and close on a descriptor the agent passed us.
+            check("enter the desktop's network namespace", unsafe {
+                libc::setns(fd, libc::CLONE_NEWNET)
+            });
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
+        None => flags |= libc::CLONE_NEWNET,
+    }
     // One clone makes PID 1 in all its namespaces at once (fork-like: a
     // null stack, the child continues here).
     // SAFETY: this process is single-threaded (entered before any thread was
@@ -117,13 +132,27 @@ pub fn main(spec_path: &Path) -> i32 {
         libc::write(ready[1], b"1".as_ptr().cast(), 1);
         libc::close(ready[1]);
     }
-    wait_forwarding_stops(init)
+    let status = wait_forwarding_stops(init, &spec);
+    // For an agent that adopted this sandbox (it cannot wait for us).
+    let _ = fs::write(
+        spec_path.with_file_name(crate::runtime::EXIT_STATUS_FILE),
+        format!("{status}\n"),
+    );
+    status
+}
+
+/// Reads the lease deadline (CLOCK_MONOTONIC ns); `None` if unreadable.
+fn lease_deadline(path: &Path) -> Option<u128> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Waits for `init`, passing a stop signal on to the whole process group
 /// until it ends: a stop that arrives while PID 1 is still being built
-/// would otherwise reach nobody (pending signals are not inherited).
-fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
+/// would otherwise reach nobody (pending signals are not inherited). Ends
+/// the sandbox when the node's lease (if any) runs out.
+fn wait_forwarding_stops(init: libc::pid_t, spec: &SandboxSpec) -> i32 {
+    let mut tick = 0u32;
+    let mut lease_kill_at: Option<u128> = None;
     // SAFETY: sigset manipulation on locals; sigtimedwait, waitpid and kill
     // with plain integers and valid pointers.
     unsafe {
@@ -146,6 +175,25 @@ fn wait_forwarding_stops(init: libc::pid_t) -> i32 {
                 // Our own group: us (blocked), the init process (blocked),
                 // PID 1 (takes it) and the desktop.
                 libc::kill(0, signal);
+            }
+            tick = tick.wrapping_add(1);
+            if let (Some(path), true) = (&spec.lease_file, tick.is_multiple_of(5)) {
+                let now = crate::runtime::monotonic_ns();
+                match lease_kill_at {
+                    Some(at) if now >= at => {
+                        // SIGKILL to a pid namespace's init ends all of it.
+                        libc::kill(init, libc::SIGKILL);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if lease_deadline(path).is_some_and(|deadline| now >= deadline) {
+                            eprintln!("sandbox: the node's lease expired: stopping");
+                            stop = Some(libc::SIGTERM);
+                            lease_kill_at =
+                                Some(now + u128::from(spec.stop_grace_ms.max(100)) * 1_000_000);
+                        }
+                    }
+                }
             }
         }
     }
@@ -200,284 +248,211 @@ fn init_process(spec: &SandboxSpec, ready: libc::c_int) -> ! {
     pid_one(spec)
 }
 
-fn mount(
-    source: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) {
-    let source = source.map(cstring);
-    let target_c = cstring(target);
-    let fstype = fstype.map(cstring);
-    let data = data.map(cstring);
-    // SAFETY: every pointer is a valid C string or null for the call.
-    let result = unsafe {
-        libc::mount(
-            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            target_c.as_ptr(),
-            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            data.as_ref()
-                .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
-        )
-    };
-    if result < 0 {
-        fail(
-            &format!("mount {}", target.display()),
-            std::io::Error::last_os_error(),
-        );
-    }
-}
-
-/// Read-only bind of a host path (a directory or a file) at `target`.
-fn bind(source: &Path, target: &Path, read_only: bool) {
+/// Read-only (or writable) recursive bind of a host path at `target`.
+fn bind(sys: &mut dyn Sys, source: &Path, target: &Path, read_only: bool) -> SysResult {
     let source_text = source.to_string_lossy().into_owned();
-    mount(
+    sys.mount(
         Some(&source_text),
         target,
         None,
         libc::MS_BIND | libc::MS_REC,
         None,
-    );
+    )?;
     if read_only {
         // Keep the flags the kernel locks for unprivileged remounts.
         let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC;
-        // SAFETY: statvfs into a zeroed struct with a valid path.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = cstring(target);
-        // SAFETY: as above.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } == 0 {
-            for (vfs, ms) in [
-                (libc::ST_NOSUID, libc::MS_NOSUID),
-                (libc::ST_NODEV, libc::MS_NODEV),
-                (libc::ST_NOEXEC, libc::MS_NOEXEC),
-            ] {
-                if stats.f_flag & vfs != 0 {
-                    flags |= ms;
-                }
+        let present = sys.statvfs_flags(target);
+        for (vfs, ms) in [
+            (libc::ST_NOSUID, libc::MS_NOSUID),
+            (libc::ST_NODEV, libc::MS_NODEV),
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        ] {
+            if present & vfs != 0 {
+                flags |= ms;
             }
         }
-        mount(None, target, None, flags, None);
+        sys.mount(None, target, None, flags, None)?;
     }
-}
-
-fn make_dir(path: &Path) {
-    if let Err(error) = fs::create_dir_all(path) {
-        fail(&format!("mkdir {}", path.display()), error);
-    }
-}
-
-fn write_file(path: &Path, text: &str) {
-    if let Err(error) = fs::write(path, text) {
-        fail(&format!("write {}", path.display()), error);
-    }
-}
-
-fn symlink(target: &str, link: &Path) {
-    if let Err(error) = std::os::unix::fs::symlink(target, link) {
-        fail(&format!("symlink {}", link.display()), error);
-    }
+    Ok(())
 }
 
 /// Builds the root filesystem under `new_root` (a fresh tmpfs).
-fn build_root(spec: &SandboxSpec, new_root: &Path) {
-    mount(
+fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResult {
+    sys.mount(
         Some("tmpfs"),
         new_root,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("mode=0755,size=16m"),
-    );
+    )?;
     // The host OS, read-only: /usr and the merged-/usr links.
-    make_dir(&new_root.join("usr"));
-    bind(Path::new("/usr"), &new_root.join("usr"), true);
-    for link in ["bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
-        let host = Path::new("/").join(link);
-        if let Ok(target) = fs::read_link(&host) {
-            symlink(&target.to_string_lossy(), &new_root.join(link));
-        }
+    sys.mkdir(&new_root.join("usr"))?;
+    bind(sys, Path::new("/usr"), &new_root.join("usr"), true)?;
+    for (link, target) in &spec.usr_links {
+        sys.symlink(target, &new_root.join(link))?;
     }
     // A generated /etc.
     let etc = new_root.join("etc");
-    make_dir(&etc);
+    sys.mkdir(&etc)?;
     let uid = spec.desktop_uid;
-    write_file(
+    sys.write_file(
         &etc.join("passwd"),
         &format!(
             "root:x:0:0:root:/root:/bin/sh\n{user}:x:{uid}:{uid}:{user}:/home/{user}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
             user = spec.user
         ),
-    );
-    write_file(
+    )?;
+    sys.write_file(
         &etc.join("group"),
         &format!(
             "root:x:0:\n{user}:x:{uid}:\nnogroup:x:65534:\n",
             user = spec.user
         ),
-    );
-    write_file(
+    )?;
+    sys.write_file(
         &etc.join("hosts"),
         &format!(
             "127.0.0.1 localhost {0}\n::1 localhost {0}\n",
             spec.hostname
         ),
-    );
-    write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname));
-    write_file(&etc.join("resolv.conf"), &spec.resolv_conf);
-    write_file(
+    )?;
+    sys.write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+    sys.write_file(&etc.join("resolv.conf"), &spec.resolv_conf)?;
+    sys.write_file(
         &etc.join("nsswitch.conf"),
         "passwd: files\ngroup: files\nhosts: files dns\n",
-    );
+    )?;
     // Writable home and workspace, kept on the host's disk.
     let home = new_root.join("home").join(&spec.user);
-    make_dir(&home);
-    bind(&spec.home_dir, &home, false);
+    sys.mkdir(&home)?;
+    bind(sys, &spec.home_dir, &home, false)?;
     let workspace = new_root.join("workspace");
-    make_dir(&workspace);
-    bind(&spec.workspace_dir, &workspace, false);
+    sys.mkdir(&workspace)?;
+    bind(sys, &spec.workspace_dir, &workspace, false)?;
     // tmpfs /tmp and /run (with the desktop's XDG_RUNTIME_DIR).
     for dir in ["tmp", "run"] {
         let path = new_root.join(dir);
-        make_dir(&path);
-        mount(
+        sys.mkdir(&path)?;
+        sys.mount(
             Some("tmpfs"),
             &path,
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
             Some("mode=1777"),
-        );
+        )?;
     }
     let runtime_dir = new_root.join("run/user").join(uid.to_string());
-    make_dir(&runtime_dir);
-    chown(&runtime_dir, uid);
+    sys.mkdir(&runtime_dir)?;
+    sys.chown(&runtime_dir, uid)?;
     // A minimal /dev: bind the harmless host nodes (a user namespace cannot
     // mknod), a private devpts, shm.
     let dev = new_root.join("dev");
-    make_dir(&dev);
-    mount(
+    sys.mkdir(&dev)?;
+    sys.mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("mode=0755,size=64k"),
-    );
+    )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
-        write_file(&target, "");
-        bind(&Path::new("/dev").join(node), &target, false);
+        sys.write_file(&target, "")?;
+        bind(sys, &Path::new("/dev").join(node), &target, false)?;
     }
     let pts = dev.join("pts");
-    make_dir(&pts);
-    mount(
+    sys.mkdir(&pts)?;
+    sys.mount(
         Some("devpts"),
         &pts,
         Some("devpts"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
-    );
-    symlink("pts/ptmx", &dev.join("ptmx"));
+    )?;
+    sys.symlink("pts/ptmx", &dev.join("ptmx"))?;
     let shm = dev.join("shm");
-    make_dir(&shm);
-    mount(
+    sys.mkdir(&shm)?;
+    sys.mount(
         Some("tmpfs"),
         &shm,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("mode=1777"),
-    );
+    )?;
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        symlink(target, &dev.join(name));
+        sys.symlink(target, &dev.join(name))?;
     }
-    make_dir(&new_root.join("proc"));
-    make_dir(&new_root.join("root"));
+    sys.mkdir(&new_root.join("proc"))?;
+    sys.mkdir(&new_root.join("root"))?;
+    Ok(())
 }
 
-fn chown(path: &Path, uid: u32) {
-    let c_path = cstring(path);
-    // SAFETY: chown with a valid C string.
-    check(&format!("chown {}", path.display()), unsafe {
-        libc::chown(c_path.as_ptr(), uid, uid)
-    });
-}
-
-fn pid_one(spec: &SandboxSpec) -> ! {
+/// Everything PID 1 does before starting the desktop's command: private
+/// mounts, the new root, `pivot_root`, a fresh `/proc`, the host's tree
+/// detached, the root read-only, the hostname, loopback.
+pub fn setup(sys: &mut dyn Sys, spec: &SandboxSpec) -> SysResult {
     // Our mounts stay ours.
-    mount(
+    sys.mount(
         None,
         Path::new("/"),
         None,
         libc::MS_REC | libc::MS_PRIVATE,
         None,
-    );
+    )?;
     let new_root = PathBuf::from(&spec.staging_dir);
-    build_root(spec, &new_root);
+    build_root(sys, spec, &new_root)?;
     // pivot_root into it and drop the host's tree.
     let old = new_root.join(".old-root");
-    make_dir(&old);
-    let (new_c, old_c) = (cstring(&new_root), cstring(&old));
-    // SAFETY: pivot_root via syscall with two valid C strings.
-    check("pivot_root", unsafe {
-        libc::syscall(libc::SYS_pivot_root, new_c.as_ptr(), old_c.as_ptr()) as libc::c_int
-    });
-    std::env::set_current_dir("/").unwrap_or_else(|e| fail("chdir /", e));
-    mount(
+    sys.mkdir(&old)?;
+    sys.pivot_root(&new_root, &old)?;
+    sys.chdir(Path::new("/"))?;
+    sys.mount(
         Some("proc"),
         Path::new("/proc"),
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
-    );
-    let old_inside = cstring("/.old-root");
-    // SAFETY: umount2 with a valid C string.
-    check("detach the host root", unsafe {
-        libc::umount2(old_inside.as_ptr(), libc::MNT_DETACH)
-    });
-    let _ = fs::remove_dir("/.old-root");
+    )?;
+    sys.umount_detach(Path::new("/.old-root"))?;
+    sys.rmdir(Path::new("/.old-root"))?;
     // The root itself read-only from here on.
-    mount(
+    sys.mount(
         None,
         Path::new("/"),
         None,
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
         None,
-    );
-    let hostname = cstring(&spec.hostname);
-    // SAFETY: sethostname with a valid buffer and its length.
-    check("sethostname", unsafe {
-        libc::sethostname(hostname.as_ptr(), spec.hostname.len())
-    });
-    loopback_up();
-    let child = start_command(spec);
-    supervise(child)
+    )?;
+    sys.sethostname(&spec.hostname)?;
+    if spec.netns_fd.is_none() {
+        // A prepared namespace has lo up already (and is not ours to change).
+        sys.loopback_up()?;
+    }
+    Ok(())
 }
 
-/// Brings `lo` up in the new network namespace.
-fn loopback_up() {
-    // SAFETY: a datagram socket, an ifreq naming "lo", two ioctls, close.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        check("socket", socket);
-        let mut request: libc::ifreq = std::mem::zeroed();
-        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-            *slot = *byte as libc::c_char;
-        }
-        check(
-            "read lo flags",
-            libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request),
-        );
-        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        check(
-            "bring lo up",
-            libc::ioctl(socket, libc::SIOCSIFFLAGS, &request),
-        );
-        libc::close(socket);
+fn pid_one(spec: &SandboxSpec) -> ! {
+    let built = match spec.fail_at_step {
+        Some(fail_at) => setup(
+            &mut FailingSys {
+                real: RealSys,
+                count: 0,
+                fail_at,
+            },
+            spec,
+        ),
+        None => setup(&mut RealSys, spec),
+    };
+    if let Err(error) = built {
+        fail(&error.step, error.error);
     }
+    let child = start_command(spec);
+    supervise(child)
 }
 
 /// Forks the desktop's command as the desktop user.
@@ -664,6 +639,144 @@ fn supervise(command: libc::pid_t) -> ! {
                     libc::_exit(exit_code(status));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::sys::Recorder;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            hostname: "dt-1".to_owned(),
+            uid_base: 1_000_000_000,
+            uid_count: 65_536,
+            desktop_uid: 1000,
+            user: "desktop".to_owned(),
+            staging_dir: PathBuf::from("/d/root"),
+            home_dir: PathBuf::from("/d/home"),
+            workspace_dir: PathBuf::from("/d/workspace"),
+            resolv_conf: String::new(),
+            command: vec!["sh".to_owned()],
+            env: Default::default(),
+            netns_fd: None,
+            lease_file: None,
+            stop_grace_ms: 0,
+            usr_links: vec![("bin".to_owned(), "usr/bin".to_owned())],
+            fail_at_step: None,
+        }
+    }
+
+    /// The exact sequence PID 1 goes through (the recording fake of the
+    /// syscall layer; the real calls are checked from inside a sandbox by
+    /// the `sandbox` integration tests).
+    const EXPECTED: &[&str] = &[
+        "mount - / - [rec,private] -",
+        "mount tmpfs /d/root tmpfs [nosuid,nodev] mode=0755,size=16m",
+        "mkdir /d/root/usr",
+        "mount /usr /d/root/usr - [bind,rec] -",
+        "mount - /d/root/usr - [ro,remount,bind,rec] -",
+        "symlink /d/root/bin -> usr/bin",
+        "mkdir /d/root/etc",
+        "write /d/root/etc/passwd",
+        "write /d/root/etc/group",
+        "write /d/root/etc/hosts",
+        "write /d/root/etc/hostname",
+        "write /d/root/etc/resolv.conf",
+        "write /d/root/etc/nsswitch.conf",
+        "mkdir /d/root/home/desktop",
+        "mount /d/home /d/root/home/desktop - [bind,rec] -",
+        "mkdir /d/root/workspace",
+        "mount /d/workspace /d/root/workspace - [bind,rec] -",
+        "mkdir /d/root/tmp",
+        "mount tmpfs /d/root/tmp tmpfs [nosuid,nodev] mode=1777",
+        "mkdir /d/root/run",
+        "mount tmpfs /d/root/run tmpfs [nosuid,nodev] mode=1777",
+        "mkdir /d/root/run/user/1000",
+        "chown /d/root/run/user/1000 1000",
+        "mkdir /d/root/dev",
+        "mount tmpfs /d/root/dev tmpfs [nosuid,noexec] mode=0755,size=64k",
+        "write /d/root/dev/null",
+        "mount /dev/null /d/root/dev/null - [bind,rec] -",
+        "write /d/root/dev/zero",
+        "mount /dev/zero /d/root/dev/zero - [bind,rec] -",
+        "write /d/root/dev/full",
+        "mount /dev/full /d/root/dev/full - [bind,rec] -",
+        "write /d/root/dev/random",
+        "mount /dev/random /d/root/dev/random - [bind,rec] -",
+        "write /d/root/dev/urandom",
+        "mount /dev/urandom /d/root/dev/urandom - [bind,rec] -",
+        "write /d/root/dev/tty",
+        "mount /dev/tty /d/root/dev/tty - [bind,rec] -",
+        "mkdir /d/root/dev/pts",
+        "mount devpts /d/root/dev/pts devpts [nosuid,noexec] newinstance,ptmxmode=0666,mode=0620",
+        "symlink /d/root/dev/ptmx -> pts/ptmx",
+        "mkdir /d/root/dev/shm",
+        "mount tmpfs /d/root/dev/shm tmpfs [nosuid,nodev] mode=1777",
+        "symlink /d/root/dev/fd -> /proc/self/fd",
+        "symlink /d/root/dev/stdin -> /proc/self/fd/0",
+        "symlink /d/root/dev/stdout -> /proc/self/fd/1",
+        "symlink /d/root/dev/stderr -> /proc/self/fd/2",
+        "mkdir /d/root/proc",
+        "mkdir /d/root/root",
+        "mkdir /d/root/.old-root",
+        "pivot_root /d/root /d/root/.old-root",
+        "chdir /",
+        "mount proc /proc proc [nosuid,nodev,noexec] -",
+        "umount_detach /.old-root",
+        "rmdir /.old-root",
+        "mount - / - [ro,nosuid,nodev,remount,bind] -",
+        "sethostname dt-1",
+        "loopback_up",
+    ];
+
+    #[test]
+    fn setup_makes_exactly_the_designed_calls_in_order() {
+        let mut recorder = Recorder::default();
+        setup(&mut recorder, &spec()).unwrap();
+        assert_eq!(recorder.calls, EXPECTED);
+    }
+
+    #[test]
+    fn a_failing_call_stops_setup_right_there() {
+        for (step, expected) in EXPECTED.iter().enumerate() {
+            let mut recorder = Recorder {
+                fail_at: Some(step),
+                ..Recorder::default()
+            };
+            let error = setup(&mut recorder, &spec()).unwrap_err();
+            assert_eq!(recorder.calls.len(), step + 1, "nothing after step {step}");
+            assert_eq!(error.step, *expected);
+            assert_eq!(error.error.raw_os_error(), Some(libc::EIO));
+        }
+    }
+
+    #[test]
+    fn a_prepared_network_namespace_is_left_alone() {
+        let mut recorder = Recorder::default();
+        let spec = SandboxSpec {
+            netns_fd: Some(3),
+            ..spec()
+        };
+        setup(&mut recorder, &spec).unwrap();
+        assert_eq!(recorder.calls, EXPECTED[..EXPECTED.len() - 1]);
+    }
+
+    #[test]
+    fn the_seccomp_program_denies_every_listed_syscall() {
+        let program = seccomp_filter();
+        // Two instructions per denied syscall, the architecture and x32
+        // checks, and the final allow.
+        assert_eq!(program.len(), 6 + 2 * DENIED_SYSCALLS.len() + 1);
+        for (name, number) in DENIED_SYSCALLS {
+            assert!(
+                program
+                    .iter()
+                    .any(|insn| insn.k == *number as u32 && insn.jf == 1),
+                "{name} is not in the filter"
+            );
         }
     }
 }

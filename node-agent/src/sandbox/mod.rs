@@ -6,6 +6,9 @@
 
 pub mod cgroup;
 pub mod init;
+pub mod net;
+pub mod netlink;
+pub mod sys;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +42,38 @@ pub struct SandboxSpec {
     pub resolv_conf: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// A network namespace (an open descriptor the outer process inherits)
+    /// to enter instead of a new, loopback-only one. It belongs to the
+    /// host's user namespace, so the sandbox cannot reconfigure it.
+    #[serde(default)]
+    pub netns_fd: Option<i32>,
+    /// The agent's lease: a file holding a CLOCK_MONOTONIC deadline in
+    /// nanoseconds. When it passes, the sandbox stops itself (SIGTERM, then
+    /// SIGKILL after `stop_grace_ms`), so a desktop never outlives its
+    /// node's lease, even with the agent gone.
+    #[serde(default)]
+    pub lease_file: Option<PathBuf>,
+    #[serde(default)]
+    pub stop_grace_ms: u64,
+    /// The host's merged-/usr links (`bin` → `usr/bin`, ...), recreated in
+    /// the new root; read by [`host_usr_links`].
+    #[serde(default)]
+    pub usr_links: Vec<(String, String)>,
+    /// Tests only: fail setup call number N on purpose (see
+    /// [`sys::FailingSys`]); the agent never sets it.
+    #[serde(default)]
+    pub fail_at_step: Option<usize>,
+}
+
+/// The host's merged-/usr links among `/bin`, `/sbin`, `/lib*`.
+pub fn host_usr_links() -> Vec<(String, String)> {
+    ["bin", "sbin", "lib", "lib64", "lib32", "libx32"]
+        .into_iter()
+        .filter_map(|link| {
+            let target = std::fs::read_link(std::path::Path::new("/").join(link)).ok()?;
+            Some((link.to_owned(), target.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 /// A desktop's directories under `dir`: `home` and `workspace` owned by its

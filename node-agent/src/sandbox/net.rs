@@ -1,0 +1,705 @@
+//! Desktop networking: each sandbox gets its own network namespace with
+//! loopback and one veth (`eth0`) to a host bridge, NAT for egress, and an
+//! egress policy enforced on the host by one nftables table.
+//!
+//! - **Addresses say the policy.** The node's desktop subnet (a /16,
+//!   default `10.88.0.0/16`) is cut into ranges: `none` desktops get
+//!   addresses from the first /18, `control-plane` from the second, `open`
+//!   from the third. The nftables rules match those ranges, so starting a
+//!   desktop changes no rule at all. A desktop cannot change its address:
+//!   its network namespace belongs to the host's user namespace, where the
+//!   sandbox has no capability.
+//! - **Desktops never reach each other**: their bridge ports are isolated
+//!   (no frame between two desktops) and the forward chain drops anything
+//!   new towards the bridge.
+//! - **A pool of ready namespaces.** Creating a network namespace and its
+//!   veth is the costly part of a start, so a thread keeps a few ready
+//!   (`pool_size`); starting a desktop takes one and gives it an address
+//!   and a default route.
+//! - **Nothing to leak.** A namespace lives only as long as something holds
+//!   it: the pool's file descriptor, then the sandbox's processes. When the
+//!   last one goes, the kernel removes the namespace and with it both ends
+//!   of its veth. Destroying a desktop deletes the host end as well, which
+//!   takes the namespace's interface down at once.
+//!
+//! The rules are loaded with the `nft` tool (one atomic transaction at
+//! start); links, addresses and routes go over rtnetlink ([`super::netlink`]).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::netlink::{Netlink, MAX_IFNAME};
+
+/// What a desktop may reach on the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// Nothing beyond its own loopback.
+    None,
+    /// Only the control plane's endpoints that desktops use.
+    #[default]
+    ControlPlane,
+    /// Anything outside the node, through NAT (never other desktops).
+    Open,
+}
+
+impl Egress {
+    pub const ALL: [Egress; 3] = [Egress::None, Egress::ControlPlane, Egress::Open];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::None => "none",
+            Egress::ControlPlane => "control-plane",
+            Egress::Open => "open",
+        }
+    }
+
+    /// Which /18 of the desktop subnet this policy's addresses come from.
+    fn range(self) -> u32 {
+        match self {
+            Egress::None => 0,
+            Egress::ControlPlane => 1,
+            Egress::Open => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Egress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Egress, String> {
+        match text {
+            "none" => Ok(Egress::None),
+            "control-plane" | "" => Ok(Egress::ControlPlane),
+            "open" => Ok(Egress::Open),
+            other => Err(format!(
+                "unknown egress policy {other:?} (expected none, control-plane or open)"
+            )),
+        }
+    }
+}
+
+/// How a node's desktop network is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// The host bridge every desktop's veth is a port of.
+    pub bridge: String,
+    /// Host ends of the veths are called `<prefix><n>`.
+    pub veth_prefix: String,
+    /// The nftables table (family `inet`) holding the node's rules.
+    pub nft_table: String,
+    /// First address of the desktop /16; the bridge is its `.0.1`.
+    pub subnet: Ipv4Addr,
+    /// The control plane's endpoints that `control-plane` (and `open`)
+    /// desktops may reach. Loopback endpoints are reached at the bridge's
+    /// address and forwarded to the host's loopback.
+    pub control_plane: Vec<SocketAddr>,
+    /// Ready namespaces kept by the pool.
+    pub pool_size: usize,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> NetworkSettings {
+        NetworkSettings {
+            bridge: "flotilla0".to_owned(),
+            veth_prefix: "flv".to_owned(),
+            nft_table: "flotilla".to_owned(),
+            subnet: Ipv4Addr::new(10, 88, 0, 0),
+            control_plane: Vec::new(),
+            pool_size: 4,
+        }
+    }
+}
+
+/// Addresses per policy range (a /18), less the first two.
+const RANGE_SIZE: u32 = 1 << 14;
+
+impl NetworkSettings {
+    /// Checks names and the subnet.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bridge.is_empty() || self.bridge.len() > MAX_IFNAME {
+            return Err(format!("bridge name {:?} must be 1–15 bytes", self.bridge));
+        }
+        if self.veth_prefix.is_empty() || self.veth_prefix.len() > 5 {
+            return Err(format!(
+                "veth prefix {:?} must be 1–5 bytes",
+                self.veth_prefix
+            ));
+        }
+        let valid = |name: &str| {
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !valid(&self.bridge) || !valid(&self.veth_prefix) || !valid(&self.nft_table) {
+            return Err("bridge, veth prefix and nft table names take [A-Za-z0-9_-]".to_owned());
+        }
+        if u32::from(self.subnet) & 0xFFFF != 0 {
+            return Err(format!("desktop subnet {} must be a /16", self.subnet));
+        }
+        Ok(())
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + 1)
+    }
+
+    fn range_cidr(&self, egress: Egress) -> String {
+        let start = u32::from(self.subnet) + egress.range() * RANGE_SIZE;
+        format!("{}/18", Ipv4Addr::from(start))
+    }
+
+    /// The `n`th address (from 0) of `egress`'s range.
+    fn address(&self, egress: Egress, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + egress.range() * RANGE_SIZE + 2 + n)
+    }
+
+    /// Which policy an address in the subnet belongs to, and its number.
+    fn address_slot(&self, address: Ipv4Addr) -> Option<(Egress, u32)> {
+        let offset = u32::from(address).checked_sub(u32::from(self.subnet))?;
+        let egress = Egress::ALL
+            .into_iter()
+            .find(|e| e.range() == offset / RANGE_SIZE)?;
+        let n = (offset % RANGE_SIZE).checked_sub(2)?;
+        Some((egress, n))
+    }
+
+    /// The addresses desktops use for the control plane (loopback ones
+    /// become the bridge's address).
+    pub fn desktop_endpoints(&self) -> Vec<SocketAddr> {
+        self.control_plane
+            .iter()
+            .filter(|endpoint| endpoint.is_ipv4())
+            .map(|endpoint| {
+                if endpoint.ip().is_loopback() {
+                    SocketAddr::V4(SocketAddrV4::new(self.gateway(), endpoint.port()))
+                } else {
+                    *endpoint
+                }
+            })
+            .collect()
+    }
+
+    /// The nftables transaction that (re)creates the node's table.
+    pub fn ruleset(&self) -> String {
+        let table = &self.nft_table;
+        let bridge = &self.bridge;
+        let gateway = self.gateway();
+        let endpoints: Vec<String> = self
+            .control_plane
+            .iter()
+            .filter_map(|endpoint| match endpoint {
+                SocketAddr::V4(v4) => Some(format!("{} . {}", v4.ip(), v4.port())),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        let elements = if endpoints.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", endpoints.join(", "))
+        };
+        let dnat: String = self
+            .control_plane
+            .iter()
+            .filter(|endpoint| endpoint.is_ipv4() && endpoint.ip().is_loopback())
+            .map(|endpoint| {
+                format!(
+                    "    iifname \"{bridge}\" ip daddr {gateway} tcp dport {port} dnat ip to {ip}:{port}\n",
+                    port = endpoint.port(),
+                    ip = endpoint.ip()
+                )
+            })
+            .collect();
+        let none = self.range_cidr(Egress::None);
+        let control_plane = self.range_cidr(Egress::ControlPlane);
+        let open = self.range_cidr(Egress::Open);
+        let subnet = format!("{}/16", self.subnet);
+        format!(
+            "add table inet {table}
+delete table inet {table}
+table inet {table} {{
+  set control_plane {{
+    type ipv4_addr . inet_service
+    {elements}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+{dnat}  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    oifname \"{bridge}\" ct state established,related accept
+    oifname \"{bridge}\" drop
+    iifname \"{bridge}\" meta nfproto != ipv4 drop
+    iifname \"{bridge}\" ip saddr {none} drop
+    iifname \"{bridge}\" ip saddr {open} ip daddr != {subnet} accept
+    iifname \"{bridge}\" ip saddr {control_plane} ip daddr . tcp dport @control_plane accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr . tcp dport @control_plane accept
+    iifname \"{bridge}\" drop
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname \"{bridge}\" ct state established,related accept
+    iifname \"{bridge}\" ip saddr {control_plane} ip daddr . tcp dport @control_plane accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr . tcp dport @control_plane accept
+    iifname \"{bridge}\" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname != \"{bridge}\" masquerade
+  }}
+}}
+"
+        )
+    }
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| {
+            format!("cannot run nft ({error}): install nftables (apt-get install -y nftables)")
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .map_err(|error| format!("write to nft: {error}"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|error| format!("wait for nft: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft refused the rules: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(path, value)
+}
+
+/// A ready network namespace: loopback up, `eth0` up and bridged, no
+/// address yet.
+struct Ready {
+    netns: OwnedFd,
+    inside: Netlink,
+    eth0: i32,
+    host_veth: String,
+}
+
+/// One desktop's network, handed to its sandbox.
+#[derive(Debug)]
+pub struct DesktopNet {
+    /// The namespace; the sandbox enters it. Dropped after the sandbox
+    /// started (its processes hold it from then on).
+    pub netns: Option<OwnedFd>,
+    pub host_veth: String,
+    pub address: Ipv4Addr,
+    pub egress: Egress,
+}
+
+/// What a desktop's network is, as written to its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub host_veth: String,
+    pub address: Ipv4Addr,
+    pub egress: Egress,
+}
+
+impl DesktopNet {
+    pub fn record(&self) -> NetRecord {
+        NetRecord {
+            host_veth: self.host_veth.clone(),
+            address: self.address,
+            egress: self.egress,
+        }
+    }
+}
+
+struct PoolState {
+    ready: VecDeque<Ready>,
+    stop: bool,
+    /// The last error the pool thread met, for the next taker.
+    error: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<PoolState>,
+    changed: Condvar,
+    next_veth: std::sync::atomic::AtomicU32,
+}
+
+/// The node's desktop network: bridge, rules, namespace pool, addresses.
+pub struct Network {
+    settings: NetworkSettings,
+    host: Netlink,
+    bridge_index: i32,
+    shared: Arc<Shared>,
+    pool: Option<std::thread::JoinHandle<()>>,
+    used: [BTreeSet<u32>; 3],
+}
+
+impl Network {
+    /// Sets the host side up (bridge with the gateway address, forwarding,
+    /// the nftables table) and starts the pool. `keep` lists the networks
+    /// of desktops re-adopted after a restart; every other veth with the
+    /// node's prefix is deleted.
+    pub fn start(settings: NetworkSettings, keep: &[NetRecord]) -> Result<Network, String> {
+        settings.validate()?;
+        let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+        host.create_bridge(&settings.bridge)
+            .map_err(|e| format!("create bridge {}: {e}", settings.bridge))?;
+        let bridge_index = host
+            .index(&settings.bridge)
+            .map_err(|e| format!("find bridge {}: {e}", settings.bridge))?;
+        host.add_address(bridge_index, settings.gateway(), 16)
+            .map_err(|e| format!("address bridge {}: {e}", settings.bridge))?;
+        host.set_up(bridge_index)
+            .map_err(|e| format!("bring bridge {} up: {e}", settings.bridge))?;
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("enable IPv4 forwarding: {e}"))?;
+        if settings
+            .control_plane
+            .iter()
+            .any(|endpoint| endpoint.ip().is_loopback())
+        {
+            write_sysctl(
+                &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", settings.bridge),
+                "1",
+            )
+            .map_err(|e| format!("let desktops reach the loopback control plane: {e}"))?;
+        }
+        nft(&settings.ruleset())?;
+        let kept: BTreeSet<&str> = keep.iter().map(|r| r.host_veth.as_str()).collect();
+        let mut highest = 0;
+        for name in Netlink::links_with_prefix(&settings.veth_prefix) {
+            let Ok(n) = name[settings.veth_prefix.len()..].parse::<u32>() else {
+                continue;
+            };
+            if kept.contains(name.as_str()) {
+                highest = highest.max(n);
+            } else if let Err(error) = host.delete(&name) {
+                tracing::warn!(veth = %name, %error, "cannot delete a leftover veth");
+            }
+        }
+        let mut used: [BTreeSet<u32>; 3] = Default::default();
+        for record in keep {
+            if let Some((egress, n)) = settings.address_slot(record.address) {
+                used[egress.range() as usize].insert(n);
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PoolState {
+                ready: VecDeque::new(),
+                stop: false,
+                error: None,
+            }),
+            changed: Condvar::new(),
+            next_veth: std::sync::atomic::AtomicU32::new(highest + 1),
+        });
+        let pool = if settings.pool_size > 0 {
+            let shared = Arc::clone(&shared);
+            let settings = settings.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("netns-pool".to_owned())
+                    .spawn(move || pool_thread(&settings, bridge_index, &shared))
+                    .map_err(|e| format!("start the namespace pool: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Network {
+            settings,
+            host,
+            bridge_index,
+            shared,
+            pool,
+            used,
+        })
+    }
+
+    pub fn settings(&self) -> &NetworkSettings {
+        &self.settings
+    }
+
+    /// A network for a new desktop: a pooled namespace (or a fresh one when
+    /// the pool is empty) with an address from `egress`'s range.
+    pub fn take(&mut self, egress: Egress) -> Result<DesktopNet, String> {
+        let used = &mut self.used[egress.range() as usize];
+        let n = (0..RANGE_SIZE - 4)
+            .find(|n| !used.contains(n))
+            .ok_or("no free desktop address")?;
+        let pooled = {
+            let mut state = self.shared.state.lock().unwrap();
+            let ready = state.ready.pop_front();
+            self.shared.changed.notify_all();
+            ready
+        };
+        let mut ready = match pooled {
+            Some(ready) => ready,
+            None => {
+                let settings = self.settings.clone();
+                let bridge = self.bridge_index;
+                let shared = Arc::clone(&self.shared);
+                // A thread of its own: making a namespace moves the thread
+                // that makes it into it.
+                std::thread::spawn(move || {
+                    let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+                    make_ready(&settings, &mut host, bridge, &shared)
+                })
+                .join()
+                .map_err(|_| "the namespace thread panicked".to_owned())??
+            }
+        };
+        let address = self.settings.address(egress, n);
+        let configured = ready
+            .inside
+            .add_address(ready.eth0, address, 16)
+            .and_then(|_| ready.inside.add_default_route(self.settings.gateway()));
+        if let Err(error) = configured {
+            let _ = self.host.delete(&ready.host_veth);
+            return Err(format!("address the desktop's eth0: {error}"));
+        }
+        used.insert(n);
+        Ok(DesktopNet {
+            netns: Some(ready.netns),
+            host_veth: ready.host_veth,
+            address,
+            egress,
+        })
+    }
+
+    /// Releases a desktop's network: deletes its veth (if the kernel has
+    /// not already) and frees its address.
+    pub fn release(&mut self, record: &NetRecord) {
+        if let Err(error) = self.host.delete(&record.host_veth) {
+            tracing::warn!(veth = %record.host_veth, %error, "cannot delete a desktop's veth");
+        }
+        if let Some((egress, n)) = self.settings.address_slot(record.address) {
+            self.used[egress.range() as usize].remove(&n);
+        }
+    }
+
+    /// Removes what [`Network::start`] set up on the host: the table and the
+    /// bridge (for tests and `flotilla dev`; a node agent keeps them so that
+    /// re-adopted desktops stay connected).
+    pub fn remove_host_setup(settings: &NetworkSettings) -> Result<(), String> {
+        nft(&format!(
+            "add table inet {0}\ndelete table inet {0}\n",
+            settings.nft_table
+        ))?;
+        let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+        host.delete(&settings.bridge)
+            .map_err(|e| format!("delete bridge {}: {e}", settings.bridge))?;
+        Ok(())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.stop = true;
+            self.shared.changed.notify_all();
+        }
+        if let Some(pool) = self.pool.take() {
+            let _ = pool.join();
+        }
+        let ready: Vec<Ready> = self.shared.state.lock().unwrap().ready.drain(..).collect();
+        for entry in ready {
+            let _ = self.host.delete(&entry.host_veth);
+        }
+    }
+}
+
+fn pool_thread(settings: &NetworkSettings, bridge: i32, shared: &Shared) {
+    let mut host = match Netlink::open() {
+        Ok(host) => host,
+        Err(error) => {
+            shared.state.lock().unwrap().error = Some(format!("open rtnetlink: {error}"));
+            return;
+        }
+    };
+    loop {
+        {
+            let mut state = shared.state.lock().unwrap();
+            while !state.stop && state.ready.len() >= settings.pool_size {
+                state = shared.changed.wait(state).unwrap();
+            }
+            if state.stop {
+                return;
+            }
+        }
+        match make_ready(settings, &mut host, bridge, shared) {
+            Ok(ready) => {
+                let mut state = shared.state.lock().unwrap();
+                if state.stop {
+                    drop(state);
+                    let _ = host.delete(&ready.host_veth);
+                    return;
+                }
+                state.ready.push_back(ready);
+                state.error = None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot prepare a network namespace");
+                shared.state.lock().unwrap().error = Some(error);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Makes one network namespace ready. Moves the calling thread into it
+/// (only call it on a thread of its own).
+fn make_ready(
+    settings: &NetworkSettings,
+    host: &mut Netlink,
+    bridge: i32,
+    shared: &Shared,
+) -> Result<Ready, String> {
+    // SAFETY: unshare of the calling thread's network namespace only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "create a network namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let path = c"/proc/thread-self/ns/net";
+    // SAFETY: open(2) of a constant path; the result is checked and owned.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "open the new network namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let netns = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut inside = Netlink::open().map_err(|e| format!("open rtnetlink inside: {e}"))?;
+    let lo = inside.index("lo").map_err(|e| format!("find lo: {e}"))?;
+    inside.set_up(lo).map_err(|e| format!("bring lo up: {e}"))?;
+    for file in ["all", "default"] {
+        // Absent without IPv6; the rules drop IPv6 from desktops anyway.
+        let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{file}/disable_ipv6"), "1");
+    }
+    let n = shared
+        .next_veth
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let host_veth = format!("{}{n}", settings.veth_prefix);
+    host.create_veth(&host_veth, "eth0", netns.as_raw_fd())
+        .map_err(|e| format!("create veth {host_veth}: {e}"))?;
+    let mut wire = || -> std::io::Result<i32> {
+        let index = host.index(&host_veth)?;
+        host.set_master(index, bridge)?;
+        host.isolate_port(index)?;
+        host.set_up(index)?;
+        let eth0 = inside.index("eth0")?;
+        inside.set_up(eth0)?;
+        Ok(eth0)
+    };
+    match wire() {
+        Ok(eth0) => Ok(Ready {
+            netns,
+            inside,
+            eth0,
+            host_veth,
+        }),
+        Err(error) => {
+            let _ = host.delete(&host_veth);
+            Err(format!("wire veth {host_veth}: {error}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_map_to_policies_and_back() {
+        let settings = NetworkSettings::default();
+        assert_eq!(settings.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(
+            settings.address(Egress::None, 0),
+            Ipv4Addr::new(10, 88, 0, 2)
+        );
+        assert_eq!(
+            settings.address(Egress::ControlPlane, 0),
+            Ipv4Addr::new(10, 88, 64, 2)
+        );
+        assert_eq!(
+            settings.address(Egress::Open, 300),
+            Ipv4Addr::new(10, 88, 129, 46)
+        );
+        for egress in Egress::ALL {
+            for n in [0, 1, 5000, RANGE_SIZE - 5] {
+                assert_eq!(
+                    settings.address_slot(settings.address(egress, n)),
+                    Some((egress, n))
+                );
+            }
+        }
+        assert_eq!(settings.address_slot(settings.gateway()), None);
+        assert_eq!(settings.address_slot(Ipv4Addr::new(10, 89, 0, 2)), None);
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let mut settings = NetworkSettings::default();
+        assert!(settings.validate().is_ok());
+        settings.subnet = Ipv4Addr::new(10, 88, 1, 0);
+        assert!(settings.validate().is_err());
+        let settings = NetworkSettings {
+            bridge: "a-bridge-name-too-long".to_owned(),
+            ..NetworkSettings::default()
+        };
+        assert!(settings.validate().is_err());
+        let settings = NetworkSettings {
+            nft_table: "x; flush ruleset".to_owned(),
+            ..NetworkSettings::default()
+        };
+        assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn the_ruleset_names_every_policy_range_and_endpoint() {
+        let settings = NetworkSettings {
+            control_plane: vec![
+                "127.0.0.1:7000".parse().unwrap(),
+                "10.1.2.3:7443".parse().unwrap(),
+            ],
+            ..NetworkSettings::default()
+        };
+        let rules = settings.ruleset();
+        assert!(rules.contains("elements = { 127.0.0.1 . 7000, 10.1.2.3 . 7443 }"));
+        assert!(rules.contains("ip saddr 10.88.0.0/18 drop"));
+        assert!(rules.contains("ip saddr 10.88.128.0/18 ip daddr != 10.88.0.0/16 accept"));
+        assert!(rules.contains("ip daddr 10.88.0.1 tcp dport 7000 dnat ip to 127.0.0.1:7000"));
+        assert!(!rules.contains("dport 7443 dnat"));
+        assert_eq!(
+            settings.desktop_endpoints(),
+            vec![
+                "10.88.0.1:7000".parse::<SocketAddr>().unwrap(),
+                "10.1.2.3:7443".parse().unwrap()
+            ]
+        );
+        assert_eq!("open".parse::<Egress>(), Ok(Egress::Open));
+        assert!("everything".parse::<Egress>().is_err());
+    }
+}
