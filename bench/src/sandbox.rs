@@ -21,6 +21,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use std::os::fd::AsRawFd;
+
+use flotilla_node_agent::sandbox::net::{Egress, Network, NetworkSettings};
 use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
 
 use crate::{millis, percentile};
@@ -39,7 +42,17 @@ struct Sample {
 }
 
 /// Spawns `command` in its own process group and times it.
-fn measure(mut command: Command, group_signal: bool) -> anyhow::Result<Sample> {
+fn measure(command: Command, group_signal: bool) -> anyhow::Result<Sample> {
+    measure_after(command, group_signal, || {})
+}
+
+/// As [`measure`], running `spawned` right after the spawn (to close what
+/// the child inherited).
+fn measure_after(
+    mut command: Command,
+    group_signal: bool,
+    spawned: impl FnOnce(),
+) -> anyhow::Result<Sample> {
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,6 +68,7 @@ fn measure(mut command: Command, group_signal: bool) -> anyhow::Result<Sample> {
     }
     let started = Instant::now();
     let mut child = command.spawn().context("spawn the sandbox")?;
+    spawned();
     let mut stdout = child.stdout.take().context("stdout")?;
     let mut first = [0u8; 5];
     if let Err(error) = stdout.read_exact(&mut first) {
@@ -77,7 +91,15 @@ fn measure(mut command: Command, group_signal: bool) -> anyhow::Result<Sample> {
     })
 }
 
-fn flotilla_command(exe: &Path, dir: &Path, index: usize) -> anyhow::Result<Command> {
+/// Our sandbox; with `netns_fd`, entering a prepared network namespace
+/// (veth, address, route: the node agent's path) instead of a new
+/// loopback-only one.
+fn flotilla_command(
+    exe: &Path,
+    dir: &Path,
+    index: usize,
+    netns_fd: Option<i32>,
+) -> anyhow::Result<Command> {
     let dir = dir.join(format!("ours-{index}"));
     let uid_base = SandboxSpec::uid_base_for(4090);
     flotilla_node_agent::sandbox::make_desktop_dirs(&dir, uid_base)?;
@@ -99,10 +121,22 @@ fn flotilla_command(exe: &Path, dir: &Path, index: usize) -> anyhow::Result<Comm
         usr_links: Vec::new(),
         fail_at_step: None,
     };
+    let spec = SandboxSpec { netns_fd, ..spec };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
     let mut command = Command::new(exe);
     command.arg("sandbox-init").arg(spec_path);
+    if let Some(fd) = netns_fd {
+        // SAFETY: fcntl on a descriptor we own, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     Ok(command)
 }
 
@@ -247,13 +281,40 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     }
     let bundle = crun_bundle(dir.path())?;
+    // The node agent's network: bridge, nft rules, a pool of namespaces.
+    let settings = NetworkSettings {
+        bridge: "flbench0".to_owned(),
+        veth_prefix: "flb".to_owned(),
+        nft_table: "flotilla_bench".to_owned(),
+        subnet: std::net::Ipv4Addr::new(10, 87, 0, 0),
+        control_plane: Vec::new(),
+        pool_size: 4,
+    };
+    let mut network = Network::start(settings.clone(), &[]).map_err(anyhow::Error::msg)?;
+    let mut pooled = Vec::new();
     let mut ours = Vec::new();
     let mut bwrap = Vec::new();
     let mut crun = Vec::new();
     let mut crun_error = None;
     // Interleaved, so drift on a shared machine hits all three alike.
     for index in 0..args.iterations {
-        ours.push(measure(flotilla_command(&exe, dir.path(), index)?, true)?);
+        ours.push(measure(
+            flotilla_command(&exe, dir.path(), index, None)?,
+            true,
+        )?);
+        let _ = std::fs::remove_dir_all(dir.path().join(format!("ours-{index}")));
+        // Taking a namespace from the pool counts towards the start.
+        let taking = Instant::now();
+        let mut net = network.take(Egress::None).map_err(anyhow::Error::msg)?;
+        let took = taking.elapsed();
+        let fd = net.netns.as_ref().map(|fd| fd.as_raw_fd());
+        let command = flotilla_command(&exe, dir.path(), index, fd)?;
+        let mut sample = measure_after(command, true, || net.netns = None)?;
+        sample.start += took;
+        let destroying = Instant::now();
+        network.release(&net.record());
+        sample.destroy += destroying.elapsed();
+        pooled.push(sample);
         let _ = std::fs::remove_dir_all(dir.path().join(format!("ours-{index}")));
         bwrap.push(measure(bwrap_command(), true)?);
         if crun_error.is_none() {
@@ -272,13 +333,22 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         "system", "start p50", "start p99", "destroy p50", "destroy p99"
     );
     let ours = summarize("flotilla", &mut ours);
+    let pooled = summarize("flot+veth", &mut pooled);
     let bwrap = summarize("bwrap", &mut bwrap);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!("flotilla: a new loopback-only netns, as bwrap --unshare-net and crun make; flot+veth: a pooled netns with veth, address and route (the node agent's path)");
     println!(
         "flotilla / bwrap: start p50 {:.2}×, destroy p50 {:.2}× (goal: start p50 ≤ 0.5×)",
         ratio(ours.0, bwrap.0),
         ratio(ours.2, bwrap.2)
     );
+    println!(
+        "flot+veth / bwrap: start p50 {:.2}×, destroy p50 {:.2}×",
+        ratio(pooled.0, bwrap.0),
+        ratio(pooled.2, bwrap.2)
+    );
+    drop(network);
+    Network::remove_host_setup(&settings).map_err(anyhow::Error::msg)?;
     match crun_error {
         None => {
             let crun = summarize("crun", &mut crun);

@@ -252,7 +252,9 @@ pub async fn run(
         None => runtime,
     };
     let mut runtime = runtime;
-    match (&options.network, sandboxed) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match (&options.network, sandboxed && root) {
         (Some(settings), true) => {
             let mut settings = settings.clone();
             if settings.control_plane.is_empty() {
@@ -384,11 +386,38 @@ fn sandboxes_possible(options: &AgentOptions) -> bool {
         return false;
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        tracing::warn!("not running as root: desktops run as plain processes, NOT sandboxed (the sandbox needs root to map a uid range)");
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if !unprivileged_user_namespaces() {
+        tracing::warn!("not root and this kernel refuses unprivileged user namespaces: desktops run as plain processes, NOT sandboxed (run as root, or allow them: sysctl kernel.unprivileged_userns_clone=1 / kernel.apparmor_restrict_unprivileged_userns=0)");
         return false;
     }
+    tracing::warn!(
+        "rootless sandboxes: desktops get their own user, pid, mount, uts, ipc, net and cgroup namespaces, but with REDUCED protection: every desktop maps to your own uid on the host (no uid range per desktop), no cgroup limits (no delegation), and loopback only (egress none)"
+    );
     true
+}
+
+/// Whether this process may create a user namespace (with a mount
+/// namespace in it): tried in a forked child.
+fn unprivileged_user_namespaces() -> bool {
+    // SAFETY: the child makes only raw syscalls (unshare, _exit) before
+    // exiting, which is safe after fork in a multi-threaded process.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            let ok = libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        if child < 0 {
+            return false;
+        }
+        let mut status = 0;
+        libc::waitpid(child, &mut status, 0) == child
+            && libc::WIFEXITED(status)
+            && libc::WEXITSTATUS(status) == 0
+    }
 }
 
 fn registration(

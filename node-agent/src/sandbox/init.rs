@@ -23,6 +23,22 @@ use std::path::{Path, PathBuf};
 use crate::sandbox::sys::{FailingSys, RealSys, Sys, SysResult};
 use crate::sandbox::SandboxSpec;
 
+/// Whether this runs without root: then the sandbox maps only the
+/// caller's own uid (as the desktop user) and has no separate uid range.
+/// Only meaningful in the host's user namespace (inside a fresh one the
+/// euid reads as the overflow uid until mapped): `main` decides once.
+pub fn rootless() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() != 0 }
+}
+
+/// `rootless()` as seen by `main` before it cloned.
+static ROOTLESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn decided_rootless() -> bool {
+    ROOTLESS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Exit status for "the sandbox could not be built".
 pub const SETUP_FAILED: i32 = 125;
 
@@ -56,6 +72,7 @@ pub fn main(spec_path: &Path) -> i32 {
             return SETUP_FAILED;
         }
     };
+    ROOTLESS.store(rootless(), std::sync::atomic::Ordering::Relaxed);
     if spec.usr_links.is_empty() {
         spec.usr_links = crate::sandbox::host_usr_links();
     }
@@ -108,16 +125,29 @@ pub fn main(spec_path: &Path) -> i32 {
     }
     // SAFETY: closing our copy of the read end.
     unsafe { libc::close(ready[0]) };
-    let maps = [
-        (
-            "uid_map",
-            format!("0 {} {}\n", spec.uid_base, spec.uid_count),
-        ),
-        (
-            "gid_map",
-            format!("0 {} {}\n", spec.uid_base, spec.uid_count),
-        ),
-    ];
+    // Root: root inside maps to the desktop's own unprivileged range.
+    // Rootless (a developer's laptop): only our own uid can be mapped, as
+    // the desktop user; setgroups must be denied before the gid map.
+    let maps: Vec<(&str, String)> = if decided_rootless() {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        vec![
+            ("uid_map", format!("{} {uid} 1\n", spec.desktop_uid)),
+            ("setgroups", "deny\n".to_owned()),
+            ("gid_map", format!("{} {gid} 1\n", spec.desktop_uid)),
+        ]
+    } else {
+        vec![
+            (
+                "uid_map",
+                format!("0 {} {}\n", spec.uid_base, spec.uid_count),
+            ),
+            (
+                "gid_map",
+                format!("0 {} {}\n", spec.uid_base, spec.uid_count),
+            ),
+        ]
+    };
     for (file, map) in maps {
         let path = format!("/proc/{init}/{file}");
         if let Err(error) = fs::write(&path, map) {
@@ -241,10 +271,14 @@ fn init_process(spec: &SandboxSpec, ready: libc::c_int) -> ! {
     if unsafe { libc::read(ready, byte.as_mut_ptr().cast(), 1) } != 1 {
         fail("wait for uid maps", "the outer process went away");
     }
-    // SAFETY: plain id syscalls.
-    check("setresgid", unsafe { libc::setresgid(0, 0, 0) });
-    // SAFETY: as above.
-    check("setresuid", unsafe { libc::setresuid(0, 0, 0) });
+    if !decided_rootless() {
+        // SAFETY: plain id syscalls.
+        check("setresgid", unsafe { libc::setresgid(0, 0, 0) });
+        // SAFETY: as above.
+        check("setresuid", unsafe { libc::setresuid(0, 0, 0) });
+    }
+    // Rootless, PID 1 already is the desktop user, with every capability
+    // in its new user namespace until it execs.
     pid_one(spec)
 }
 
@@ -475,6 +509,7 @@ fn start_command(spec: &SandboxSpec) -> libc::pid_t {
     env_pointers.push(std::ptr::null());
     let home_c = cstring(&home);
     let uid = spec.desktop_uid;
+    let rootless = decided_rootless();
     let filter = seccomp_filter();
     // SAFETY: single-threaded; the child only makes syscalls on prepared
     // buffers, then execs.
@@ -487,7 +522,9 @@ fn start_command(spec: &SandboxSpec) -> libc::pid_t {
             let mut unblock: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut unblock);
             libc::sigprocmask(libc::SIG_SETMASK, &unblock, std::ptr::null_mut());
-            check("setgroups", libc::setgroups(0, std::ptr::null()));
+            if !rootless {
+                check("setgroups", libc::setgroups(0, std::ptr::null()));
+            }
             check("setgid", libc::setgid(uid));
             check("setuid", libc::setuid(uid));
             check(

@@ -78,7 +78,8 @@ pub fn host_usr_links() -> Vec<(String, String)> {
 
 /// A desktop's directories under `dir`: `home` and `workspace` owned by its
 /// user, `root` (the staging mount point) and `dir` itself by its root, all
-/// in the host range starting at `uid_base`. Returns (home, workspace, root).
+/// in the host range starting at `uid_base` (rootless: by the caller).
+/// Returns (home, workspace, root).
 pub fn make_desktop_dirs(
     dir: &std::path::Path,
     uid_base: u32,
@@ -92,7 +93,10 @@ pub fn make_desktop_dirs(
         (staging.as_path(), uid_base),
     ] {
         std::fs::create_dir_all(path)?;
-        std::os::unix::fs::chown(path, Some(owner), Some(owner))?;
+        // Rootless, everything is ours already (and chown is not ours to do).
+        if !init::rootless() {
+            std::os::unix::fs::chown(path, Some(owner), Some(owner))?;
+        }
     }
     Ok((home, workspace, staging))
 }
