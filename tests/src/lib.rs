@@ -468,3 +468,26 @@ impl TestCluster {
             .collect()
     }
 }
+
+/// Live processes running as a host uid of the sandbox slots `slots`
+/// (tests running side by side use distinct slots).
+pub fn sandbox_processes(slots: std::ops::Range<u32>) -> Vec<u32> {
+    use flotilla_node_agent::sandbox::SandboxSpec;
+    let low = SandboxSpec::uid_base_for(slots.start);
+    let high = SandboxSpec::uid_base_for(slots.end);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let uid: Option<u32> = status
+            .lines()
+            .find(|line| line.starts_with("Uid:"))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok());
+        if uid.is_some_and(|uid| (low..high).contains(&uid)) {
+            found.push(pid);
+        }
+    }
+    found
+}

@@ -157,30 +157,8 @@ fn a_setup_failure_names_its_step_and_leaves_nothing() -> anyhow::Result<()> {
     let (status, _, stderr) = run_sandbox(dir.path(), &spec);
     assert_eq!(status, 125, "{stderr}");
     assert!(stderr.contains("exec"), "{stderr}");
-    assert!(processes_in_range(4001..4002).is_empty());
+    assert!(flotilla_tests::sandbox_processes(4001..4002).is_empty());
     Ok(())
-}
-
-/// Processes running as a uid of the sandbox slots `slots` (tests run in
-/// parallel, each with its own slots).
-fn processes_in_range(slots: std::ops::Range<u32>) -> Vec<u32> {
-    let low = SandboxSpec::uid_base_for(slots.start);
-    let high = SandboxSpec::uid_base_for(slots.end);
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let uid: Option<u32> = status
-            .lines()
-            .find(|line| line.starts_with("Uid:"))
-            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok());
-        if uid.is_some_and(|uid| (low..high).contains(&uid)) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Removes a test's bridge and nft table when dropped.
@@ -384,7 +362,7 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
     }
     drop(runtime);
     // This runtime hands out slots from 0.
-    let left = processes_in_range(0..100);
+    let left = flotilla_tests::sandbox_processes(0..100);
     let described: Vec<String> = left
         .iter()
         .map(|pid| {

@@ -294,28 +294,6 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
     Ok(())
 }
 
-/// Processes of the sandbox uid slots `slots`.
-fn processes_in_slots(slots: std::ops::Range<u32>) -> Vec<u32> {
-    use flotilla_node_agent::sandbox::SandboxSpec;
-    let low = SandboxSpec::uid_base_for(slots.start);
-    let high = SandboxSpec::uid_base_for(slots.end);
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let uid: Option<u32> = status
-            .lines()
-            .find(|line| line.starts_with("Uid:"))
-            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok());
-        if uid.is_some_and(|uid| (low..high).contains(&uid)) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 fn state_of(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
 }
@@ -350,7 +328,7 @@ fn a_restarted_runtime_adopts_live_sandboxes_and_cleans_up_dead_ones() -> anyhow
     let dead_dir = data.path().join("desktops/dt-dead-1");
     // Both have come up inside (their processes run as the slot's uids).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while processes_in_slots(320..322).len() < 4 {
+    while flotilla_tests::sandbox_processes(320..322).len() < 4 {
         assert!(Instant::now() < deadline, "the sandboxes never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -364,7 +342,7 @@ fn a_restarted_runtime_adopts_live_sandboxes_and_cleans_up_dead_ones() -> anyhow
     // SAFETY: kill(2) of the test's own sandbox group.
     unsafe { libc::kill(-dead_pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while processes_in_slots(321..322).len() + processes_in_slots(320..321).len() > 2 {
+    while flotilla_tests::sandbox_processes(320..322).len() > 2 {
         assert!(Instant::now() < deadline, "the killed sandbox never ended");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -388,7 +366,7 @@ fn a_restarted_runtime_adopts_live_sandboxes_and_cleans_up_dead_ones() -> anyhow
     assert!(!live_dir.exists());
     assert!(!links_with_prefix(&settings.veth_prefix).contains(&live_veth));
     drop(second);
-    assert!(processes_in_slots(320..340).is_empty());
+    assert!(flotilla_tests::sandbox_processes(320..340).is_empty());
     // The pool's namespaces went with the runtime.
     assert!(links_with_prefix(&settings.veth_prefix).is_empty());
     Ok(())
@@ -421,7 +399,7 @@ fn a_sandbox_ends_itself_when_the_lease_passes() -> anyhow::Result<()> {
     let reason = format!("{:?}", observed[0].phase);
     assert!(reason.contains("lease expired"), "{reason}");
     drop(runtime);
-    assert!(processes_in_slots(340..341).is_empty());
+    assert!(flotilla_tests::sandbox_processes(340..341).is_empty());
     assert!(links_with_prefix(&settings.veth_prefix).is_empty());
     Ok(())
 }
