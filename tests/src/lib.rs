@@ -491,3 +491,26 @@ pub fn sandbox_processes(slots: std::ops::Range<u32>) -> Vec<u32> {
     }
     found
 }
+
+/// Polls `runtime` until desktop `id` is in `phase` (30 s at most).
+pub fn wait_phase(
+    runtime: &mut dyn flotilla_node_agent::runtime::DesktopRuntime,
+    id: &str,
+    phase: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let observed = runtime.poll();
+        if observed
+            .iter()
+            .any(|o| o.desktop_id == id && o.phase.as_str() == phase)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never {phase}: {observed:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

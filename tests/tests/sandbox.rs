@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flotilla_node_agent::runtime::{DesktopRuntime, DesktopSpec, ProcessRuntime, SandboxSettings};
 use flotilla_node_agent::sandbox::net::NetworkSettings;
 use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
-use flotilla_tests::{flotilla_bin, netns};
+use flotilla_tests::{flotilla_bin, netns, wait_phase};
 
 fn root_available() -> anyhow::Result<bool> {
     netns::available()
@@ -180,24 +180,6 @@ fn desktop(id: &str, generation: u64) -> DesktopSpec {
         gpu_memory_bytes: 0,
         gpu: None,
         egress: Default::default(),
-    }
-}
-
-fn wait_phase(runtime: &mut ProcessRuntime, id: &str, phase: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let observed = runtime.poll();
-        if observed
-            .iter()
-            .any(|o| o.desktop_id == id && o.phase.as_str() == phase)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never {phase}: {observed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -502,16 +484,27 @@ echo hello > /workspace/file && echo "workspace=writable"
     ];
     let spec_path = desktop.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
-    let output = Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-        ])
-        .arg(&exe)
-        .arg("sandbox-init")
-        .arg(&spec_path)
-        .output()?;
+    // A thread of this test binary forking while the copy was open for
+    // writing makes exec fail with ETXTBSY for a moment: retry that.
+    let mut attempts = 0;
+    let output = loop {
+        let output = Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+            ])
+            .arg(&exe)
+            .arg("sandbox-init")
+            .arg(&spec_path)
+            .output()?;
+        attempts += 1;
+        if attempts < 20 && String::from_utf8_lossy(&output.stderr).contains("Text file busy") {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        break output;
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");

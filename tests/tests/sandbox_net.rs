@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_node_agent::runtime::{DesktopRuntime, DesktopSpec, ProcessRuntime, SandboxSettings};
 use flotilla_node_agent::sandbox::net::{Egress, NetworkSettings};
-use flotilla_tests::{flotilla_bin, netns};
+use flotilla_tests::{flotilla_bin, netns, wait_phase};
 
 fn traversable_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
@@ -57,24 +57,6 @@ fn desktop(id: &str, egress: Egress) -> DesktopSpec {
         gpu_memory_bytes: 0,
         gpu: None,
         egress,
-    }
-}
-
-fn wait_phase(runtime: &mut ProcessRuntime, id: &str, phase: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let observed = runtime.poll();
-        if observed
-            .iter()
-            .any(|o| o.desktop_id == id && o.phase.as_str() == phase)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never {phase}: {observed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
