@@ -793,10 +793,13 @@ fn dev_agent_options(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Re
         "" => "dev-node".to_owned(),
         name => name.to_owned(),
     };
-    Ok(AgentOptions::new(
+    let mut options = AgentOptions::new(
         vec![addr.to_string()],
         token,
         name,
         data_dir.join("node-agent"),
-    ))
+    );
+    // dev leaves nothing on the host when it exits.
+    options.remove_network_on_exit = true;
+    Ok(options)
 }

@@ -99,6 +99,17 @@ fn bad_arguments_get_clear_errors() {
 
 #[test]
 fn dev_quick_start_needs_no_token_typed() {
+    // What dev sets up on the host for desktops (as root) it removes again.
+    let host_setup = || {
+        (
+            std::path::Path::new("/sys/class/net/flotilla0").exists(),
+            Command::new("nft")
+                .args(["list", "table", "inet", "flotilla"])
+                .output()
+                .is_ok_and(|output| output.status.success()),
+        )
+    };
+    let before = host_setup();
     let home = tempfile::tempdir().expect("tempdir");
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -188,4 +199,9 @@ fn dev_quick_start_needs_no_token_typed() {
     }
     let exit = exit.expect("flotilla dev stops within 20s of SIGTERM");
     assert!(exit.success(), "flotilla dev exit: {exit}");
+    assert_eq!(
+        host_setup(),
+        before,
+        "desktop bridge and nft table left behind"
+    );
 }

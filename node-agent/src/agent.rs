@@ -68,6 +68,10 @@ pub struct AgentOptions {
     pub network: Option<crate::sandbox::net::NetworkSettings>,
     /// On shutdown leave sandboxes running for the next run to adopt.
     pub leave_desktops_running: bool,
+    /// On shutdown also remove the desktop bridge and nftables table
+    /// (`flotilla dev`, which leaves nothing on the host); a node agent
+    /// keeps them for the desktops of its next run.
+    pub remove_network_on_exit: bool,
 }
 
 impl AgentOptions {
@@ -91,6 +95,7 @@ impl AgentOptions {
             sandbox: true,
             network: Some(crate::sandbox::net::NetworkSettings::default()),
             leave_desktops_running: false,
+            remove_network_on_exit: false,
         }
     }
 }
@@ -254,6 +259,7 @@ pub async fn run(
     let mut runtime = runtime;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
+    let mut network_set_up = None;
     match (&options.network, sandboxed && root) {
         (Some(settings), true) => {
             let mut settings = settings.clone();
@@ -261,12 +267,15 @@ pub async fn run(
                 settings.control_plane = resolve_endpoints(&options.servers);
             }
             match runtime.add_network(settings.clone()) {
-                Ok(()) => tracing::info!(
-                    bridge = %settings.bridge,
-                    subnet = %format!("{}/16", settings.subnet),
-                    control_plane = ?settings.desktop_endpoints(),
-                    "desktops get a network: veth on the bridge, NAT, egress policy per desktop (none, control-plane, open)"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        bridge = %settings.bridge,
+                        subnet = %format!("{}/16", settings.subnet),
+                        control_plane = ?settings.desktop_endpoints(),
+                        "desktops get a network: veth on the bridge, NAT, egress policy per desktop (none, control-plane, open)"
+                    );
+                    network_set_up = Some(settings);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "desktops get NO network (loopback only, as with egress policy none): the host side could not be set up")
                 }
@@ -310,6 +319,18 @@ pub async fn run(
     watch.abort();
     let _ = stop_sender.send(());
     let _ = reconciler.await;
+    if let (Some(settings), true, false) = (
+        &network_set_up,
+        options.remove_network_on_exit,
+        options.leave_desktops_running,
+    ) {
+        match crate::sandbox::net::Network::remove_host_setup(settings) {
+            Ok(()) => {
+                tracing::info!(bridge = %settings.bridge, "removed the desktop bridge and rules")
+            }
+            Err(error) => tracing::warn!(%error, "cannot remove the desktop bridge and rules"),
+        }
+    }
     drop(data_dir);
     Ok(())
 }
@@ -372,9 +393,7 @@ fn resolve_endpoints(servers: &[String]) -> Vec<std::net::SocketAddr> {
 fn write_lease(path: &std::path::Path, until: Instant) {
     let left = until.saturating_duration_since(Instant::now());
     let deadline = crate::runtime::monotonic_ns() + left.as_nanos();
-    let temporary = path.with_extension("tmp");
-    let written = std::fs::write(&temporary, format!("{deadline}\n"))
-        .and_then(|()| std::fs::rename(&temporary, path));
+    let written = crate::runtime::write_atomically(path, format!("{deadline}\n").as_bytes());
     if let Err(error) = written {
         tracing::warn!(%error, path = %path.display(), "cannot write the lease file");
     }

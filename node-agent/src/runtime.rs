@@ -353,7 +353,11 @@ impl ProcessRuntime {
         let dir = settings
             .desktops_dir
             .join(format!("{}-{}", spec.desktop_id, spec.generation));
-        let fail = |what: &str, error: std::io::Error| format!("{what} {}: {error}", dir.display());
+        // A failure leaves no directory behind.
+        let fail = |what: &str, error: std::io::Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            format!("{what} {}: {error}", dir.display())
+        };
         let _ = std::fs::remove_dir_all(&dir);
         let (home, workspace, staging) =
             crate::sandbox::make_desktop_dirs(&dir, uid_base).map_err(|e| fail("create", e))?;
@@ -403,7 +407,8 @@ impl ProcessRuntime {
             fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join("spec.json");
-        let json = serde_json::to_vec_pretty(&sandbox_spec).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&sandbox_spec)
+            .map_err(|e| fail("encode the spec for", std::io::Error::other(e)))?;
         std::fs::write(&spec_path, json).map_err(|e| fail("write spec in", e))?;
         let command = vec![
             settings.exe.display().to_string(),
@@ -493,10 +498,11 @@ fn process_start_ticks(pid: libc::pid_t) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// Writes `value` as JSON to `path` through a temporary file and rename.
-fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+/// Replaces `path` with `bytes` through a temporary file and rename, so a
+/// reader never sees half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, serde_json::to_vec(value)?)?;
+    std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, path)
 }
 
@@ -675,7 +681,10 @@ impl DesktopRuntime for ProcessRuntime {
                 net: net.clone(),
                 memory_limit: spec.memory_bytes,
             };
-            if let Err(error) = write_atomically(&dir.join(STATE_FILE), &state) {
+            let written = serde_json::to_vec(&state)
+                .map_err(std::io::Error::other)
+                .and_then(|json| write_atomically(&dir.join(STATE_FILE), &json));
+            if let Err(error) = written {
                 tracing::warn!(desktop = %spec.desktop_id, %error, "cannot write its state file: a restarted agent will not adopt it");
             }
         }

@@ -165,6 +165,7 @@ esac
   probe other_port "$OUTSIDE" 7001
   probe neighbour "$NEIGHBOUR" 8000
   probe host_service "$GATEWAY" "$HOST_PORT"
+  probe loopback_control_plane "$GATEWAY" "$LOOPBACK_PORT"
   echo "done=1"
 } > /workspace/results.tmp
 mv /workspace/results.tmp /workspace/results
@@ -198,15 +199,25 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
             let _ = stream.write_all(b"host\n");
         }
     });
+    // A control plane on the node's loopback (as `flotilla dev` runs it):
+    // desktops reach it at the bridge's address.
+    let loopback_service = TcpListener::bind("127.0.0.1:0")?;
+    let loopback = loopback_service.local_addr()?;
+    std::thread::spawn(move || {
+        for mut stream in loopback_service.incoming().flatten() {
+            let _ = stream.write_all(b"loopback\n");
+        }
+    });
     let control_plane: SocketAddr = format!("{}:7000", host.address).parse()?;
-    let settings = settings(0, vec![control_plane]);
+    let settings = settings(0, vec![control_plane, loopback]);
     let _cleanup = HostSetup(settings.clone());
     let base = u32::from(settings.subnet);
     // The first address of each policy's range (see sandbox::net).
     let first = |range: u32| Ipv4Addr::from(base + range * (1 << 14) + 2);
     let (none_ip, cp_ip, open_ip) = (first(0), first(1), first(2));
     let command = format!(
-        "OUTSIDE={outside} GATEWAY={gateway} HOST_PORT={host_port} CP={cp_ip} OPEN={open_ip}\n{PROBES}",
+        "OUTSIDE={outside} GATEWAY={gateway} HOST_PORT={host_port} LOOPBACK_PORT={loopback_port} CP={cp_ip} OPEN={open_ip}\n{PROBES}",
+        loopback_port = loopback.port(),
         outside = host.address,
         gateway = settings.gateway(),
     );
@@ -256,6 +267,9 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
         assert_eq!(results["neighbour"], "blocked", "{describe}");
         assert_eq!(results["host_service"], "blocked", "{describe}");
     }
+    assert_eq!(none["loopback_control_plane"], "blocked", "{describe}");
+    assert_eq!(cp["loopback_control_plane"], "ok:loopback", "{describe}");
+    assert_eq!(open["loopback_control_plane"], "ok:loopback", "{describe}");
     assert_eq!(none["control_plane"], "blocked", "{describe}");
     assert_eq!(none["other_port"], "blocked", "{describe}");
     assert_eq!(cp["control_plane"], "ok:control", "{describe}");
@@ -346,7 +360,12 @@ fn a_restarted_runtime_adopts_live_sandboxes_and_cleans_up_dead_ones() -> anyhow
     wait_phase(&mut second, "dt-live", "stopped");
     second.forget("dt-live");
     assert!(!live_dir.exists());
-    assert!(!links_with_prefix(&settings.veth_prefix).contains(&live_veth));
+    // Its veth goes on the release thread (or with its namespace).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links_with_prefix(&settings.veth_prefix).contains(&live_veth) {
+        assert!(Instant::now() < deadline, "{live_veth} never went");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(second);
     assert!(flotilla_tests::sandbox_processes(320..340).is_empty());
     // The pool's namespaces went with the runtime.

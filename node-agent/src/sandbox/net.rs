@@ -333,8 +333,6 @@ impl DesktopNet {
 struct PoolState {
     ready: VecDeque<Ready>,
     stop: bool,
-    /// The last error the pool thread met, for the next taker.
-    error: Option<String>,
 }
 
 struct Shared {
@@ -343,14 +341,48 @@ struct Shared {
     next_veth: std::sync::atomic::AtomicU32,
 }
 
+/// Addresses in use, per policy range; shared with the release thread,
+/// which frees an address only once its veth is gone.
+type Used = Arc<Mutex<[BTreeSet<u32>; 3]>>;
+
 /// The node's desktop network: bridge, rules, namespace pool, addresses.
 pub struct Network {
     settings: NetworkSettings,
-    host: Netlink,
     bridge_index: i32,
     shared: Arc<Shared>,
     pool: Option<std::thread::JoinHandle<()>>,
-    used: [BTreeSet<u32>; 3],
+    used: Used,
+    /// Veths to delete. Deleting one waits for the kernel's RTNL lock and
+    /// an RCU grace period (~30 ms measured), so it happens on a thread of
+    /// its own, never on the reconcile path.
+    releases: Option<std::sync::mpsc::Sender<Release>>,
+    releaser: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A veth to delete, and the address to free once it is gone.
+struct Release {
+    host_veth: String,
+    address: Option<(Egress, u32)>,
+}
+
+fn release_thread(releases: std::sync::mpsc::Receiver<Release>, used: Used) {
+    let mut host = match Netlink::open() {
+        Ok(host) => Some(host),
+        Err(error) => {
+            tracing::warn!(%error, "cannot open rtnetlink to delete veths: the kernel removes each with its namespace");
+            None
+        }
+    };
+    for release in releases {
+        if let Some(host) = &mut host {
+            if let Err(error) = host.delete(&release.host_veth) {
+                tracing::warn!(veth = %release.host_veth, %error, "cannot delete a desktop's veth");
+            }
+        }
+        if let Some((egress, n)) = release.address {
+            used.lock().unwrap()[egress.range() as usize].remove(&n);
+        }
+    }
 }
 
 impl Network {
@@ -396,17 +428,24 @@ impl Network {
                 tracing::warn!(veth = %name, %error, "cannot delete a leftover veth");
             }
         }
-        let mut used: [BTreeSet<u32>; 3] = Default::default();
+        let used: Used = Arc::default();
         for record in keep {
             if let Some((egress, n)) = settings.address_slot(record.address) {
-                used[egress.range() as usize].insert(n);
+                used.lock().unwrap()[egress.range() as usize].insert(n);
             }
         }
+        let (releases, received) = std::sync::mpsc::channel();
+        let releaser = {
+            let used = Arc::clone(&used);
+            std::thread::Builder::new()
+                .name("veth-release".to_owned())
+                .spawn(move || release_thread(received, used))
+                .map_err(|e| format!("start the veth release thread: {e}"))?
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(PoolState {
                 ready: VecDeque::new(),
                 stop: false,
-                error: None,
             }),
             changed: Condvar::new(),
             next_veth: std::sync::atomic::AtomicU32::new(highest + 1),
@@ -425,11 +464,12 @@ impl Network {
         };
         Ok(Network {
             settings,
-            host,
             bridge_index,
             shared,
             pool,
             used,
+            releases: Some(releases),
+            releaser: Some(releaser),
         })
     }
 
@@ -440,10 +480,27 @@ impl Network {
     /// A network for a new desktop: a pooled namespace (or a fresh one when
     /// the pool is empty) with an address from `egress`'s range.
     pub fn take(&mut self, egress: Egress) -> Result<DesktopNet, String> {
-        let used = &mut self.used[egress.range() as usize];
-        let n = (0..RANGE_SIZE - 4)
-            .find(|n| !used.contains(n))
-            .ok_or("no free desktop address")?;
+        // Reserved now, given back if anything below fails.
+        let n = {
+            let mut used = self.used.lock().unwrap();
+            let used = &mut used[egress.range() as usize];
+            let n = (0..RANGE_SIZE - 4)
+                .find(|n| !used.contains(n))
+                .ok_or("no free desktop address")?;
+            used.insert(n);
+            n
+        };
+        match self.configure(egress, n) {
+            Ok(net) => Ok(net),
+            Err(error) => {
+                self.used.lock().unwrap()[egress.range() as usize].remove(&n);
+                Err(error)
+            }
+        }
+    }
+
+    /// A ready namespace with the `n`th address of `egress`'s range.
+    fn configure(&mut self, egress: Egress, n: u32) -> Result<DesktopNet, String> {
         let pooled = {
             let mut state = self.shared.state.lock().unwrap();
             let ready = state.ready.pop_front();
@@ -472,10 +529,9 @@ impl Network {
             .add_address(ready.eth0, address, 16)
             .and_then(|_| ready.inside.add_default_route(self.settings.gateway()));
         if let Err(error) = configured {
-            let _ = self.host.delete(&ready.host_veth);
+            self.send_release(ready.host_veth, None);
             return Err(format!("address the desktop's eth0: {error}"));
         }
-        used.insert(n);
         Ok(DesktopNet {
             netns: Some(ready.netns),
             host_veth: ready.host_veth,
@@ -484,14 +540,18 @@ impl Network {
         })
     }
 
-    /// Releases a desktop's network: deletes its veth (if the kernel has
-    /// not already) and frees its address.
+    /// Releases a desktop's network: its veth is deleted (if the kernel
+    /// has not already) and then its address freed, on the release thread.
     pub fn release(&mut self, record: &NetRecord) {
-        if let Err(error) = self.host.delete(&record.host_veth) {
-            tracing::warn!(veth = %record.host_veth, %error, "cannot delete a desktop's veth");
-        }
-        if let Some((egress, n)) = self.settings.address_slot(record.address) {
-            self.used[egress.range() as usize].remove(&n);
+        let address = self.settings.address_slot(record.address);
+        self.send_release(record.host_veth.clone(), address);
+    }
+
+    fn send_release(&self, host_veth: String, address: Option<(Egress, u32)>) {
+        if let Some(releases) = &self.releases {
+            // The thread lives as long as the sender; a send cannot fail
+            // before drop.
+            let _ = releases.send(Release { host_veth, address });
         }
     }
 
@@ -522,7 +582,12 @@ impl Drop for Network {
         }
         let ready: Vec<Ready> = self.shared.state.lock().unwrap().ready.drain(..).collect();
         for entry in ready {
-            let _ = self.host.delete(&entry.host_veth);
+            self.send_release(entry.host_veth, None);
+        }
+        // Every release sent so far is done when the thread ends.
+        self.releases = None;
+        if let Some(releaser) = self.releaser.take() {
+            let _ = releaser.join();
         }
     }
 }
@@ -531,7 +596,7 @@ fn pool_thread(settings: &NetworkSettings, bridge: i32, shared: &Shared) {
     let mut host = match Netlink::open() {
         Ok(host) => host,
         Err(error) => {
-            shared.state.lock().unwrap().error = Some(format!("open rtnetlink: {error}"));
+            tracing::warn!(%error, "the namespace pool cannot open rtnetlink: every start makes its own namespace");
             return;
         }
     };
@@ -554,11 +619,9 @@ fn pool_thread(settings: &NetworkSettings, bridge: i32, shared: &Shared) {
                     return;
                 }
                 state.ready.push_back(ready);
-                state.error = None;
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot prepare a network namespace");
-                shared.state.lock().unwrap().error = Some(error);
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
