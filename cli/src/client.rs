@@ -49,6 +49,22 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
+        let response = self.send_raw(request).await?;
+        let body = response.text().await.context("read the server's answer")?;
+        if body.is_empty() {
+            return serde_json::from_str("null").context("decode an empty answer");
+        }
+        serde_json::from_str(&body).with_context(|| format!("decode the server's answer: {body}"))
+    }
+
+    /// Sends `request` with the token and an idempotency key, retrying an
+    /// unreachable server or a 503 (nothing was done) up to three times;
+    /// an error answer becomes an error with the server's message. The
+    /// successful response is returned unread (it may be a stream).
+    pub(crate) async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         const ATTEMPTS: usize = 3;
         let request = request
             .bearer_auth(&self.token)
@@ -70,18 +86,15 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let status = response.status();
-        let body = response.text().await.context("read the server's answer")?;
         if !status.is_success() {
+            let body = response.text().await.context("read the server's answer")?;
             let message = serde_json::from_str::<Value>(&body)
                 .ok()
                 .and_then(|value| value["error"]["message"].as_str().map(str::to_owned))
                 .unwrap_or(body);
             bail!("{message} (HTTP {})", status.as_u16());
         }
-        if body.is_empty() {
-            return serde_json::from_str("null").context("decode an empty answer");
-        }
-        serde_json::from_str(&body).with_context(|| format!("decode the server's answer: {body}"))
+        Ok(response)
     }
 
     fn print_tasks(&self, tasks: &[Task]) {

@@ -8,6 +8,45 @@ use serde_json::{json, Value};
 
 use crate::client::{Client, Output};
 
+/// Newline-separated records from a streamed response.
+mod ndjson {
+    pub struct Lines {
+        response: reqwest::Response,
+        buffer: Vec<u8>,
+        done: bool,
+    }
+
+    pub fn lines(response: reqwest::Response) -> Lines {
+        Lines {
+            response,
+            buffer: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Longest record accepted (a base64 chunk of 1 MiB and then some).
+    const MAX_LINE: usize = 4 << 20;
+
+    impl Lines {
+        pub async fn next(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+            loop {
+                if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                    return Ok(Some(line[..line.len() - 1].to_vec()));
+                }
+                if self.done {
+                    return Ok(None);
+                }
+                anyhow::ensure!(self.buffer.len() <= MAX_LINE, "an answer line is too long");
+                match self.response.chunk().await? {
+                    Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                    None => self.done = true,
+                }
+            }
+        }
+    }
+}
+
 /// `1.5 GiB`, `512 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
@@ -38,7 +77,79 @@ fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("-")
 }
 
+/// A `desktop exec` whose remote command exited with this (non-zero)
+/// status: `flotilla` exits with it too.
+#[derive(Debug)]
+pub struct RemoteExit(pub i32);
+
+impl std::fmt::Display for RemoteExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for RemoteExit {}
+
 impl Client {
+    /// `flotilla desktop exec ID -- COMMAND...`.
+    pub async fn desktop_exec(&self, id: &str, command: Vec<String>) -> anyhow::Result<()> {
+        use base64::Engine;
+        use ndjson::lines;
+        use std::io::Write;
+        let response = self
+            .send_raw(
+                self.http
+                    .post(self.url(&format!("/api/v1/desktops/{id}/exec")))
+                    .json(&json!({ "command": command })),
+            )
+            .await?;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut lines = lines(response);
+        while let Some(line) = lines.next().await? {
+            let value: Value = serde_json::from_slice(&line).with_context(|| {
+                format!(
+                    "decode the server's answer: {}",
+                    String::from_utf8_lossy(&line)
+                )
+            })?;
+            if let Some(text) = value["stdout"].as_str() {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&engine.decode(text)?)?;
+                out.flush()?;
+            } else if let Some(text) = value["stderr"].as_str() {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&engine.decode(text)?)?;
+                err.flush()?;
+            } else if let Some(code) = value["exit_code"].as_i64() {
+                return match code {
+                    0 => Ok(()),
+                    code => Err(RemoteExit(code as i32).into()),
+                };
+            } else if let Some(message) = value["error"].as_str() {
+                anyhow::bail!("{message}");
+            }
+        }
+        anyhow::bail!("the server ended the session without an exit status")
+    }
+
+    /// `flotilla desktop logs ID`.
+    pub async fn desktop_logs(&self, id: &str, tail: u64) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut response = self
+            .send_raw(
+                self.http
+                    .get(self.url(&format!("/api/v1/desktops/{id}/logs")))
+                    .query(&[("tail", tail)]),
+            )
+            .await?;
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = response.chunk().await.context("read the log")? {
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
     fn print_json(&self, value: &Value) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())

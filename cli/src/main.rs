@@ -122,6 +122,22 @@ enum DesktopCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// Run a command inside a running desktop's sandbox, as its user; its
+    /// stdout and stderr stream here and its exit status is ours.
+    Exec {
+        /// The desktop (see `flotilla desktop list`).
+        id: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// The tail of a running desktop's output.
+    Logs {
+        id: String,
+        /// Bytes from the end, e.g. 64KiB (at most 16MiB).
+        #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+        tail: u64,
+    },
 }
 
 #[derive(Args)]
@@ -478,6 +494,17 @@ fn main() -> ExitCode {
         let status = flotilla_node_agent::sandbox::init::main(std::path::Path::new(&args[2]));
         return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
     }
+    // Internal too: the node agent runs it for `desktop exec` (setns into a
+    // user namespace needs a single-threaded process).
+    if args.len() >= 5 && args[1] == "sandbox-exec" && args[3] == "--" {
+        let command: Vec<String> = args[4..]
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        let status =
+            flotilla_node_agent::sandbox::init::exec_main(std::path::Path::new(&args[2]), &command);
+        return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -488,6 +515,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `desktop exec` ends with the remote command's status.
+        Err(error) if error.downcast_ref::<fleet::RemoteExit>().is_some() => {
+            let code = error.downcast_ref::<fleet::RemoteExit>().map_or(1, |e| e.0);
+            ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -578,6 +610,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(client)?;
             match command {
                 DesktopCommand::List { stale } => client.desktop_list(stale).await,
+                DesktopCommand::Exec { id, command } => client.desktop_exec(&id, command).await,
+                DesktopCommand::Logs { id, tail } => client.desktop_logs(&id, tail).await,
             }
         }
     }

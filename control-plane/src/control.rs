@@ -61,6 +61,8 @@ pub struct ControlPlane {
     pub raft: Raft,
     pub state: Arc<SharedState>,
     pub fleet: Fleet,
+    /// Node agents' tunnels and the operator sessions on them.
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
     cluster_secret: String,
     proposer: Proposer,
     /// Becomes true when the server begins shutting down; long-lived
@@ -84,6 +86,7 @@ impl ControlPlane {
         ControlPlane {
             stopping: tokio::sync::watch::Sender::new(false),
             fleet,
+            tunnels: Arc::default(),
             proposer: Proposer::start(raft.clone()),
             peer_channels: Mutex::new(HashMap::new()),
             node_id,

@@ -57,7 +57,9 @@ const MAX_ID_CHARS: usize = 128;
         crate::http_fleet::cancel_drain,
         crate::http_fleet::remove_node,
         crate::http_fleet::capacity,
-        crate::http_fleet::list_desktops
+        crate::http_fleet::list_desktops,
+        crate::http_exec::exec,
+        crate::http_exec::logs
     ),
     components(schemas(
         Task,
@@ -75,7 +77,9 @@ const MAX_ID_CHARS: usize = 128;
         ClusterView,
         MemberView,
         ErrorBody,
-        Change
+        Change,
+        crate::http_exec::ExecBody,
+        crate::http_exec::ExecLine
     ))
 )]
 pub struct ApiDoc;
@@ -95,6 +99,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::http_fleet::routes())
+        .merge(crate::http_exec::routes())
         .layer(axum::middleware::from_fn_with_state(
             control.clone(),
             require_operator,

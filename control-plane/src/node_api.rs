@@ -36,6 +36,8 @@ pub fn node_service(control: Arc<ControlPlane>) -> NodeAgentServer<NodeService> 
     NodeAgentServer::new(NodeService { control })
 }
 
+type TunnelStream = Pin<Box<dyn Stream<Item = Result<pb::TunnelDown, Status>> + Send>>;
+
 pub struct NodeService {
     control: Arc<ControlPlane>,
 }
@@ -166,7 +168,12 @@ fn report(status: pb::DesktopStatus) -> Result<ReportedDesktop, Status> {
     let reason = if status.reason.is_empty() {
         None
     } else {
-        let mut reason = status.reason;
+        // Shown in operators' terminals: no control characters.
+        let mut reason: String = status
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
             while !reason.is_char_boundary(cut) {
@@ -292,6 +299,71 @@ impl NodeAgent for NodeService {
     }
 
     type WatchAssignmentsStream = AssignmentStream;
+    type TunnelStream = TunnelStream;
+
+    async fn tunnel(
+        &self,
+        request: Request<tonic::Streaming<pb::TunnelUp>>,
+    ) -> Result<Response<TunnelStream>, Status> {
+        authorize(&self.control, &request)?;
+        if !self.control.is_leader() {
+            return Err(not_leader(
+                &self.control,
+                ApiError::unavailable("tunnels go to the leader"),
+            ));
+        }
+        let mut up = request.into_inner();
+        let hello = up
+            .message()
+            .await?
+            .ok_or_else(|| invalid("the tunnel closed before its hello"))?;
+        validate_node_id(&hello.node_id)?;
+        if hello.session != 0 || hello.event.is_some() {
+            return Err(invalid("the first tunnel message is a hello: node_id only"));
+        }
+        let node_id = hello.node_id;
+        let known = self
+            .control
+            .state
+            .with_state(|state| state.node(&node_id).is_some());
+        if !known {
+            return Err(Status::not_found(format!(
+                "no node with id {node_id:?}; register first"
+            )));
+        }
+        let tunnels = self.control.tunnels.clone();
+        let (epoch, down) = tunnels.connect(&node_id);
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            let stopped = control.stopped();
+            tokio::pin!(stopped);
+            loop {
+                let message = tokio::select! {
+                    message = up.message() => message,
+                    _ = &mut stopped => break,
+                    // A deposed leader lets go, so the agent finds the new one.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if control.is_leader() { continue } else { break }
+                    }
+                };
+                match message {
+                    Ok(Some(message)) if message.node_id == node_id => {
+                        if let Err(error) = tunnels.deliver(&node_id, message).await {
+                            tracing::warn!(node = %node_id, %error, "closing a node's tunnel");
+                            break;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!(node = %node_id, "a tunnel message named another node: closing the tunnel");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tunnels.disconnect(&node_id, epoch);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(down))))
+    }
 
     async fn watch_assignments(
         &self,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use flotilla_proto::node as pb;
 use flotilla_proto::node::node_agent_client::NodeAgentClient;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -305,6 +305,12 @@ pub async fn run(
 
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), registration));
     let watch = tokio::spawn(watch_loop(shared.clone()));
+    let operator = crate::operator::OperatorSettings {
+        node_id: identity.node_id.clone(),
+        exe: std::env::current_exe().context("find the flotilla binary for sandbox-exec")?,
+        desktops_dir: sandboxed.then(|| data_dir.path.join("desktops")),
+    };
+    let tunnel = tokio::spawn(tunnel_loop(shared.clone(), Arc::new(operator)));
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel();
     let reconciler = tokio::spawn(reconcile_loop(
         shared.clone(),
@@ -317,6 +323,7 @@ pub async fn run(
     tracing::info!("shutting down: stopping desktops");
     heartbeats.abort();
     watch.abort();
+    tunnel.abort();
     let _ = stop_sender.send(());
     let _ = reconciler.await;
     if let (Some(settings), true, false) = (
@@ -679,6 +686,92 @@ async fn watch_loop(shared: Arc<Shared>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Most operator sessions running at once on this node.
+const MAX_SESSIONS: usize = 64;
+
+/// Keeps a tunnel open to the leader and runs the operator sessions that
+/// come down it (see `operator`).
+async fn tunnel_loop(shared: Arc<Shared>, operator: Arc<crate::operator::OperatorSettings>) {
+    loop {
+        let addr = shared.servers.pick();
+        let (up, outgoing) = mpsc::channel(64);
+        let hello = pb::TunnelUp {
+            node_id: shared.node_id.clone(),
+            session: 0,
+            event: None,
+        };
+        let _ = up.try_send(hello);
+        let opened = match shared.servers.client(&addr) {
+            Ok(mut client) => tokio::time::timeout(
+                Duration::from_secs(5),
+                client.tunnel(
+                    shared
+                        .servers
+                        .request(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("opening the tunnel timed out"))),
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        };
+        let mut down = match opened {
+            Ok(down) => down.into_inner(),
+            Err(status) => {
+                tracing::debug!(server = %addr, error = %status.message(), "tunnel failed");
+                shared.servers.failed(&addr, &status);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        tracing::debug!(server = %addr, "operator tunnel open");
+        let mut sessions: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let message = match down.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    shared.servers.failed(&addr, &status);
+                    break;
+                }
+            };
+            sessions.retain(|_, task| !task.is_finished());
+            let session = message.session;
+            match message.request {
+                // Aborting drops the session's process (its group is killed).
+                Some(pb::tunnel_down::Request::Cancel(_)) => {
+                    if let Some(task) = sessions.remove(&session) {
+                        task.abort();
+                    }
+                }
+                Some(request) if session != 0 && !sessions.contains_key(&session) => {
+                    if sessions.len() >= MAX_SESSIONS {
+                        let _ = up.try_send(pb::TunnelUp {
+                            node_id: shared.node_id.clone(),
+                            session,
+                            event: Some(pb::tunnel_up::Event::Error(format!(
+                                "this node runs {MAX_SESSIONS} operator sessions already"
+                            ))),
+                        });
+                        continue;
+                    }
+                    let (operator, up) = (operator.clone(), up.clone());
+                    sessions.insert(
+                        session,
+                        tokio::spawn(async move {
+                            crate::operator::run(&operator, session, request, &up).await
+                        }),
+                    );
+                }
+                _ => tracing::warn!(session, "ignoring a malformed tunnel request"),
+            }
+        }
+        for task in sessions.values() {
+            task.abort();
+        }
+        tokio::time::sleep(RETRY).await;
     }
 }
 

@@ -3,12 +3,13 @@
 //! desktops assigned to it and runs them behind a [`runtime::DesktopRuntime`],
 //! reporting what they do.
 //!
-//! Today's runtime starts a plain child process per desktop
-//! ([`runtime::ProcessRuntime`]); the namespace sandbox plugs in behind the
-//! same trait.
+//! [`runtime::ProcessRuntime`] runs each desktop in a namespace sandbox
+//! ([`sandbox`]) or, without one, as a plain child process; [`operator`]
+//! serves `desktop exec` and `desktop logs` over the agent's tunnel.
 
 pub mod agent;
 pub mod host;
+pub mod operator;
 pub mod runtime;
 pub mod sandbox;
 

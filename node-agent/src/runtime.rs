@@ -162,6 +162,9 @@ impl Handle {
     }
 }
 
+/// A sandboxed desktop's stdout and stderr (and its sandbox's own
+/// messages), in its directory.
+pub const LOG_FILE: &str = "log";
 /// The file a sandbox's outer process writes its exit status to.
 pub const EXIT_STATUS_FILE: &str = "exit-status";
 /// A sandboxed desktop's record in its directory, for re-adoption.
@@ -498,6 +501,17 @@ fn process_start_ticks(pid: libc::pid_t) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// The last `bytes` bytes of the file at `path`.
+pub fn read_tail(path: &Path, bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(bytes)))?;
+    let mut tail = Vec::with_capacity(bytes.min(length) as usize);
+    file.take(bytes).read_to_end(&mut tail)?;
+    Ok(tail)
+}
+
 /// Replaces `path` with `bytes` through a temporary file and rename, so a
 /// reader never sees half of it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -549,13 +563,12 @@ impl DesktopRuntime for ProcessRuntime {
             Some(settings) => {
                 self.prepare_sandbox(settings, spec, net.as_ref())
                     .map(|(argv, sandbox)| {
-                        let log = std::fs::File::create(sandbox.1.join("log"))
-                            .map(Stdio::from)
-                            .unwrap_or_else(|_| Stdio::null());
+                        // The desktop's stdout and stderr (`desktop logs`).
+                        let log = std::fs::File::create(sandbox.1.join(LOG_FILE)).ok();
                         (argv, Some(sandbox), log)
                     })
             }
-            None => Ok((self.command.clone(), None, Stdio::null())),
+            None => Ok((self.command.clone(), None, None)),
         };
         let (argv, sandbox, log) = match prepared {
             Ok(prepared) => prepared,
@@ -572,9 +585,11 @@ impl DesktopRuntime for ProcessRuntime {
             .env("FLOTILLA_GENERATION", spec.generation.to_string())
             .env("FLOTILLA_CPU_MILLIS", spec.cpu_millis.to_string())
             .env("FLOTILLA_MEMORY_BYTES", spec.memory_bytes.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .stdin(Stdio::null());
+        match log.and_then(|log| Some((log.try_clone().ok()?, log))) {
+            Some((stdout, stderr)) => command.stdout(stdout).stderr(stderr),
+            None => command.stdout(Stdio::null()).stderr(Stdio::null()),
+        };
         let cgroup = match &self.cgroups {
             Some(scope) => {
                 let limits = Limits {
@@ -741,14 +756,21 @@ impl DesktopRuntime for ProcessRuntime {
                             network.release(&net);
                         }
                         // The sandbox's own last word, if it had one.
-                        let said = dir
-                            .and_then(|dir| std::fs::read_to_string(dir.join("log")).ok())
-                            .and_then(|log| {
-                                log.lines()
-                                    .rev()
-                                    .find(|l| l.starts_with("sandbox:"))
-                                    .map(str::to_owned)
-                            });
+                        let said =
+                            dir.and_then(|dir| read_tail(&dir.join(LOG_FILE), 64 * 1024).ok())
+                                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                                .and_then(|log| {
+                                    // Written by the desktop too: untrusted, so
+                                    // printable and short.
+                                    log.lines().rev().find(|l| l.starts_with("sandbox:")).map(
+                                        |line| {
+                                            line.chars()
+                                                .take(300)
+                                                .map(|c| if c.is_control() { '?' } else { c })
+                                                .collect::<String>()
+                                        },
+                                    )
+                                });
                         desktop.phase = if desktop.phase == Phase::Stopping {
                             Phase::Stopped
                         } else if ended.code == Some(crate::sandbox::init::SETUP_FAILED)

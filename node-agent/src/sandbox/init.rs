@@ -157,6 +157,8 @@ pub fn main(spec_path: &Path) -> i32 {
             return SETUP_FAILED;
         }
     }
+    // For `sandbox-exec`: where to find the sandbox's namespaces.
+    let _ = fs::write(spec_path.with_file_name(INIT_PID_FILE), format!("{init}\n"));
     // SAFETY: one byte from a live buffer to our pipe; then close it.
     unsafe {
         libc::write(ready[1], b"1".as_ptr().cast(), 1);
@@ -491,8 +493,15 @@ fn pid_one(spec: &SandboxSpec) -> ! {
 
 /// Forks the desktop's command as the desktop user.
 fn start_command(spec: &SandboxSpec) -> libc::pid_t {
-    let program = cstring(&spec.command[0]);
-    let args: Vec<CString> = spec.command.iter().map(cstring).collect();
+    fork_as_desktop(spec, &spec.command, decided_rootless())
+}
+
+/// Forks `command` as the desktop user with the desktop's environment,
+/// without privileges (no capabilities, `no_new_privs`, rlimits, the
+/// seccomp filter). The child never returns.
+fn fork_as_desktop(spec: &SandboxSpec, command: &[String], rootless: bool) -> libc::pid_t {
+    let program = cstring(&command[0]);
+    let args: Vec<CString> = command.iter().map(cstring).collect();
     let mut arg_pointers: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     arg_pointers.push(std::ptr::null());
     let home = format!("/home/{}", spec.user);
@@ -509,7 +518,6 @@ fn start_command(spec: &SandboxSpec) -> libc::pid_t {
     env_pointers.push(std::ptr::null());
     let home_c = cstring(&home);
     let uid = spec.desktop_uid;
-    let rootless = decided_rootless();
     let filter = seccomp_filter();
     // SAFETY: single-threaded; the child only makes syscalls on prepared
     // buffers, then execs.
@@ -553,11 +561,150 @@ fn start_command(spec: &SandboxSpec) -> libc::pid_t {
             );
         }
         fail(
-            &format!("exec {:?}", spec.command[0]),
+            &format!("exec {:?}", command[0]),
             std::io::Error::last_os_error(),
         );
     }
     child
+}
+
+/// The file the outer process writes PID 1's host pid to.
+pub const INIT_PID_FILE: &str = "init-pid";
+
+/// `flotilla sandbox-exec DIR -- COMMAND...`: runs a command inside the
+/// running sandbox whose directory is `DIR` (as `nsenter` would, then as
+/// the desktop's command runs: its user, environment, no privileges,
+/// seccomp), in the desktop's cgroup, and exits with the command's status.
+/// Entered from `main` before any thread exists (`setns` into a user
+/// namespace needs a single-threaded process).
+pub fn exec_main(dir: &Path, command: &[String]) -> i32 {
+    match enter(dir, command) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("sandbox-exec: {error}");
+            SETUP_FAILED
+        }
+    }
+}
+
+fn enter(dir: &Path, command: &[String]) -> Result<i32, String> {
+    if command.is_empty() || command[0].is_empty() {
+        return Err("no command".to_owned());
+    }
+    let read = |name: &str| {
+        fs::read(dir.join(name)).map_err(|e| format!("read {}: {e}", dir.join(name).display()))
+    };
+    let spec: SandboxSpec = serde_json::from_slice(&read("spec.json")?)
+        .map_err(|e| format!("the sandbox's spec: {e}"))?;
+    let state: serde_json::Value = serde_json::from_slice(&read("state.json")?)
+        .map_err(|e| format!("the sandbox's state: {e}"))?;
+    let outer = state["pid"].as_i64().unwrap_or(0);
+    let init: libc::pid_t = String::from_utf8_lossy(&read(INIT_PID_FILE)?)
+        .trim()
+        .parse()
+        .map_err(|e| format!("the sandbox's init pid: {e}"))?;
+    // PID 1 must still be the sandbox's (its parent is the outer process).
+    let status = fs::read_to_string(format!("/proc/{init}/status"))
+        .map_err(|_| "the sandbox is not running".to_owned())?;
+    let parent = status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|ppid| ppid.trim().parse::<i64>().ok());
+    if parent != Some(outer) {
+        return Err("the sandbox is not running".to_owned());
+    }
+    // Charged to the desktop like everything else it runs.
+    for file in state["cgroup_procs"].as_array().into_iter().flatten() {
+        if let Some(path) = file.as_str() {
+            fs::write(path, "0").map_err(|e| format!("join the desktop's cgroup {path}: {e}"))?;
+        }
+    }
+    let open = |what: &str| -> Result<std::os::fd::OwnedFd, String> {
+        fs::File::open(format!("/proc/{init}/{what}"))
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|e| format!("open the sandbox's {what}: {e}"))
+    };
+    let root = open("root")?;
+    let namespaces = [
+        ("ns/net", libc::CLONE_NEWNET),
+        ("ns/uts", libc::CLONE_NEWUTS),
+        ("ns/ipc", libc::CLONE_NEWIPC),
+        ("ns/cgroup", libc::CLONE_NEWCGROUP),
+        ("ns/pid", libc::CLONE_NEWPID),
+        ("ns/mnt", libc::CLONE_NEWNS),
+    ];
+    let fds: Vec<(std::os::fd::OwnedFd, libc::c_int)> = namespaces
+        .iter()
+        .map(|(what, kind)| open(what).map(|fd| (fd, *kind)))
+        .collect::<Result<_, _>>()?;
+    let user = open("ns/user")?;
+    use std::os::fd::AsRawFd;
+    let setns = |fd: &std::os::fd::OwnedFd, kind: libc::c_int, what: &str| {
+        // SAFETY: setns on a namespace descriptor we opened.
+        if unsafe { libc::setns(fd.as_raw_fd(), kind) } != 0 {
+            return Err(format!(
+                "enter the sandbox's {what} namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    let rootless = rootless();
+    // Root enters the rest first (the network namespace may belong to the
+    // host's user namespace) and the user namespace last; rootless, the
+    // user namespace is what grants the right to enter the rest.
+    if rootless {
+        setns(&user, libc::CLONE_NEWUSER, "user")?;
+    }
+    for ((fd, kind), (what, _)) in fds.iter().zip(namespaces) {
+        setns(fd, *kind, what)?;
+    }
+    // The sandbox's root, as its processes see it.
+    // SAFETY: fchdir/chroot/chdir on a descriptor we hold and constants.
+    unsafe {
+        if libc::fchdir(root.as_raw_fd()) != 0
+            || libc::chroot(c".".as_ptr()) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            return Err(format!(
+                "enter the sandbox's root: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if !rootless {
+        setns(&user, libc::CLONE_NEWUSER, "user")?;
+    }
+    drop(fds);
+    drop((root, user));
+    // Stop signals go to the command; this process only waits.
+    block_stop_signals();
+    // The pid namespace applies to children: the command is one.
+    let child = fork_as_desktop(&spec, command, rootless);
+    Ok(wait_passing_stops(child))
+}
+
+/// Waits for `child`, passing SIGTERM/SIGINT/SIGHUP on to it.
+fn wait_passing_stops(child: libc::pid_t) -> i32 {
+    // SAFETY: sigset manipulation on locals; sigtimedwait, waitpid and kill
+    // with plain integers and valid pointers.
+    unsafe {
+        let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        loop {
+            let signal = libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout);
+            if matches!(signal, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
+                libc::kill(child, signal);
+            }
+            let mut status = 0;
+            if libc::waitpid(child, &mut status, libc::WNOHANG) == child {
+                return exit_code(status);
+            }
+        }
+    }
 }
 
 /// Syscalls no desktop needs; they answer EPERM.

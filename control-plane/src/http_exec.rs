@@ -1,0 +1,346 @@
+//! Operator access into running desktops, as `nomad alloc exec` and
+//! `kubectl exec` give: run a command in a desktop's sandbox with its
+//! output streamed back, or read the tail of its log. Authorised like
+//! every operator call (the router's operator-token layer).
+//!
+//! - `POST /api/v1/desktops/{id}/exec` with `{"command": ["sh", "-c", ...]}`
+//!   answers `application/x-ndjson`, one object per line:
+//!   `{"stdout": "<base64>"}`, `{"stderr": "<base64>"}`, then exactly one of
+//!   `{"exit_code": N}` or `{"error": "..."}`. No stdin, no terminal.
+//! - `GET /api/v1/desktops/{id}/logs?tail=BYTES` answers the last `tail`
+//!   bytes (default 64 KiB, at most 16 MiB) of the desktop's output as
+//!   `application/octet-stream`.
+//!
+//! Sessions ride the node agent's tunnel to the leader ([`crate::tunnel`]);
+//! a follower forwards the request to the leader and streams its answer.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::control::ControlPlane;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{query_error, validate_id};
+use crate::tunnel::{Request, Session, SessionEvent};
+use crate::types::{DesktopIntent, DesktopState};
+
+/// Most arguments in one command, bytes in one argument, bytes in all.
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+pub const DEFAULT_TAIL_BYTES: u64 = 64 * 1024;
+pub const MAX_TAIL_BYTES: u64 = 16 << 20;
+/// Marks a request a follower forwarded, so it is never forwarded twice.
+const FORWARDED: &str = "x-flotilla-forwarded";
+
+pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+    Router::new()
+        .route("/api/v1/desktops/{id}/exec", post(exec))
+        .route("/api/v1/desktops/{id}/logs", get(logs))
+}
+
+/// What to run.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The program and its arguments, run as the desktop's user.
+    pub command: Vec<String>,
+}
+
+/// One line of an exec answer.
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecLine {
+    Stdout(String),
+    Stderr(String),
+    ExitCode(i32),
+    Error(String),
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Bytes from the end of the log.
+    pub tail: Option<u64>,
+}
+
+fn validate_command(command: &[String]) -> Result<(), ApiError> {
+    let bad = |message: String| ApiError::bad_request("invalid_command", message);
+    if command.is_empty() {
+        return Err(bad("the command is empty".to_owned()));
+    }
+    if command.len() > MAX_ARGS {
+        return Err(bad(format!("at most {MAX_ARGS} arguments")));
+    }
+    if command[0].is_empty() {
+        return Err(bad("the program name is empty".to_owned()));
+    }
+    let mut total = 0;
+    for argument in command {
+        if argument.len() > MAX_ARG_BYTES {
+            return Err(bad(format!("an argument is over {MAX_ARG_BYTES} bytes")));
+        }
+        if argument.contains('\0') {
+            return Err(bad("an argument contains a NUL byte".to_owned()));
+        }
+        total += argument.len();
+    }
+    if total > MAX_COMMAND_BYTES {
+        return Err(bad(format!(
+            "the command is over {MAX_COMMAND_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The node and generation of running desktop `id`.
+async fn running_desktop(control: &ControlPlane, id: &str) -> Result<(String, u64), ApiError> {
+    validate_id(id)?;
+    control
+        .read_barrier(crate::http::consistency(false))
+        .await?;
+    control.state.with_state(|state| {
+        let desktop = state
+            .desktop(id)
+            .ok_or_else(|| ApiError::not_found(format!("no desktop {id:?}")))?;
+        match (&desktop.node_id, desktop.state, desktop.intent) {
+            (Some(node_id), DesktopState::Running, DesktopIntent::Run) => {
+                Ok((node_id.clone(), desktop.generation))
+            }
+            (_, DesktopState::Running, _) => Err(ApiError::new(
+                ErrorKind::FailedPrecondition,
+                "not_running",
+                format!("desktop {id} is being stopped"),
+            )),
+            _ => Err(ApiError::new(
+                ErrorKind::FailedPrecondition,
+                "not_running",
+                format!(
+                    "desktop {id} is {}, not running",
+                    serde_json::to_value(desktop.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+            )),
+        }
+    })
+}
+
+/// Sends the request on to the leader and streams its answer back.
+async fn forward(
+    control: &ControlPlane,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if headers.contains_key(FORWARDED) {
+        return Err(ApiError::unavailable(
+            "forwarded to a server that is not the leader; retry",
+        ));
+    }
+    let leader = control
+        .leader_addr()
+        .filter(|addr| *addr != control.advertise_addr)
+        .ok_or_else(|| ApiError::unavailable("no leader; retry"))?;
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method, format!("http://{leader}{path_and_query}"))
+        .header(FORWARDED, "1")
+        .body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(value) = headers.get(&name) {
+            request = request.header(name, value.clone());
+        }
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|error| ApiError::unavailable(format!("reach the leader: {error}")))?;
+    let mut response = Response::builder().status(answer.status().as_u16());
+    if let Some(value) = answer.headers().get(header::CONTENT_TYPE) {
+        response = response.header(header::CONTENT_TYPE, value.as_bytes());
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .map_err(|error| ApiError::internal(error.to_string()))
+}
+
+/// Run a command in a running desktop.
+#[utoipa::path(
+    post,
+    path = "/api/v1/desktops/{id}/exec",
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "NDJSON lines of ExecLine", body = ExecLine, content_type = "application/x-ndjson"),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "the desktop is not running", body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn exec(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "send the command as application/json",
+        ));
+    }
+    let parsed: ExecBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
+    validate_command(&parsed.command)?;
+    let (node_id, generation) = running_desktop(&control, &id).await?;
+    if !control.is_leader() {
+        let path = format!("/api/v1/desktops/{id}/exec");
+        return forward(&control, Method::POST, &path, &headers, body).await;
+    }
+    let session = control.tunnels.open(
+        &node_id,
+        Request::Exec {
+            desktop_id: id,
+            generation,
+            command: parsed.command,
+        },
+    )?;
+    let lines = futures::stream::unfold(session, |mut session| async move {
+        let event = session.next().await?;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let line = match event {
+            SessionEvent::Stdout(bytes) => ExecLine::Stdout(engine.encode(bytes)),
+            SessionEvent::Stderr(bytes) => ExecLine::Stderr(engine.encode(bytes)),
+            SessionEvent::Exit(code) => ExecLine::ExitCode(code),
+            SessionEvent::Error(message) => ExecLine::Error(message),
+        };
+        let mut text = serde_json::to_vec(&line).unwrap_or_default();
+        text.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(text)),
+            session,
+        ))
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+/// The tail of a running desktop's output (stdout and stderr).
+#[utoipa::path(
+    get,
+    path = "/api/v1/desktops/{id}/logs",
+    params(LogsQuery),
+    responses(
+        (status = 200, description = "the log's last bytes", content_type = "application/octet-stream"),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "the desktop is not running", body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn logs(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let tail_bytes = query.tail.unwrap_or(DEFAULT_TAIL_BYTES);
+    if tail_bytes == 0 || tail_bytes > MAX_TAIL_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("tail must be 1..={MAX_TAIL_BYTES} bytes"),
+        ));
+    }
+    let (node_id, generation) = running_desktop(&control, &id).await?;
+    if !control.is_leader() {
+        let path = format!("/api/v1/desktops/{id}/logs?tail={tail_bytes}");
+        return forward(&control, Method::GET, &path, &headers, Bytes::new()).await;
+    }
+    let mut session = control.tunnels.open(
+        &node_id,
+        Request::Logs {
+            desktop_id: id,
+            generation,
+            tail_bytes,
+        },
+    )?;
+    // The first event decides the status: an error before any output is
+    // the node's refusal.
+    let first = session.next().await;
+    if let Some(SessionEvent::Error(message)) = first {
+        return Err(ApiError::new(
+            ErrorKind::FailedPrecondition,
+            "logs_unavailable",
+            message,
+        ));
+    }
+    let first = first.and_then(|event| match event {
+        SessionEvent::Stdout(bytes) => Some(Bytes::from(bytes)),
+        _ => None,
+    });
+    let rest = futures::stream::unfold(session, |mut session: Session| async move {
+        loop {
+            match session.next().await? {
+                SessionEvent::Stdout(bytes) => {
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), session))
+                }
+                SessionEvent::Stderr(_) | SessionEvent::Exit(_) => continue,
+                SessionEvent::Error(message) => {
+                    return Some((Err(std::io::Error::other(message)), session))
+                }
+            }
+        }
+    });
+    let stream = futures::StreamExt::chain(
+        futures::stream::iter(first.map(Ok::<_, std::io::Error>)),
+        rest,
+    );
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_checked() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(validate_command(&args(&["sh", "-c", "true"])).is_ok());
+        assert!(validate_command(&[]).is_err());
+        assert!(validate_command(&args(&[""])).is_err());
+        assert!(validate_command(&args(&["a\0b"])).is_err());
+        assert!(validate_command(&vec!["x".to_owned(); MAX_ARGS + 1]).is_err());
+        assert!(validate_command(&["x".repeat(MAX_ARG_BYTES + 1)]).is_err());
+        assert!(validate_command(&vec!["x".repeat(MAX_ARG_BYTES); 17]).is_err());
+        let line = serde_json::to_string(&ExecLine::ExitCode(3)).unwrap();
+        assert_eq!(line, r#"{"exit_code":3}"#);
+    }
+}
