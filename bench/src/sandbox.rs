@@ -119,6 +119,8 @@ fn flotilla_command(
         lease_file: None,
         stop_grace_ms: 0,
         usr_links: Vec::new(),
+        base_image: None,
+        devices: Vec::new(),
         fail_at_step: None,
     };
     let spec = SandboxSpec { netns_fd, ..spec };

@@ -209,6 +209,16 @@ struct NodeAgentArgs {
     /// On shutdown leave sandboxes running; the next start adopts them.
     #[arg(long)]
     leave_desktops_running: bool,
+    /// A directory whose usr/ is layered (overlayfs, read-only) over the
+    /// host's /usr in every desktop.
+    #[arg(long)]
+    desktop_image: Option<PathBuf>,
+    /// A host character device every desktop gets in its /dev; repeatable.
+    #[arg(long = "desktop-device")]
+    desktop_devices: Vec<PathBuf>,
+    /// Keep each destroyed desktop's home and workspace under DATA/kept/.
+    #[arg(long)]
+    keep_desktop_files: bool,
 }
 
 /// `A.B.0.0/16`.
@@ -643,6 +653,15 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.sandbox = matches!(args.runtime, RuntimeArg::Sandbox);
     options.pids_limit = args.pids_limit;
     options.leave_desktops_running = args.leave_desktops_running;
+    if let Some(image) = &args.desktop_image {
+        flotilla_node_agent::sandbox::validate_base_image(image).map_err(anyhow::Error::msg)?;
+    }
+    for device in &args.desktop_devices {
+        flotilla_node_agent::sandbox::validate_device(device).map_err(anyhow::Error::msg)?;
+    }
+    options.base_image = args.desktop_image;
+    options.devices = args.desktop_devices;
+    options.keep_desktop_files = args.keep_desktop_files;
     options.network = if args.no_desktop_network {
         None
     } else {

@@ -68,6 +68,14 @@ pub struct AgentOptions {
     pub network: Option<crate::sandbox::net::NetworkSettings>,
     /// On shutdown leave sandboxes running for the next run to adopt.
     pub leave_desktops_running: bool,
+    /// A directory whose `usr/` is layered over the host's `/usr` in every
+    /// sandbox.
+    pub base_image: Option<PathBuf>,
+    /// Host character devices granted to every desktop.
+    pub devices: Vec<PathBuf>,
+    /// Keep each destroyed desktop's home and workspace under
+    /// `<data>/kept/` instead of removing them.
+    pub keep_desktop_files: bool,
     /// On shutdown also remove the desktop bridge and nftables table
     /// (`flotilla dev`, which leaves nothing on the host); a node agent
     /// keeps them for the desktops of its next run.
@@ -96,6 +104,9 @@ impl AgentOptions {
             network: Some(crate::sandbox::net::NetworkSettings::default()),
             leave_desktops_running: false,
             remove_network_on_exit: false,
+            base_image: None,
+            devices: Vec::new(),
+            keep_desktop_files: false,
         }
     }
 }
@@ -213,6 +224,12 @@ pub async fn run(
     if options.servers.is_empty() {
         bail!("--join needs at least one control-plane address");
     }
+    if let Some(image) = &options.base_image {
+        crate::sandbox::validate_base_image(image).map_err(anyhow::Error::msg)?;
+    }
+    for device in &options.devices {
+        crate::sandbox::validate_device(device).map_err(anyhow::Error::msg)?;
+    }
     let data_dir = DataDir::open(&options.data_dir)?;
     let identity = data_dir.identity(&options.name)?;
     let registration = registration(&options, &identity.node_id, &data_dir)?;
@@ -241,6 +258,11 @@ pub async fn run(
             desktops_dir: data_dir.path.join("desktops"),
             first_slot: 0,
             lease_file: Some(lease_file.clone()),
+            base_image: options.base_image.clone(),
+            devices: options.devices.clone(),
+            kept_dir: options
+                .keep_desktop_files
+                .then(|| data_dir.path.join("kept")),
             fail_at_step: None,
         };
         tracing::info!(

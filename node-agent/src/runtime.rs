@@ -215,6 +215,13 @@ pub struct SandboxSettings {
     /// The agent's lease file (CLOCK_MONOTONIC deadline in ns): each
     /// sandbox ends itself when it passes, even with the agent gone.
     pub lease_file: Option<PathBuf>,
+    /// Layered read-only over the host's `/usr` (see `SandboxSpec`).
+    pub base_image: Option<PathBuf>,
+    /// Host devices every desktop is granted.
+    pub devices: Vec<PathBuf>,
+    /// Where a destroyed desktop's home and workspace are kept (moved to
+    /// `<kept_dir>/<id>-<generation>/`); `None`: removed.
+    pub kept_dir: Option<PathBuf>,
     /// Tests only: which setup call (if any) a desktop's sandbox fails on
     /// purpose (`SandboxSpec::fail_at_step`). `None` in the agent.
     pub fail_at_step: Option<fn(&DesktopSpec) -> Option<usize>>,
@@ -297,9 +304,7 @@ impl ProcessRuntime {
                 }
                 None => {
                     tracing::info!(dir = %dir.display(), "removing an ended sandbox's directory");
-                    if let Err(error) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(dir = %dir.display(), %error, "cannot remove it");
-                    }
+                    remove_desktop_dir(Some(&settings), &dir);
                 }
             }
         }
@@ -326,6 +331,10 @@ impl ProcessRuntime {
         let keep: Vec<NetRecord> = self.adopted.iter().filter_map(|s| s.net.clone()).collect();
         self.network = Some(Network::start(settings, &keep)?);
         Ok(())
+    }
+
+    fn remove_desktop_dir(&self, dir: &Path) {
+        remove_desktop_dir(self.sandbox.as_ref(), dir);
     }
 
     fn free_slot(&self) -> Option<u32> {
@@ -407,6 +416,8 @@ impl ProcessRuntime {
             lease_file: settings.lease_file.clone(),
             stop_grace_ms: self.stop_grace.as_millis() as u64,
             usr_links: Vec::new(),
+            base_image: settings.base_image.clone(),
+            devices: settings.devices.clone(),
             fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join("spec.json");
@@ -461,6 +472,29 @@ impl ProcessRuntime {
         self.cgroups = Some(scope);
         self.pids_limit = pids_limit;
         self
+    }
+}
+
+/// Removes a destroyed desktop's directory, first moving its home and
+/// workspace to the kept directory when the node keeps them.
+fn remove_desktop_dir(settings: Option<&SandboxSettings>, dir: &Path) {
+    if let (Some(kept), Some(name)) = (settings.and_then(|s| s.kept_dir.as_ref()), dir.file_name())
+    {
+        let target = kept.join(name);
+        let moved = std::fs::create_dir_all(&target).and_then(|()| {
+            for part in ["home", "workspace"] {
+                if dir.join(part).exists() {
+                    std::fs::rename(dir.join(part), target.join(part))?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(error) = moved {
+            tracing::warn!(dir = %dir.display(), %error, "cannot keep a desktop's files");
+        }
+    }
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), %error, "cannot remove a desktop's directory");
     }
 }
 
@@ -844,9 +878,7 @@ impl DesktopRuntime for ProcessRuntime {
         {
             if let Some(desktop) = self.desktops.remove(desktop_id) {
                 if let Some((_, dir)) = desktop.sandbox {
-                    if let Err(error) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(dir = %dir.display(), %error, "cannot remove a desktop's directory");
-                    }
+                    self.remove_desktop_dir(&dir);
                 }
             }
         }
@@ -879,7 +911,7 @@ impl Drop for ProcessRuntime {
                 network.release(&net);
             }
             if let Some((_, dir)) = desktop.sandbox.take() {
-                let _ = std::fs::remove_dir_all(dir);
+                remove_desktop_dir(self.sandbox.as_ref(), &dir);
             }
         }
         if let Some(scope) = &self.cgroups {

@@ -37,6 +37,8 @@ fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
         lease_file: None,
         stop_grace_ms: 0,
         usr_links: Vec::new(),
+        base_image: None,
+        devices: Vec::new(),
         fail_at_step: None,
     }
 }
@@ -225,6 +227,9 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
             desktops_dir: data.path().join("desktops"),
             first_slot: 0,
             lease_file: None,
+            base_image: None,
+            devices: Vec::new(),
+            kept_dir: None,
             fail_at_step: Some(fail_at),
         })?;
     let mut runtime = match &scope {
@@ -427,6 +432,9 @@ fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> 
             desktops_dir: data.path().join("desktops"),
             first_slot: 200,
             lease_file: None,
+            base_image: None,
+            devices: Vec::new(),
+            kept_dir: None,
             fail_at_step: None,
         })?;
     let mut spec = desktop("dt-hog", 1);
@@ -527,5 +535,102 @@ echo hello > /workspace/file && echo "workspace=writable"
         NOBODY,
         "files belong to the caller on the host"
     );
+    Ok(())
+}
+
+/// A base image layered over /usr, a granted device, and a destroyed
+/// desktop's files kept when the node asks for it.
+#[test]
+fn a_base_image_a_granted_device_and_kept_files() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    let data = traversable_tempdir();
+    let image = data.path().join("image");
+    std::fs::create_dir_all(image.join("usr/share/flotilla-test-image"))?;
+    std::fs::write(
+        image.join("usr/share/flotilla-test-image/marker"),
+        "from the image\n",
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [
+            "image",
+            "image/usr",
+            "image/usr/share",
+            "image/usr/share/flotilla-test-image",
+        ] {
+            std::fs::set_permissions(
+                data.path().join(dir),
+                std::fs::Permissions::from_mode(0o755),
+            )?;
+        }
+    }
+    let device = ["/dev/net/tun", "/dev/fuse", "/dev/loop-control"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| flotilla_node_agent::sandbox::validate_device(path).is_ok())
+        .expect("this host has none of /dev/net/tun, /dev/fuse, /dev/loop-control");
+    let script = "{ cat /usr/share/flotilla-test-image/marker; test -x /usr/bin/sh && echo host-usr; touch /usr/x 2>/dev/null || echo usr-read-only; find /dev -not -type l | sort | tr '\\n' ' '; echo; } > /workspace/seen.tmp; mv /workspace/seen.tmp /workspace/seen; echo mine > $HOME/file; exec sleep 1000";
+    let command = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let mut runtime = ProcessRuntime::new("img", data.path(), command, Duration::from_secs(2))?
+        .with_sandbox(SandboxSettings {
+            exe: flotilla_bin(),
+            desktops_dir: data.path().join("desktops"),
+            first_slot: 360,
+            lease_file: None,
+            base_image: Some(image.clone()),
+            devices: vec![device.clone()],
+            kept_dir: Some(data.path().join("kept")),
+            fail_at_step: None,
+        })?;
+    runtime
+        .start(&desktop("dt-img", 1))
+        .map_err(anyhow::Error::msg)?;
+    wait_phase(&mut runtime, "dt-img", "running");
+    let seen_path = data.path().join("desktops/dt-img-1/workspace/seen");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen_path.exists() {
+        let observed = runtime.poll();
+        assert!(Instant::now() < deadline, "nothing seen: {observed:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = std::fs::read_to_string(&seen_path)?;
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "from the image", "{seen}");
+    assert_eq!(lines[1], "host-usr", "{seen}");
+    assert_eq!(lines[2], "usr-read-only", "{seen}");
+    let mut expected: Vec<String> = [
+        "/dev",
+        "/dev/full",
+        "/dev/null",
+        "/dev/pts",
+        "/dev/pts/ptmx",
+        "/dev/random",
+        "/dev/shm",
+        "/dev/tty",
+        "/dev/urandom",
+        "/dev/zero",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let granted = device.display().to_string();
+    if let Some(parent) = device
+        .parent()
+        .filter(|p| *p != std::path::Path::new("/dev"))
+    {
+        expected.push(parent.display().to_string());
+    }
+    expected.push(granted);
+    expected.sort();
+    assert_eq!(lines[3].trim(), expected.join(" "), "{seen}");
+    runtime.stop("dt-img");
+    wait_phase(&mut runtime, "dt-img", "stopped");
+    runtime.forget("dt-img");
+    assert!(!data.path().join("desktops/dt-img-1").exists());
+    let kept = data.path().join("kept/dt-img-1");
+    assert_eq!(std::fs::read_to_string(kept.join("home/file"))?, "mine\n");
+    assert!(kept.join("workspace/seen").exists());
     Ok(())
 }

@@ -136,6 +136,9 @@ fn runtime_with_network(
             desktops_dir: data.join("desktops"),
             first_slot,
             lease_file,
+            base_image: None,
+            devices: Vec::new(),
+            kept_dir: None,
             fail_at_step: None,
         })
         .unwrap();

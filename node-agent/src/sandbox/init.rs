@@ -323,7 +323,18 @@ fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResu
     )?;
     // The host OS, read-only: /usr and the merged-/usr links.
     sys.mkdir(&new_root.join("usr"))?;
-    bind(sys, Path::new("/usr"), &new_root.join("usr"), true)?;
+    match &spec.base_image {
+        // An image's /usr layered over the host's, read-only (no upper
+        // layer): the image's files win, the rest is the host's.
+        Some(image) => sys.mount(
+            Some("overlay"),
+            &new_root.join("usr"),
+            Some("overlay"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&format!("lowerdir={}:/usr", image.join("usr").display())),
+        )?,
+        None => bind(sys, Path::new("/usr"), &new_root.join("usr"), true)?,
+    }
     for (link, target) in &spec.usr_links {
         sys.symlink(target, &new_root.join(link))?;
     }
@@ -395,6 +406,18 @@ fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResu
         let target = dev.join(node);
         sys.write_file(&target, "")?;
         bind(sys, &Path::new("/dev").join(node), &target, false)?;
+    }
+    // Device nodes the desktop's spec grants (checked by the agent).
+    for device in &spec.devices {
+        let Ok(relative) = device.strip_prefix("/dev") else {
+            continue;
+        };
+        let target = dev.join(relative);
+        if let Some(parent) = target.parent() {
+            sys.mkdir(parent)?;
+        }
+        sys.write_file(&target, "")?;
+        bind(sys, device, &target, false)?;
     }
     let pts = dev.join("pts");
     sys.mkdir(&pts)?;
@@ -849,6 +872,8 @@ mod tests {
             lease_file: None,
             stop_grace_ms: 0,
             usr_links: vec![("bin".to_owned(), "usr/bin".to_owned())],
+            base_image: None,
+            devices: Vec::new(),
             fail_at_step: None,
         }
     }
@@ -946,6 +971,41 @@ mod tests {
         };
         setup(&mut recorder, &spec).unwrap();
         assert_eq!(recorder.calls, EXPECTED[..EXPECTED.len() - 1]);
+    }
+
+    #[test]
+    fn a_base_image_is_layered_and_granted_devices_are_bound() {
+        let mut recorder = Recorder::default();
+        let spec = SandboxSpec {
+            base_image: Some(PathBuf::from("/images/tools")),
+            devices: vec![PathBuf::from("/dev/net/tun")],
+            ..spec()
+        };
+        setup(&mut recorder, &spec).unwrap();
+        let mut expected: Vec<String> = EXPECTED.iter().map(|call| call.to_string()).collect();
+        // The overlay replaces the bind and its read-only remount of /usr.
+        let usr = expected
+            .iter()
+            .position(|call| call.starts_with("mount /usr "))
+            .unwrap();
+        expected.splice(
+            usr..usr + 2,
+            ["mount overlay /d/root/usr overlay [ro,nosuid,nodev] lowerdir=/images/tools/usr:/usr"
+                .to_owned()],
+        );
+        let tty = expected
+            .iter()
+            .position(|call| call.starts_with("mount /dev/tty "))
+            .unwrap();
+        expected.splice(
+            tty + 1..tty + 1,
+            [
+                "mkdir /d/root/dev/net".to_owned(),
+                "write /d/root/dev/net/tun".to_owned(),
+                "mount /dev/net/tun /d/root/dev/net/tun - [bind,rec] -".to_owned(),
+            ],
+        );
+        assert_eq!(recorder.calls, expected);
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub struct SandboxSpec {
     /// the new root; read by [`host_usr_links`].
     #[serde(default)]
     pub usr_links: Vec<(String, String)>,
+    /// A directory whose `usr/` is layered read-only over the host's `/usr`
+    /// (overlayfs) in the sandbox.
+    #[serde(default)]
+    pub base_image: Option<PathBuf>,
+    /// Host character devices under `/dev` granted to the desktop (bound
+    /// at the same path in its `/dev`).
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
     /// Tests only: fail setup call number N on purpose (see
     /// [`sys::FailingSys`]); the agent never sets it.
     #[serde(default)]
@@ -105,5 +113,63 @@ impl SandboxSpec {
     /// Host uid range of `slot`.
     pub fn uid_base_for(slot: u32) -> u32 {
         UID_BASE + slot * UIDS_PER_DESKTOP
+    }
+}
+
+/// Checks a base image directory: absolute, a directory with a `usr/`, and
+/// no character that would break overlayfs' mount options.
+pub fn validate_base_image(path: &std::path::Path) -> Result<(), String> {
+    let text = path.to_str().ok_or("the base image path is not UTF-8")?;
+    if !path.is_absolute() || text.contains([':', ',', '\\']) || text.contains("..") {
+        return Err(format!(
+            "base image {text:?} must be an absolute path without ':', ',', '\\' or '..'"
+        ));
+    }
+    if !path.join("usr").is_dir() {
+        return Err(format!("base image {text:?} has no usr/ directory"));
+    }
+    Ok(())
+}
+
+/// Checks a device grant: a character device directly under `/dev` (or a
+/// subdirectory), named without `..`.
+pub fn validate_device(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let text = path.display();
+    if !path.starts_with("/dev/") || path.components().any(|c| c.as_os_str() == "..") {
+        return Err(format!("device {text} must be a path under /dev"));
+    }
+    let metadata = std::fs::metadata(path).map_err(|e| format!("device {text}: {e}"))?;
+    if !metadata.file_type().is_char_device() {
+        return Err(format!("{text} is not a character device"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn images_and_devices_are_checked() {
+        let image = tempfile::tempdir().unwrap();
+        assert!(validate_base_image(image.path()).is_err(), "no usr/");
+        std::fs::create_dir(image.path().join("usr")).unwrap();
+        assert!(validate_base_image(image.path()).is_ok());
+        for bad in ["relative", "/a:b", "/a,b", "/a/../b"] {
+            assert!(validate_base_image(Path::new(bad)).is_err(), "{bad}");
+        }
+        assert!(validate_device(Path::new("/dev/null")).is_ok());
+        for bad in [
+            "/etc/passwd",
+            "/dev/../etc/passwd",
+            "/dev",
+            "/dev/no-such-device",
+        ] {
+            assert!(validate_device(Path::new(bad)).is_err(), "{bad}");
+        }
+        // A directory under /dev is not a device.
+        assert!(validate_device(Path::new("/dev/pts")).is_err());
     }
 }
