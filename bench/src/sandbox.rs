@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use std::os::fd::AsRawFd;
 
 use flotilla_node_agent::sandbox::net::{Egress, Network, NetworkSettings};
+use flotilla_node_agent::sandbox::zygote::{Request as ZygoteRequest, Zygote};
 use flotilla_node_agent::sandbox::{SandboxSpec, UIDS_PER_DESKTOP};
 
 use crate::{millis, percentile};
@@ -94,12 +95,8 @@ fn measure_after(
 /// Our sandbox; with `netns_fd`, entering a prepared network namespace
 /// (veth, address, route: the node agent's path) instead of a new
 /// loopback-only one.
-fn flotilla_command(
-    exe: &Path,
-    dir: &Path,
-    index: usize,
-    netns_fd: Option<i32>,
-) -> anyhow::Result<Command> {
+/// Writes sandbox `index`'s spec (and makes its directories).
+fn write_spec(dir: &Path, index: usize, netns_fd: Option<i32>) -> anyhow::Result<PathBuf> {
     let dir = dir.join(format!("ours-{index}"));
     let uid_base = SandboxSpec::uid_base_for(4090);
     flotilla_node_agent::sandbox::make_desktop_dirs(&dir, uid_base)?;
@@ -126,6 +123,16 @@ fn flotilla_command(
     let spec = SandboxSpec { netns_fd, ..spec };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    Ok(spec_path)
+}
+
+fn flotilla_command(
+    exe: &Path,
+    dir: &Path,
+    index: usize,
+    netns_fd: Option<i32>,
+) -> anyhow::Result<Command> {
+    let spec_path = write_spec(dir, index, netns_fd)?;
     let mut command = Command::new(exe);
     command.arg("sandbox-init").arg(spec_path);
     if let Some(fd) = netns_fd {
@@ -184,6 +191,68 @@ fn bwrap_command() -> Command {
         SCRIPT,
     ]);
     command
+}
+
+/// The node agent's real path: a pooled network namespace and a fork from
+/// the zygote (no exec of `flotilla`). Start: from taking the namespace to
+/// reading `ready`; destroy: from SIGTERM to the outer process's end (its
+/// pidfd) plus handing the veth to the release thread.
+fn measure_zygote(
+    zygote: &mut Zygote,
+    network: &mut Network,
+    dir: &Path,
+    index: usize,
+) -> anyhow::Result<Sample> {
+    let started = Instant::now();
+    let mut net = network.take(Egress::None).map_err(anyhow::Error::msg)?;
+    let netns = net.netns.as_ref().map(|fd| fd.as_raw_fd());
+    let spec = write_spec(dir, index, netns)?;
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: two fresh descriptors nobody else owns.
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(pipe[0]),
+            std::os::fd::OwnedFd::from_raw_fd(pipe[1]),
+        )
+    };
+    let request = ZygoteRequest {
+        spec,
+        cgroup_procs: Vec::new(),
+        netns: true,
+    };
+    let pid = zygote.spawn(&request, write_end.as_raw_fd(), netns)?;
+    drop(write_end);
+    net.netns = None;
+    // SAFETY: pidfd_open of the sandbox just started.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    let mut first = [0u8; 5];
+    let mut reader = read_end;
+    reader
+        .read_exact(&mut first)
+        .context("no 'ready' from the zygote's sandbox")?;
+    let start = started.elapsed();
+    let stopping = Instant::now();
+    // SAFETY: kill(2) of the sandbox's group and a poll on its pidfd.
+    unsafe {
+        libc::kill(-pid, libc::SIGTERM);
+        let mut poll = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        libc::poll(&mut poll, 1, 10_000);
+        libc::close(pidfd);
+    }
+    network.release(&net.record());
+    Ok(Sample {
+        start,
+        destroy: stopping.elapsed(),
+    })
 }
 
 /// An OCI bundle equivalent to the others: same namespaces, user mapping,
@@ -294,6 +363,8 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
     };
     let mut network = Network::start(settings.clone(), &[]).map_err(anyhow::Error::msg)?;
     let mut pooled = Vec::new();
+    let mut zygote = Zygote::start(&exe)?;
+    let mut zygoted = Vec::new();
     let mut ours = Vec::new();
     let mut bwrap = Vec::new();
     let mut crun = Vec::new();
@@ -317,6 +388,12 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         network.release(&net.record());
         sample.destroy += destroying.elapsed();
         pooled.push(sample);
+        zygoted.push(measure_zygote(
+            &mut zygote,
+            &mut network,
+            dir.path(),
+            index,
+        )?);
         let _ = std::fs::remove_dir_all(dir.path().join(format!("ours-{index}")));
         bwrap.push(measure(bwrap_command(), true)?);
         if crun_error.is_none() {
@@ -336,6 +413,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
     );
     let ours = summarize("flotilla", &mut ours);
     let pooled = summarize("flot+veth", &mut pooled);
+    let zygoted = summarize("flot+zyg", &mut zygoted);
     let bwrap = summarize("bwrap", &mut bwrap);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("flotilla: a new loopback-only netns, as bwrap --unshare-net and crun make; flot+veth: a pooled netns with veth, address and route (the node agent's path)");
@@ -349,6 +427,12 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         ratio(pooled.0, bwrap.0),
         ratio(pooled.2, bwrap.2)
     );
+    println!(
+        "flot+zyg / bwrap: start p50 {:.2}×, destroy p50 {:.2}× (the node agent's path: pooled netns with veth, fork from the zygote)",
+        ratio(zygoted.0, bwrap.0),
+        ratio(zygoted.2, bwrap.2)
+    );
+    drop(zygote);
     drop(network);
     Network::remove_host_setup(&settings).map_err(anyhow::Error::msg)?;
     match crun_error {

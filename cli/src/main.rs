@@ -504,6 +504,11 @@ fn main() -> ExitCode {
         let status = flotilla_node_agent::sandbox::init::main(std::path::Path::new(&args[2]));
         return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
     }
+    // Internal: the node agent's sandbox zygote, which forks sandboxes.
+    if args.len() == 2 && args[1] == "sandbox-zygote" {
+        let status = flotilla_node_agent::sandbox::zygote::zygote_main();
+        return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
+    }
     // Internal too: the node agent runs it for `desktop exec` (setns into a
     // user namespace needs a single-threaded process).
     if args.len() >= 5 && args[1] == "sandbox-exec" && args[3] == "--" {

@@ -263,6 +263,7 @@ pub async fn run(
             kept_dir: options
                 .keep_desktop_files
                 .then(|| data_dir.path.join("kept")),
+            zygote: true,
             fail_at_step: None,
         };
         tracing::info!(

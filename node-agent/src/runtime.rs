@@ -154,10 +154,23 @@ impl Handle {
         }
     }
 
-    /// Reaps our own child (an adopted process is reaped by its parent).
+    /// Waits for the process to end (up to a second for one that is not
+    /// our child; its parent reaps it).
     fn reap(&mut self) {
-        if let Handle::Child(child) = self {
-            let _ = child.wait();
+        match self {
+            Handle::Child(child) => {
+                let _ = child.wait();
+            }
+            Handle::Adopted { pidfd, .. } => {
+                use std::os::fd::AsRawFd;
+                let mut poll = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll(2) on one live pollfd.
+                unsafe { libc::poll(&mut poll, 1, 1000) };
+            }
         }
     }
 }
@@ -183,6 +196,9 @@ struct SandboxState {
     pid: libc::pid_t,
     start_ticks: u64,
     cgroup: Option<String>,
+    /// The cgroup's `cgroup.procs` files (`sandbox-exec` joins them).
+    #[serde(default)]
+    cgroup_procs: Vec<PathBuf>,
     net: Option<NetRecord>,
     memory_limit: u64,
 }
@@ -222,6 +238,8 @@ pub struct SandboxSettings {
     /// Where a destroyed desktop's home and workspace are kept (moved to
     /// `<kept_dir>/<id>-<generation>/`); `None`: removed.
     pub kept_dir: Option<PathBuf>,
+    /// Start sandboxes through a zygote (a fork instead of an exec).
+    pub zygote: bool,
     /// Tests only: which setup call (if any) a desktop's sandbox fails on
     /// purpose (`SandboxSpec::fail_at_step`). `None` in the agent.
     pub fail_at_step: Option<fn(&DesktopSpec) -> Option<usize>>,
@@ -240,6 +258,8 @@ pub struct ProcessRuntime {
     pids_limit: u64,
     sandbox: Option<SandboxSettings>,
     network: Option<Network>,
+    /// Forks sandboxes without an exec, when it runs.
+    zygote: Option<crate::sandbox::zygote::Zygote>,
     /// Sandboxes found running at start, adopted by `with_sandbox`.
     adopted: Vec<SandboxState>,
     /// Leave sandboxes running when dropped (for re-adoption).
@@ -269,6 +289,7 @@ impl ProcessRuntime {
             pids_limit: 4096,
             sandbox: None,
             network: None,
+            zygote: None,
             adopted: Vec::new(),
             leave_running: false,
         })
@@ -317,6 +338,14 @@ impl ProcessRuntime {
         if let Some(parent) = settings.desktops_dir.parent() {
             let mode = std::fs::metadata(parent)?.permissions().mode();
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o011))?;
+        }
+        if settings.zygote {
+            match crate::sandbox::zygote::Zygote::start(&settings.exe) {
+                Ok(zygote) => self.zygote = Some(zygote),
+                Err(error) => {
+                    tracing::warn!(%error, "no sandbox zygote: each sandbox start execs flotilla")
+                }
+            }
         }
         self.sandbox = Some(settings);
         Ok(self)
@@ -620,7 +649,10 @@ impl DesktopRuntime for ProcessRuntime {
             .env("FLOTILLA_CPU_MILLIS", spec.cpu_millis.to_string())
             .env("FLOTILLA_MEMORY_BYTES", spec.memory_bytes.to_string())
             .stdin(Stdio::null());
-        match log.and_then(|log| Some((log.try_clone().ok()?, log))) {
+        match log
+            .as_ref()
+            .and_then(|log| Some((log.try_clone().ok()?, log.try_clone().ok()?)))
+        {
             Some((stdout, stderr)) => command.stdout(stdout).stderr(stderr),
             None => command.stdout(Stdio::null()).stderr(Stdio::null()),
         };
@@ -647,6 +679,10 @@ impl DesktopRuntime for ProcessRuntime {
             None => None,
         };
         let sandboxed = sandbox.is_some();
+        let procs_paths: Vec<PathBuf> = match (&self.cgroups, &cgroup) {
+            (Some(scope), Some(cgroup)) => scope.procs_files(cgroup.name()),
+            _ => Vec::new(),
+        };
         let procs_files: Vec<std::ffi::CString> = match (&self.cgroups, &cgroup) {
             (Some(scope), Some(cgroup)) => scope
                 .procs_files(cgroup.name())
@@ -699,8 +735,35 @@ impl DesktopRuntime for ProcessRuntime {
         }
         self.journal
             .record(&self.node, &spec.desktop_id, spec.generation, "started");
-        let child = match command.spawn() {
-            Ok(child) => child,
+        let spawned = match (&mut self.zygote, &sandbox, &log) {
+            // The zygote forks the sandbox: no exec of this binary.
+            (Some(zygote), Some((_, dir)), Some(log)) => {
+                use std::os::fd::AsRawFd;
+                let request = crate::sandbox::zygote::Request {
+                    spec: dir.join("spec.json"),
+                    cgroup_procs: procs_paths.clone(),
+                    netns: netns_fd.is_some(),
+                };
+                zygote
+                    .spawn(&request, log.as_raw_fd(), netns_fd)
+                    .and_then(|pid| {
+                        // SAFETY: pidfd_open of the pid just forked; the
+                        // zygote reaps it only after it ended, and an
+                        // ended process still has a readable pidfd.
+                        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                        if fd < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        use std::os::fd::FromRawFd;
+                        // SAFETY: a fresh descriptor nobody else owns.
+                        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+                        Ok(Handle::Adopted { pid, pidfd })
+                    })
+            }
+            _ => command.spawn().map(Handle::Child),
+        };
+        let handle = match spawned {
+            Ok(handle) => handle,
             Err(error) => {
                 if let Some(cgroup) = &cgroup {
                     let _ = cgroup.destroy(Duration::from_secs(1));
@@ -724,9 +787,10 @@ impl DesktopRuntime for ProcessRuntime {
                 desktop_id: spec.desktop_id.clone(),
                 generation: spec.generation,
                 slot: *slot,
-                pid: child.id() as libc::pid_t,
-                start_ticks: process_start_ticks(child.id() as libc::pid_t).unwrap_or(0),
+                pid: handle.pid(),
+                start_ticks: process_start_ticks(handle.pid()).unwrap_or(0),
                 cgroup: cgroup.as_ref().map(|cgroup| cgroup.name().to_owned()),
+                cgroup_procs: procs_paths,
                 net: net.clone(),
                 memory_limit: spec.memory_bytes,
             };
@@ -741,7 +805,7 @@ impl DesktopRuntime for ProcessRuntime {
             spec.desktop_id.clone(),
             ProcessDesktop {
                 generation: spec.generation,
-                handle: Handle::Child(child),
+                handle,
                 phase: Phase::Running,
                 kill_at: None,
                 cgroup,

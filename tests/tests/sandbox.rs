@@ -230,6 +230,7 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
             base_image: None,
             devices: Vec::new(),
             kept_dir: None,
+            zygote: true,
             fail_at_step: Some(fail_at),
         })?;
     let mut runtime = match &scope {
@@ -435,6 +436,7 @@ fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> 
             base_image: None,
             devices: Vec::new(),
             kept_dir: None,
+            zygote: false,
             fail_at_step: None,
         })?;
     let mut spec = desktop("dt-hog", 1);
@@ -582,6 +584,7 @@ fn a_base_image_a_granted_device_and_kept_files() -> anyhow::Result<()> {
             base_image: Some(image.clone()),
             devices: vec![device.clone()],
             kept_dir: Some(data.path().join("kept")),
+            zygote: false,
             fail_at_step: None,
         })?;
     runtime

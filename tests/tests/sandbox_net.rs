@@ -139,6 +139,7 @@ fn runtime_with_network(
             base_image: None,
             devices: Vec::new(),
             kept_dir: None,
+            zygote: true,
             fail_at_step: None,
         })
         .unwrap();

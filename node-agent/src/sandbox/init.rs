@@ -42,8 +42,15 @@ fn decided_rootless() -> bool {
 /// Exit status for "the sandbox could not be built".
 pub const SETUP_FAILED: i32 = 125;
 
+/// Where the outer process records how the sandbox ended.
+static EXIT_STATUS_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn fail(step: &str, error: impl std::fmt::Display) -> ! {
     eprintln!("sandbox: {step}: {error}");
+    // For a watcher that is not our parent (the agent, through a pidfd).
+    if let Some(path) = EXIT_STATUS_PATH.get() {
+        let _ = fs::write(path, format!("{SETUP_FAILED}\n"));
+    }
     // SAFETY: _exit ends the process without running atexit handlers, which
     // is what a forked child must do.
     unsafe { libc::_exit(SETUP_FAILED) }
@@ -62,6 +69,12 @@ fn cstring(text: impl AsRef<OsStr>) -> CString {
 /// Runs the sandbox described by the file at `spec_path`; returns the exit
 /// status for the outer process.
 pub fn main(spec_path: &Path) -> i32 {
+    run(spec_path, None)
+}
+
+/// [`main`], with the network namespace descriptor at `netns_fd` instead
+/// of the number the spec names (the zygote received it under another).
+pub fn run(spec_path: &Path, netns_fd: Option<i32>) -> i32 {
     let mut spec: SandboxSpec = match fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
@@ -72,6 +85,10 @@ pub fn main(spec_path: &Path) -> i32 {
             return SETUP_FAILED;
         }
     };
+    if netns_fd.is_some() {
+        spec.netns_fd = netns_fd;
+    }
+    let _ = EXIT_STATUS_PATH.set(spec_path.with_file_name(crate::runtime::EXIT_STATUS_FILE));
     ROOTLESS.store(rootless(), std::sync::atomic::Ordering::Relaxed);
     if spec.usr_links.is_empty() {
         spec.usr_links = crate::sandbox::host_usr_links();
@@ -151,8 +168,11 @@ pub fn main(spec_path: &Path) -> i32 {
     for (file, map) in maps {
         let path = format!("/proc/{init}/{file}");
         if let Err(error) = fs::write(&path, map) {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(init, libc::SIGKILL) };
+            // SAFETY: kill(2) and waitpid on our own child.
+            unsafe {
+                libc::kill(init, libc::SIGKILL);
+                libc::waitpid(init, std::ptr::null_mut(), 0);
+            }
             eprintln!("sandbox: write {path}: {error}");
             return SETUP_FAILED;
         }
@@ -523,7 +543,10 @@ fn start_command(spec: &SandboxSpec) -> libc::pid_t {
 /// without privileges (no capabilities, `no_new_privs`, rlimits, the
 /// seccomp filter). The child never returns.
 fn fork_as_desktop(spec: &SandboxSpec, command: &[String], rootless: bool) -> libc::pid_t {
-    let program = cstring(&command[0]);
+    // Looked up in the sandbox's PATH (execvpe would search this process's
+    // own, inherited from the host).
+    let search = spec.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+    let program = cstring(resolve_program(&command[0], search));
     let args: Vec<CString> = command.iter().map(cstring).collect();
     let mut arg_pointers: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     arg_pointers.push(std::ptr::null());
@@ -532,7 +555,7 @@ fn fork_as_desktop(spec: &SandboxSpec, command: &[String], rootless: bool) -> li
         cstring(format!("HOME={home}")),
         cstring(format!("USER={}", spec.user)),
         cstring(format!("LOGNAME={}", spec.user)),
-        cstring("PATH=/usr/local/bin:/usr/bin:/bin"),
+        cstring(format!("PATH={DEFAULT_PATH}")),
         cstring(format!("XDG_RUNTIME_DIR=/run/user/{}", spec.desktop_uid)),
         cstring(format!("HOSTNAME={}", spec.hostname)),
     ];
@@ -577,7 +600,7 @@ fn fork_as_desktop(spec: &SandboxSpec, command: &[String], rootless: bool) -> li
             }
             check("seccomp", install_seccomp(&filter));
             libc::chdir(home_c.as_ptr());
-            libc::execvpe(
+            libc::execve(
                 program.as_ptr(),
                 arg_pointers.as_ptr(),
                 env_pointers.as_ptr(),
@@ -589,6 +612,28 @@ fn fork_as_desktop(spec: &SandboxSpec, command: &[String], rootless: bool) -> li
         );
     }
     child
+}
+
+/// The desktop's PATH unless its spec sets one.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `program` itself if it names a path, else the first executable of that
+/// name in `search` (else `program`, for exec to report).
+fn resolve_program(program: &str, search: &str) -> String {
+    if program.contains('/') {
+        return program.to_owned();
+    }
+    for dir in search.split(':').filter(|dir| !dir.is_empty()) {
+        let candidate = format!("{dir}/{program}");
+        let Ok(path) = CString::new(candidate.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: access(2) with a valid C string.
+        if unsafe { libc::access(path.as_ptr(), libc::X_OK) } == 0 {
+            return candidate;
+        }
+    }
+    program.to_owned()
 }
 
 /// The file the outer process writes PID 1's host pid to.

@@ -9,6 +9,7 @@ pub mod init;
 pub mod net;
 pub mod netlink;
 pub mod sys;
+pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
