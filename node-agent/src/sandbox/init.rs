@@ -203,7 +203,9 @@ fn lease_deadline(path: &Path) -> Option<u128> {
 /// would otherwise reach nobody (pending signals are not inherited). Ends
 /// the sandbox when the node's lease (if any) runs out.
 fn wait_forwarding_stops(init: libc::pid_t, spec: &SandboxSpec) -> i32 {
-    let mut tick = 0u32;
+    const RESEND_NS: u128 = 50_000_000;
+    const LEASE_CHECK_NS: u128 = 250_000_000;
+    let mut lease_checked: u128 = 0;
     let mut lease_kill_at: Option<u128> = None;
     // SAFETY: sigset manipulation on locals; sigtimedwait, waitpid and kill
     // with plain integers and valid pointers.
@@ -214,23 +216,32 @@ fn wait_forwarding_stops(init: libc::pid_t, spec: &SandboxSpec) -> i32 {
             tv_nsec: 50_000_000,
         };
         let mut stop = None;
+        let mut last_sent: u128 = 0;
         loop {
             let signal = libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout);
-            if matches!(signal, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
+            if stop.is_none() && matches!(signal, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
                 stop = Some(signal);
             }
             let mut status = 0;
             if libc::waitpid(init, &mut status, libc::WNOHANG) == init {
                 return exit_code(status);
             }
+            let now = crate::runtime::monotonic_ns();
             if let Some(signal) = stop {
                 // Our own group: us (blocked), the init process (blocked),
-                // PID 1 (takes it) and the desktop.
-                libc::kill(0, signal);
+                // PID 1 (takes it) and the desktop. At most every 50 ms:
+                // our own copy wakes us again, and re-sending at once
+                // would flood the group with signals while it stops.
+                if now.saturating_sub(last_sent) >= RESEND_NS {
+                    libc::kill(0, signal);
+                    last_sent = now;
+                }
             }
-            tick = tick.wrapping_add(1);
-            if let (Some(path), true) = (&spec.lease_file, tick.is_multiple_of(5)) {
-                let now = crate::runtime::monotonic_ns();
+            let check_lease = now.saturating_sub(lease_checked) >= LEASE_CHECK_NS;
+            if check_lease {
+                lease_checked = now;
+            }
+            if let (Some(path), true) = (&spec.lease_file, check_lease) {
                 match lease_kill_at {
                     Some(at) if now >= at => {
                         // SIGKILL to a pid namespace's init ends all of it.
