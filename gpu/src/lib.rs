@@ -3,8 +3,11 @@
 //! over a Unix socket, with every byte of GPU memory charged to a desktop.
 //!
 //! Built so far: [`enumerate`], which the node agent uses to report the
-//! host's GPUs. The device service itself comes with the GPU issue.
+//! host's GPUs, and [`protocol`], the virtio-gpu control-queue wire format
+//! gpud's guests speak (decoding with validation, responses, framing). The
+//! device service itself is still to come (issue 5).
 
 pub mod enumerate;
+pub mod protocol;
 
 pub use enumerate::{enumerate, GpuError, GpuInfo};
