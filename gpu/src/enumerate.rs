@@ -37,6 +37,10 @@ pub enum GpuError {
     Instance(vk::Result),
     #[error("vkEnumeratePhysicalDevices failed: {0}")]
     Enumerate(vk::Result),
+    #[error("{0}")]
+    NoSuchGpu(String),
+    #[error("vkCreateDevice failed: {0}")]
+    Device(vk::Result),
 }
 
 /// Enumerates every Vulkan physical device on this host.
@@ -63,8 +67,13 @@ pub fn enumerate() -> Result<Vec<GpuInfo>, GpuError> {
 fn describe_devices(instance: &ash::Instance) -> Result<Vec<GpuInfo>, GpuError> {
     // SAFETY: `instance` is a live instance.
     let devices = unsafe { instance.enumerate_physical_devices() }.map_err(GpuError::Enumerate)?;
+    Ok(describe(instance, &devices))
+}
+
+/// Describes `devices`, physical devices of `instance`, in order.
+pub(crate) fn describe(instance: &ash::Instance, devices: &[vk::PhysicalDevice]) -> Vec<GpuInfo> {
     let mut gpus = Vec::with_capacity(devices.len());
-    for (index, device) in devices.into_iter().enumerate() {
+    for (index, &device) in devices.iter().enumerate() {
         let mut id_properties = vk::PhysicalDeviceIDProperties::default();
         let mut driver_properties = vk::PhysicalDeviceDriverProperties::default();
         let mut properties = vk::PhysicalDeviceProperties2::default()
@@ -102,7 +111,7 @@ fn describe_devices(instance: &ash::Instance) -> Result<Vec<GpuInfo>, GpuError> 
             cpu_implementation: core.device_type == vk::PhysicalDeviceType::CPU,
         });
     }
-    Ok(gpus)
+    gpus
 }
 
 /// Text from a fixed-size, NUL-terminated Vulkan string (lossy: a driver

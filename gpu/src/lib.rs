@@ -3,10 +3,12 @@
 //! over a Unix socket, with every byte of GPU memory charged to a desktop.
 //!
 //! Built so far: [`enumerate`], which the node agent uses to report the
-//! host's GPUs, and [`protocol`], the virtio-gpu control-queue wire format
+//! host's GPUs, [`device`] (one logical device per GPU with a capability
+//! report), and [`protocol`], the virtio-gpu control-queue wire format
 //! gpud's guests speak (decoding with validation, responses, framing). The
 //! device service itself is still to come (issue 5).
 
+pub mod device;
 pub mod enumerate;
 pub mod protocol;
 
