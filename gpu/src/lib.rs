@@ -11,5 +11,6 @@
 pub mod device;
 pub mod enumerate;
 pub mod protocol;
+pub mod session;
 
 pub use enumerate::{enumerate, GpuError, GpuInfo};
