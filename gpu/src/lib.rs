@@ -10,7 +10,10 @@
 
 pub mod device;
 pub mod enumerate;
+pub mod guest;
 pub mod protocol;
+pub mod server;
 pub mod session;
+pub mod wire;
 
 pub use enumerate::{enumerate, GpuError, GpuInfo};
