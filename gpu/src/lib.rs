@@ -8,6 +8,7 @@
 //! gpud's guests speak (decoding with validation, responses, framing). The
 //! device service itself is still to come (issue 5).
 
+pub mod compose;
 pub mod device;
 pub mod enumerate;
 pub mod guest;

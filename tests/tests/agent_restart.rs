@@ -238,22 +238,24 @@ async fn a_restarted_agent_adopts_its_sandboxes_and_a_lost_one_stops_them() -> a
         .unwrap_or_default();
     assert!(log.contains("lease expired"), "{log}");
 
-    // When it does come back, it cleans up what the dead sandbox left:
-    // its directory, cgroup and veth.
+    // When it does come back, it cleans up what the dead sandbox left (its
+    // directory, cgroup and veth) and, the desktop still being assigned to
+    // it, starts a fresh sandbox for it.
     agent.spawn()?;
     wait_for("the agent cleaning up", Duration::from_secs(30), || async {
-        std::fs::read_dir(data.join("desktops")).is_ok_and(|mut entries| entries.next().is_none())
+        let log = agent.log();
+        log.contains("removing an ended sandbox's directory")
+            && log.contains("removed a cgroup left by an earlier run")
     })
     .await
     .map_err(|error| anyhow::anyhow!("{error}\n{}", agent.log()))?;
-    if let Ok(hierarchy) = flotilla_node_agent::sandbox::cgroup::detect_host() {
-        let scope = hierarchy.scope("restart-node")?;
-        let left = scope.existing();
-        assert!(
-            left.iter().all(|name| !name.starts_with(&format!("{id}-"))),
-            "the dead sandbox's cgroup is left: {left:?}"
-        );
-    }
+    wait_for("a fresh sandbox", Duration::from_secs(60), || async {
+        sandbox_pid(&data, &id).is_some_and(|fresh| fresh != pid && alive(fresh))
+            && desktop().await.is_some_and(|d| d["state"] == "running")
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}\n{}", agent.log()))?;
+    assert!(!alive(pid));
     drop(agent);
     Ok(())
 }

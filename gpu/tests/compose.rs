@@ -1,0 +1,199 @@
+//! The composition list and its CPU reference: exact pixels for solid
+//! colours, alpha, opacity, overlapping draws, clips and partial damage;
+//! the I420 conversion against hand-computed values; arbitrary bytes never
+//! panic the decoder.
+
+use flotilla_gpu::compose::{compose_cpu, i420_cpu, CompositionList, Draw, Image, MAGIC};
+use flotilla_gpu::protocol::Rect;
+use proptest::prelude::*;
+
+fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+fn solid(width: u32, height: u32, bgra: [u8; 4]) -> Vec<u8> {
+    bgra.repeat((width * height) as usize)
+}
+
+fn pixel(image: &[u8], width: u32, x: u32, y: u32) -> [u8; 4] {
+    let at = ((y * width + x) * 4) as usize;
+    image[at..at + 4].try_into().unwrap()
+}
+
+fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8) -> Draw {
+    Draw {
+        resource_id,
+        source,
+        x,
+        y,
+        opacity,
+        clip: rect(0, 0, u32::MAX / 2, u32::MAX / 2),
+    }
+}
+
+#[test]
+fn solid_alpha_overlap_clip_and_damage_give_exact_pixels() {
+    let (w, h) = (8u32, 8u32);
+    let red = solid(4, 4, [0, 0, 255, 255]);
+    let half_blue = solid(4, 4, [255, 0, 0, 128]);
+    let sources = |id: u32| match id {
+        1 => Some(Image {
+            pixels: &red,
+            width: 4,
+            height: 4,
+        }),
+        2 => Some(Image {
+            pixels: &half_blue,
+            width: 4,
+            height: 4,
+        }),
+        _ => None,
+    };
+    let mut target = solid(w, h, [0, 0, 0, 255]);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 8, 8)],
+        draws: vec![
+            draw(1, rect(0, 0, 4, 4), 0, 0, 255),
+            // Half-transparent blue overlapping red at (2..6, 2..6).
+            draw(2, rect(0, 0, 4, 4), 2, 2, 255),
+            // Red again at 50 % opacity, off the edge (clipped by the screen).
+            draw(1, rect(0, 0, 4, 4), 6, 6, 128),
+        ],
+    };
+    let bytes = list.encode();
+    assert_eq!(CompositionList::decode(&bytes).unwrap(), list);
+    compose_cpu(&list, &mut target, w, h, sources).unwrap();
+    assert_eq!(pixel(&target, w, 0, 0), [0, 0, 255, 255], "red");
+    assert_eq!(
+        pixel(&target, w, 3, 3),
+        [128, 0, 127, 255],
+        "blue 50 % over red"
+    );
+    assert_eq!(
+        pixel(&target, w, 5, 5),
+        [128, 0, 0, 255],
+        "blue 50 % over black"
+    );
+    assert_eq!(
+        pixel(&target, w, 7, 7),
+        [0, 0, 128, 255],
+        "red at 50 % opacity over black"
+    );
+    assert_eq!(pixel(&target, w, 7, 0), [0, 0, 0, 255], "untouched");
+
+    // Only damaged pixels change; the clip limits a draw too.
+    let mut target = solid(w, h, [0, 0, 0, 255]);
+    let mut clipped = draw(1, rect(0, 0, 4, 4), 0, 0, 255);
+    clipped.clip = rect(0, 0, 2, 4);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 8, 1), rect(0, 3, 1, 1)],
+        draws: vec![clipped],
+    };
+    compose_cpu(&list, &mut target, w, h, sources).unwrap();
+    for (x, y, red) in [
+        (0, 0, true),
+        (1, 0, true),
+        (2, 0, false),
+        (0, 1, false),
+        (0, 3, true),
+        (1, 3, false),
+    ] {
+        let expected = if red {
+            [0, 0, 255, 255]
+        } else {
+            [0, 0, 0, 255]
+        };
+        assert_eq!(pixel(&target, w, x, y), expected, "({x}, {y})");
+    }
+    // Overlapping damage: a translucent draw still applies once.
+    let mut target = solid(w, h, [0, 0, 0, 255]);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 4, 4), rect(2, 2, 4, 4)],
+        draws: vec![draw(2, rect(0, 0, 4, 4), 2, 2, 255)],
+    };
+    compose_cpu(&list, &mut target, w, h, sources).unwrap();
+    assert_eq!(pixel(&target, w, 3, 3), [128, 0, 0, 255], "once, not twice");
+    // A draw of an unknown resource, or a source outside its resource.
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 8, 8)],
+        draws: vec![draw(7, rect(0, 0, 1, 1), 0, 0, 255)],
+    };
+    assert!(compose_cpu(&list, &mut target, w, h, sources).is_err());
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 8, 8)],
+        draws: vec![draw(1, rect(2, 2, 4, 4), 0, 0, 255)],
+    };
+    assert!(compose_cpu(&list, &mut target, w, h, sources).is_err());
+}
+
+#[test]
+fn i420_matches_hand_computed_bt601_values() {
+    // 2×2 white, then 2×2 pure red: Y 235 / 82, U 128 / 90, V 128 / 240.
+    let mut image = solid(4, 2, [255, 255, 255, 255]);
+    for y in 0..2 {
+        for x in 2..4 {
+            let at = (y * 4 + x) * 4;
+            image[at..at + 4].copy_from_slice(&[0, 0, 255, 255]);
+        }
+    }
+    let i420 = i420_cpu(&image, 4, 2);
+    assert_eq!(i420.len(), 4 * 2 + 2 + 2);
+    assert_eq!(&i420[0..8], &[235, 235, 82, 82, 235, 235, 82, 82]);
+    assert_eq!(&i420[8..10], &[128, 90]);
+    assert_eq!(&i420[10..12], &[128, 240]);
+}
+
+#[test]
+fn bad_lists_are_refused() {
+    let good = CompositionList {
+        target: 1,
+        damage: vec![rect(0, 0, 1, 1)],
+        draws: vec![draw(2, rect(0, 0, 1, 1), 0, 0, 255)],
+    }
+    .encode();
+    assert!(CompositionList::decode(&good).is_ok());
+    let mut magic = good.clone();
+    magic[0] = 0;
+    assert!(CompositionList::decode(&magic).is_err());
+    let mut version = good.clone();
+    version[4] = 2;
+    assert!(CompositionList::decode(&version).is_err());
+    assert!(CompositionList::decode(&good[..good.len() - 1]).is_err());
+    let mut flags = good.clone();
+    flags[20 + 16 + 29] = 1;
+    assert!(CompositionList::decode(&flags).is_err());
+    let mut overflow = good.clone();
+    overflow[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(CompositionList::decode(&overflow).is_err());
+    let mut many = good.clone();
+    many[12..16].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(CompositionList::decode(&many).is_err());
+    assert_eq!(u32::from_le_bytes(good[0..4].try_into().unwrap()), MAGIC);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+    #[test]
+    fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = CompositionList::decode(&bytes);
+        let mut framed = MAGIC.to_le_bytes().to_vec();
+        framed.extend_from_slice(&1u32.to_le_bytes());
+        framed.extend_from_slice(&bytes);
+        if let Ok(list) = CompositionList::decode(&framed) {
+            // Whatever decodes renders (or is refused) without a panic.
+            let source = vec![255u8; 16 * 16 * 4];
+            let mut target = vec![0u8; 16 * 16 * 4];
+            let _ = compose_cpu(&list, &mut target, 16, 16, |_| Some(Image { pixels: &source, width: 16, height: 16 }));
+        }
+    }
+}
