@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+use crate::compose::{compose_cpu, i420_cpu, CompositionList, Image};
 use crate::protocol::{
     self, decode, encode, resp, Command, DisplayMode, Format, Header, MemEntry, Rect, Response,
     MAX_SCANOUTS,
@@ -246,6 +247,55 @@ impl Session {
         self.scanouts.get(index).copied().flatten()
     }
 
+    /// Renders a composition list into its target resource (the CPU
+    /// reference path; the Vulkan path replaces it).
+    fn compose(&mut self, list: &CompositionList) -> Result<(), u32> {
+        if list
+            .draws
+            .iter()
+            .any(|draw| draw.resource_id == list.target)
+        {
+            return Err(resp::ERR_INVALID_PARAMETER);
+        }
+        let mut target = self
+            .resources
+            .remove(&list.target)
+            .ok_or(resp::ERR_INVALID_RESOURCE_ID)?;
+        let resources = &self.resources;
+        let result = compose_cpu(
+            list,
+            &mut target.pixels,
+            target.width,
+            target.height,
+            |id| {
+                resources.get(&id).map(|r| Image {
+                    pixels: &r.pixels,
+                    width: r.width,
+                    height: r.height,
+                })
+            },
+        );
+        self.resources.insert(list.target, target);
+        result.map_err(|_| resp::ERR_INVALID_PARAMETER)
+    }
+
+    /// The scanout's current frame as I420 (even-sized scanouts), for the
+    /// encoder stage.
+    pub fn scanout_i420(&self) -> Option<Vec<u8>> {
+        let (id, rect) = self.scanouts[0]?;
+        let resource = self.resources.get(&id)?;
+        if rect.width % 2 != 0 || rect.height % 2 != 0 || rect.width == 0 || rect.height == 0 {
+            return None;
+        }
+        let stride = resource.stride();
+        let mut cropped = Vec::with_capacity(rect.width as usize * rect.height as usize * 4);
+        for row in rect.y..rect.y + rect.height {
+            let start = row as usize * stride + rect.x as usize * 4;
+            cropped.extend_from_slice(&resource.pixels[start..start + rect.width as usize * 4]);
+        }
+        Some(i420_cpu(&cropped, rect.width, rect.height))
+    }
+
     /// Answers one command (a frame's bytes and descriptors).
     pub fn handle(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> Vec<u8> {
         match decode(bytes, fds.len()) {
@@ -406,7 +456,14 @@ impl Session {
                 }
                 Ok(Response::NoData)
             }
-            Command::CtxCreate { debug_name, .. } => {
+            Command::CtxCreate {
+                debug_name,
+                context_init,
+            } => {
+                // Only our composition context type exists.
+                if context_init != CAPSET_COMPOSE {
+                    return Err(resp::ERR_INVALID_PARAMETER);
+                }
                 if self.contexts.contains_key(&header.ctx_id) {
                     return Err(resp::ERR_INVALID_CONTEXT_ID);
                 }
@@ -429,9 +486,18 @@ impl Session {
                 self.resource(resource_id)?;
                 Ok(Response::NoData)
             }
-            // Not built yet: blob resources (no dma-buf on lavapipe) and
-            // the composition stream. Said plainly, with the spec's answer.
-            Command::ResourceCreateBlob { .. } | Command::Submit3d { .. } => Err(resp::ERR_UNSPEC),
+            Command::Submit3d { commands } => {
+                if !self.contexts.contains_key(&header.ctx_id) {
+                    return Err(resp::ERR_INVALID_CONTEXT_ID);
+                }
+                let list =
+                    CompositionList::decode(&commands).map_err(|_| resp::ERR_INVALID_PARAMETER)?;
+                self.compose(&list)?;
+                Ok(Response::NoData)
+            }
+            // Not built yet: blob resources (no dma-buf on lavapipe). Said
+            // plainly, with the spec's answer.
+            Command::ResourceCreateBlob { .. } => Err(resp::ERR_UNSPEC),
         }
     }
 }

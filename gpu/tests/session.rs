@@ -6,6 +6,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
+use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
 use flotilla_gpu::session::{Ledger, Session, CAPSET_COMPOSE};
 
@@ -158,8 +159,65 @@ fn a_transfer_copies_exactly_the_damaged_rectangle() {
         answer(&session.handle(&build::ctx_attach_resource(4, 7), vec![])),
         resp::ERR_INVALID_CONTEXT_ID
     );
+    // Compose resource 7 (8×4) twice onto a 16×4 scanout target, with a
+    // fence: the answer comes when it is done, the fence echoed.
+    assert_eq!(
+        answer(&session.handle(
+            &build::resource_create_2d(8, Format::B8G8R8A8, 16, 4),
+            vec![]
+        )),
+        resp::OK_NODATA
+    );
+    let list = CompositionList {
+        target: 8,
+        damage: vec![rect(0, 0, 16, 4)],
+        draws: vec![
+            Draw {
+                resource_id: 7,
+                source: rect(0, 0, 8, 4),
+                x: 0,
+                y: 0,
+                opacity: 255,
+                clip: rect(0, 0, 16, 4),
+            },
+            Draw {
+                resource_id: 7,
+                source: rect(0, 0, 8, 4),
+                x: 8,
+                y: 0,
+                opacity: 255,
+                clip: rect(0, 0, 16, 4),
+            },
+        ],
+    };
+    let composed = session.handle(&build::submit_3d(3, Some(99), &list.encode()), vec![]);
+    assert_eq!(answer(&composed), resp::OK_NODATA);
+    assert_eq!(u64::from_le_bytes(composed[8..16].try_into().unwrap()), 99);
+    let source = session.pixels(7).unwrap().to_vec();
+    let target = session.pixels(8).unwrap().to_vec();
+    for y in 0..4usize {
+        for x in 0..16usize {
+            let s = (y * 8 + x % 8) * 4;
+            let t = (y * 16 + x) * 4;
+            // B8G8R8X8 sources count as opaque where alpha was transferred.
+            let alpha = u32::from(source[s + 3]);
+            for c in 0..3 {
+                let expected = (u32::from(source[s + c]) * alpha + 127) / 255;
+                assert_eq!(u32::from(target[t + c]), expected, "({x}, {y}) channel {c}");
+            }
+        }
+    }
+    assert_eq!(
+        answer(&session.handle(&build::set_scanout(rect(0, 0, 16, 4), 0, 8), vec![])),
+        resp::OK_NODATA
+    );
+    assert_eq!(session.scanout_i420(), Some(i420_cpu(&target, 16, 4)));
     assert_eq!(
         answer(&session.handle(&build::ctx_destroy(3), vec![])),
+        resp::OK_NODATA
+    );
+    assert_eq!(
+        answer(&session.handle(&build::resource_unref(8), vec![])),
         resp::OK_NODATA
     );
     // Unref frees the charge and the scanout.
@@ -294,10 +352,39 @@ fn a_misbehaving_guest_gets_errors_while_eight_others_render() {
         answer(&bad.handle(&build::set_scanout(rect(0, 0, 65, 1), 0, 1), vec![])),
         resp::ERR_INVALID_PARAMETER
     );
-    // Not built yet, refused plainly.
+    // Composition: no such context, a context of another type, garbage
+    // instead of a list, a list drawing its target onto itself.
     assert_eq!(
         answer(&bad.handle(&build::submit_3d(1, None, b"x"), vec![])),
-        resp::ERR_UNSPEC
+        resp::ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(
+        answer(&bad.handle(&build::ctx_create(1, 7, "other"), vec![])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        answer(&bad.handle(&build::ctx_create(1, CAPSET_COMPOSE, "c"), vec![])),
+        resp::OK_NODATA
+    );
+    assert_eq!(
+        answer(&bad.handle(&build::submit_3d(1, None, b"garbage"), vec![])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    let onto_itself = CompositionList {
+        target: 1,
+        damage: vec![rect(0, 0, 1, 1)],
+        draws: vec![Draw {
+            resource_id: 1,
+            source: rect(0, 0, 1, 1),
+            x: 0,
+            y: 0,
+            opacity: 255,
+            clip: rect(0, 0, 1, 1),
+        }],
+    };
+    assert_eq!(
+        answer(&bad.handle(&build::submit_3d(1, None, &onto_itself.encode()), vec![])),
+        resp::ERR_INVALID_PARAMETER
     );
 
     // The others kept rendering: their pixels are exactly theirs.
