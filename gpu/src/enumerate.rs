@@ -41,6 +41,8 @@ pub enum GpuError {
     NoSuchGpu(String),
     #[error("vkCreateDevice failed: {0}")]
     Device(vk::Result),
+    #[error("{0}: {1}")]
+    Vulkan(&'static str, vk::Result),
 }
 
 /// Enumerates every Vulkan physical device on this host.

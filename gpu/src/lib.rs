@@ -9,6 +9,7 @@
 //! device service itself is still to come (issue 5).
 
 pub mod compose;
+pub mod convert;
 pub mod device;
 pub mod enumerate;
 pub mod guest;

@@ -284,7 +284,11 @@ impl Session {
     pub fn scanout_i420(&self) -> Option<Vec<u8>> {
         let (id, rect) = self.scanouts[0]?;
         let resource = self.resources.get(&id)?;
-        if rect.width % 2 != 0 || rect.height % 2 != 0 || rect.width == 0 || rect.height == 0 {
+        if !rect.width.is_multiple_of(2)
+            || !rect.height.is_multiple_of(2)
+            || rect.width == 0
+            || rect.height == 0
+        {
             return None;
         }
         let stride = resource.stride();
