@@ -8,6 +8,7 @@
 //! `POST /v3/kv/put`. Writes go to each system's leader.
 
 mod etcd;
+mod gpu;
 mod placement;
 mod sandbox;
 mod scheduler;
@@ -30,6 +31,8 @@ enum Bench {
     Placement(placement::PlacementArgs),
     /// Sandbox create → exec and destroy vs bubblewrap and crun (root).
     Sandbox(sandbox::SandboxArgs),
+    /// GPU I420 conversion vs the CPU reference; CPU composition costs.
+    Gpu(gpu::GpuArgs),
 }
 
 #[derive(clap::Args)]
@@ -380,5 +383,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Placement(args) => placement::run(args).await,
         Bench::Sandbox(args) => sandbox::run(args),
+        Bench::Gpu(args) => gpu::run(args),
     }
 }
