@@ -33,13 +33,15 @@ pub fn send_frame(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Resul
     while sent < framed.len() {
         let rest = &framed[sent..];
         let with_fds = if sent == 0 { fds } else { &[] };
-        let n = sendmsg(stream.as_raw_fd(), rest, with_fds)?;
+        let n = send_message(stream.as_raw_fd(), rest, with_fds)?;
         sent += n;
     }
     Ok(())
 }
 
-fn sendmsg(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+/// One `sendmsg` of `bytes` with `fds` as `SCM_RIGHTS`; returns the bytes
+/// sent. (Also used over the node agent's `SOCK_SEQPACKET` zygote socket.)
+pub fn send_message(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
@@ -74,8 +76,14 @@ fn sendmsg(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     }
 }
 
-/// Reads into `buffer`, collecting descriptors into `fds`; `Ok(0)` at EOF.
-fn recvmsg(socket: RawFd, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+/// One `recvmsg` into `buffer`, collecting descriptors into `fds` (each
+/// owned, close-on-exec); `Ok(0)` at EOF. A message cut short (bytes or
+/// descriptors) is an error.
+pub fn receive_message(
+    socket: RawFd,
+    buffer: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buffer.as_mut_ptr().cast(),
         iov_len: buffer.len(),
@@ -109,10 +117,10 @@ fn recvmsg(socket: RawFd, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resu
             }
             header = libc::CMSG_NXTHDR(&message, header);
         }
-        if message.msg_flags & libc::MSG_CTRUNC != 0 {
+        if message.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "descriptors were cut off",
+                "a message was cut off",
             ));
         }
         Ok(n as usize)
@@ -124,7 +132,7 @@ fn recvmsg(socket: RawFd, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resu
 fn read_exact(socket: RawFd, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
     let mut read = 0;
     while read < buffer.len() {
-        let n = recvmsg(socket, &mut buffer[read..], fds)?;
+        let n = receive_message(socket, &mut buffer[read..], fds)?;
         if n == 0 {
             if read == 0 {
                 return Ok(false);

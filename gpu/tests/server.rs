@@ -3,26 +3,15 @@
 //! connection, and the ledger at zero once every guest has gone.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+mod common;
+use common::memfd;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use flotilla_gpu::guest::{answer_type, Guest};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect, MAX_FRAME_BYTES};
 use flotilla_gpu::server::Gpud;
-
-fn memfd(bytes: &[u8]) -> OwnedFd {
-    // SAFETY: memfd_create with a constant name; checked and owned; write.
-    unsafe {
-        let fd = libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC);
-        assert!(fd >= 0);
-        assert_eq!(
-            libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
-            bytes.len() as isize
-        );
-        OwnedFd::from_raw_fd(fd)
-    }
-}
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,27 +3,14 @@
 //! every way the issue lists while eight others keep working — with the
 //! ledger back at zero when every guest is gone.
 
+mod common;
+use common::memfd;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
 use flotilla_gpu::session::{Ledger, Session, CAPSET_COMPOSE};
-
-/// A memfd holding `bytes`.
-fn memfd(bytes: &[u8]) -> OwnedFd {
-    // SAFETY: memfd_create with a constant name; the result is checked and
-    // owned; write/ftruncate on it.
-    unsafe {
-        let fd = libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC);
-        assert!(fd >= 0);
-        assert_eq!(
-            libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
-            bytes.len() as isize
-        );
-        OwnedFd::from_raw_fd(fd)
-    }
-}
 
 fn answer(response: &[u8]) -> u32 {
     u32::from_le_bytes(response[0..4].try_into().unwrap())

@@ -120,38 +120,24 @@ async fn exec_and_logs_reach_a_desktop_through_any_server() -> anyhow::Result<()
     .map_err(|error| anyhow::anyhow!("{error}\n{}\n{}", agent_log(), cluster.logs()))?;
     let desktop_id = found.into_inner().unwrap();
 
-    // The agent's tunnel may still be opening: a 503 is retried by the CLI.
-    let mut output = cli(
-        &follower,
-        token,
-        &[
-            "desktop",
-            "exec",
-            &desktop_id,
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; hostname; id -u; cat /proc/1/comm; exit 3",
-        ],
-    );
+    // The agent's tunnel may still be opening (the CLI retries a 503 only
+    // three times): try for up to ten seconds.
+    let exec = [
+        "desktop",
+        "exec",
+        &desktop_id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; id -u; cat /proc/1/comm; exit 3",
+    ];
+    let mut output = cli(&follower, token, &exec);
     for _ in 0..20 {
         if !String::from_utf8_lossy(&output.stderr).contains("not connected") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        output = cli(
-            &follower,
-            token,
-            &[
-                "desktop",
-                "exec",
-                &desktop_id,
-                "--",
-                "sh",
-                "-c",
-                "echo out; echo err >&2; hostname; id -u; cat /proc/1/comm; exit 3",
-            ],
-        );
+        output = cli(&follower, token, &exec);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -46,89 +46,19 @@ fn last_error() -> io::Error {
 
 /// Sends `bytes` and `fds` as one message.
 fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space.max(1)];
-    // SAFETY: msghdr is plain data; every pointer set below points into
-    // live buffers for the duration of sendmsg.
-    unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        if !fds.is_empty() {
-            message.msg_control = control.as_mut_ptr().cast();
-            message.msg_controllen = space as _;
-            let header = libc::CMSG_FIRSTHDR(&message);
-            (*header).cmsg_level = libc::SOL_SOCKET;
-            (*header).cmsg_type = libc::SCM_RIGHTS;
-            (*header).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(header),
-                fd_bytes,
-            );
-        }
-        if libc::sendmsg(socket, &message, libc::MSG_NOSIGNAL) < 0 {
-            return Err(last_error());
-        }
-    }
-    Ok(())
+    flotilla_gpu::wire::send_message(socket, bytes, fds).map(drop)
 }
 
-/// Receives one message and up to two descriptors; `Ok(None)` at EOF.
+/// Receives one message and its descriptors; `Ok(None)` at EOF.
 fn receive_with_fds(socket: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut buffer = vec![0u8; MAX_REQUEST];
-    let mut iov = libc::iovec {
-        iov_base: buffer.as_mut_ptr().cast(),
-        iov_len: buffer.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(2 * std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data pointing into live buffers; the kernel
-    // fills at most the lengths given; received descriptors are taken into
-    // OwnedFds exactly once.
-    unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = space as _;
-        let received = libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC);
-        if received < 0 {
-            return Err(last_error());
-        }
-        let mut fds = Vec::new();
-        let mut header = libc::CMSG_FIRSTHDR(&message);
-        while !header.is_null() {
-            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(header);
-                let count = ((*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<RawFd>();
-                for index in 0..count {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(index));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            header = libc::CMSG_NXTHDR(&message, header);
-        }
-        if received == 0 && fds.is_empty() {
-            return Ok(None);
-        }
-        if message.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a truncated request",
-            ));
-        }
-        buffer.truncate(received as usize);
-        Ok(Some((buffer, fds)))
+    let mut fds = Vec::new();
+    let received = flotilla_gpu::wire::receive_message(socket, &mut buffer, &mut fds)?;
+    if received == 0 && fds.is_empty() {
+        return Ok(None);
     }
+    buffer.truncate(received);
+    Ok(Some((buffer, fds)))
 }
 
 /// `flotilla sandbox-zygote`: serves requests on descriptor 3 until the
