@@ -3,8 +3,7 @@
 
 fn main() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    // One shader so far; the composition shader joins it here.
-    let shaders: &[&str] = &["i420"];
+    let shaders: &[&str] = &["i420", "compose"];
     for name in shaders {
         let path = format!("shaders/{name}.wgsl");
         println!("cargo:rerun-if-changed={path}");

@@ -1,19 +1,31 @@
-//! `flotilla-bench gpu`: the parts of the composition pipeline that exist
-//! so far, GPU path beside the CPU reference in the same run.
-//! - `i420`: BGRA → I420 of a full 1280×800 frame, Vulkan compute
-//!   (`flotilla_gpu::convert`) vs the scalar CPU reference;
-//! - `compose-small`: a terminal line of damage (1280×20) composed on the
-//!   CPU reference (the Vulkan composition path is not built yet);
-//! - `compose-full`: a full-frame draw on the CPU reference.
+//! `flotilla-bench gpu`: composition cost, guest submit → I420 frame
+//! ready, on the Vulkan path and on the CPU reference in the same run.
 //!
-//! Runs on whatever Vulkan device index 0 is (lavapipe on the CI machine).
+//! Two gpud sessions (one on Vulkan device 0 — lavapipe on the CI machine
+//! — one on the CPU) get the same commands through `Session::handle`, the
+//! code path a guest's socket reaches: the guest's new pixels are
+//! transferred (TRANSFER_TO_HOST_2D of the damage), one composition list
+//! is submitted (SUBMIT_3D) and the scanout flushed (RESOURCE_FLUSH), after
+//! which the frame's I420 planes are ready for the encoder. Workloads at
+//! 1280×800 (or `--width/--height`):
+//! - `small`: a terminal line changes (1280×20 of damage) under a
+//!   full-screen terminal window and a translucent overlay;
+//! - `full`: the whole window changes (a browser scrolling).
+//!
+//! After every frame both sessions' frames are compared byte for byte.
+//! Also measured alone: BGRA → I420 of a full frame (copy in, convert,
+//! copy out) on Vulkan vs the CPU.
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_gpu::compose::{compose_cpu, i420_cpu, CompositionList, Draw, Image};
+use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
 use flotilla_gpu::convert::I420Converter;
 use flotilla_gpu::device::{Device, Selector};
-use flotilla_gpu::protocol::Rect;
+use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
+use flotilla_gpu::render::Renderer;
+use flotilla_gpu::session::{Ledger, Session, CAPSET_COMPOSE};
 
 use crate::{millis, percentile};
 
@@ -21,111 +33,288 @@ use crate::{millis, percentile};
 pub struct GpuArgs {
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    #[arg(long, default_value_t = 1280)]
+    width: u32,
+    #[arg(long, default_value_t = 800)]
+    height: u32,
+    /// Vulkan device index.
+    #[arg(long, default_value_t = 0)]
+    gpu: u32,
 }
 
 fn summarize(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
     let p50 = percentile(samples, 0.5);
     println!(
-        "{name:<28} p50 {:>9}  p99 {:>9}",
+        "{name:<34} p50 {:>8} ms  p99 {:>8} ms",
         millis(p50),
         millis(percentile(samples, 0.99))
     );
     p50
 }
 
+fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+/// A memfd of `len` bytes, mapped writable (the guest's shm pool).
+struct Shm {
+    fd: OwnedFd,
+    map: *mut u8,
+    len: usize,
+}
+
+impl Shm {
+    fn new(len: usize) -> anyhow::Result<Shm> {
+        // SAFETY: memfd_create/ftruncate/mmap with checked results; the
+        // mapping is owned by the value and unmapped on drop.
+        unsafe {
+            let fd = libc::memfd_create(c"bench".as_ptr(), libc::MFD_CLOEXEC);
+            anyhow::ensure!(fd >= 0, "memfd_create failed");
+            let fd = OwnedFd::from_raw_fd(fd);
+            anyhow::ensure!(
+                libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as i64) == 0,
+                "ftruncate failed"
+            );
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            );
+            anyhow::ensure!(map != libc::MAP_FAILED, "mmap failed");
+            Ok(Shm {
+                fd,
+                map: map.cast(),
+                len,
+            })
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping covers `len` bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
+fn ok(session: &mut Session, command: &[u8], fds: Vec<OwnedFd>) -> anyhow::Result<()> {
+    let answer = session.handle(command, fds);
+    let kind = u32::from_le_bytes(answer[0..4].try_into()?);
+    anyhow::ensure!(kind < resp::ERR_UNSPEC, "gpud answered {kind:#x}");
+    Ok(())
+}
+
+/// A desktop as a compositor drives it: a window (resource 2, backed by
+/// shared memory), an overlay (resource 3) and the scanout (resource 1).
+struct Desktop {
+    session: Session,
+    window: Shm,
+}
+
+impl Desktop {
+    fn new(session: Session, width: u32, height: u32) -> anyhow::Result<Desktop> {
+        let bytes = (width * height * 4) as usize;
+        let mut window = Shm::new(bytes)?;
+        for (i, pixel) in window.bytes().chunks_exact_mut(4).enumerate() {
+            pixel.copy_from_slice(&[(i % 251) as u8, (i % 241) as u8, (i % 239) as u8, 255]);
+        }
+        let mut overlay = Shm::new(64 * 64 * 4)?;
+        for pixel in overlay.bytes().chunks_exact_mut(4) {
+            pixel.copy_from_slice(&[200, 100, 50, 128]);
+        }
+        let mut desktop = Desktop { session, window };
+        let s = &mut desktop.session;
+        let entry = |length: usize| MemEntry {
+            offset: 0,
+            length: length as u32,
+        };
+        ok(
+            s,
+            &build::resource_create_2d(1, Format::B8G8R8A8, width, height),
+            vec![],
+        )?;
+        ok(
+            s,
+            &build::resource_create_2d(2, Format::B8G8R8A8, width, height),
+            vec![],
+        )?;
+        ok(
+            s,
+            &build::attach_backing(2, &[entry(bytes)]),
+            vec![desktop.window.fd.try_clone()?],
+        )?;
+        ok(
+            s,
+            &build::transfer_to_host_2d(rect(0, 0, width, height), 0, 2),
+            vec![],
+        )?;
+        ok(
+            s,
+            &build::resource_create_2d(3, Format::B8G8R8A8, 64, 64),
+            vec![],
+        )?;
+        ok(
+            s,
+            &build::attach_backing(3, &[entry(64 * 64 * 4)]),
+            vec![overlay.fd.try_clone()?],
+        )?;
+        ok(
+            s,
+            &build::transfer_to_host_2d(rect(0, 0, 64, 64), 0, 3),
+            vec![],
+        )?;
+        ok(s, &build::ctx_create(1, CAPSET_COMPOSE, "bench"), vec![])?;
+        ok(
+            s,
+            &build::set_scanout(rect(0, 0, width, height), 0, 1),
+            vec![],
+        )?;
+        Ok(desktop)
+    }
+
+    /// One frame: the window's `damage` changed.
+    fn frame(&mut self, list: &[u8], damage: Rect, width: u32) -> anyhow::Result<()> {
+        let offset = u64::from(damage.y * width * 4 + damage.x * 4);
+        let s = &mut self.session;
+        ok(s, &build::transfer_to_host_2d(damage, offset, 2), vec![])?;
+        ok(s, &build::submit_3d(1, None, list), vec![])?;
+        ok(s, &build::resource_flush(damage, 1), vec![])
+    }
+}
+
 pub fn run(args: GpuArgs) -> anyhow::Result<()> {
-    let (width, height) = (1280u32, 800u32);
-    let frame: Vec<u8> = (0..width * height)
-        .flat_map(|i| [(i % 251) as u8, (i % 241) as u8, (i % 239) as u8, 255])
-        .collect();
-    let device = Device::open(&Selector::Index(0)).map_err(anyhow::Error::msg)?;
+    let (width, height) = (args.width, args.height);
+    anyhow::ensure!(
+        width >= 64 && height >= 64 && width.is_multiple_of(8) && height.is_multiple_of(2),
+        "--width must be a multiple of 8 and --height even, both at least 64"
+    );
+    let device = Device::open(&Selector::Index(args.gpu)).map_err(anyhow::Error::msg)?;
     println!(
         "# device: {} ({}), {} iterations, {width}×{height}",
         device.capabilities().gpu.name,
         device.capabilities().gpu.driver,
         args.iterations
     );
-    let mut converter = I420Converter::new(&device).map_err(anyhow::Error::msg)?;
-    let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
+    let renderer = Arc::new(Renderer::new(Arc::new(device)).map_err(anyhow::Error::msg)?);
+    let ledger = Arc::new(Ledger::default());
+    let budget = 1 << 30;
+    let mut gpu = Desktop::new(
+        Session::with_renderer(
+            "gpu",
+            budget,
+            ledger.clone(),
+            width,
+            height,
+            Some(renderer.clone()),
+        ),
+        width,
+        height,
+    )?;
+    let mut cpu = Desktop::new(
+        Session::new("cpu", budget, ledger.clone(), width, height),
+        width,
+        height,
+    )?;
+    let screen = rect(0, 0, width, height);
+    let mut ratios = Vec::new();
+    for (name, damage) in [
+        ("small (one 20-px line)", rect(0, height / 2, width, 20)),
+        ("full frame", screen),
+    ] {
+        let list = CompositionList {
+            target: 1,
+            damage: vec![damage],
+            draws: vec![
+                Draw {
+                    resource_id: 2,
+                    source: screen,
+                    x: 0,
+                    y: 0,
+                    opacity: 255,
+                    clip: screen,
+                },
+                Draw {
+                    resource_id: 3,
+                    source: rect(0, 0, 64, 64),
+                    x: (width / 2) as i32,
+                    y: (height / 2) as i32,
+                    opacity: 255,
+                    clip: screen,
+                },
+            ],
+        }
+        .encode();
+        let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
+        for i in 0..args.iterations {
+            // The app draws: the damaged rows of its window change.
+            for desktop in [&mut gpu, &mut cpu] {
+                let row = (width * 4) as usize;
+                let bytes = desktop.window.bytes();
+                let start = damage.y as usize * row;
+                for byte in &mut bytes[start..start + damage.height as usize * row] {
+                    *byte = byte.wrapping_add(i as u8 | 1);
+                }
+            }
+            let started = Instant::now();
+            gpu.frame(&list, damage, width)?;
+            on_gpu.push(started.elapsed());
+            let started = Instant::now();
+            cpu.frame(&list, damage, width)?;
+            on_cpu.push(started.elapsed());
+            anyhow::ensure!(
+                gpu.session.frame().map(|f| f.0) == cpu.session.frame().map(|f| f.0),
+                "{name}: the Vulkan frame differs from the CPU reference's"
+            );
+        }
+        let g = summarize(&format!("{name}: vulkan"), &mut on_gpu);
+        let c = summarize(&format!("{name}: cpu reference"), &mut on_cpu);
+        ratios.push((name, g.as_secs_f64() / c.as_secs_f64()));
+    }
+    for (name, ratio) in ratios {
+        println!("{name}: vulkan / cpu p50 {ratio:.2}×");
+    }
+    println!(
+        "GPU memory charged for the desktop: {} bytes (window, overlay, scanout, I420 frame)",
+        gpu.session.charged()
+    );
+
+    // The converter alone: a full frame in and out of host memory.
+    let frame = gpu.session.pixels(1).expect("scanout").to_vec();
+    let mut converter = I420Converter::new(renderer);
+    let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
     for _ in 0..args.iterations {
         let started = Instant::now();
         let planes = converter
             .convert(&frame, width, height)
             .map_err(anyhow::Error::msg)?;
-        gpu.push(started.elapsed());
+        on_gpu.push(started.elapsed());
         let started = Instant::now();
         let reference = i420_cpu(&frame, width, height);
-        cpu.push(started.elapsed());
+        on_cpu.push(started.elapsed());
         anyhow::ensure!(
             planes == reference,
             "the GPU's I420 differs from the reference"
         );
     }
-    let gpu = summarize("i420 vulkan", &mut gpu);
-    let cpu = summarize("i420 cpu reference", &mut cpu);
+    let g = summarize("i420 alone (copy in/out): vulkan", &mut on_gpu);
+    let c = summarize("i420 alone: cpu reference", &mut on_cpu);
     println!(
-        "i420 vulkan / cpu: p50 {:.2}×",
-        gpu.as_secs_f64() / cpu.as_secs_f64()
+        "i420 alone: vulkan / cpu p50 {:.2}×",
+        g.as_secs_f64() / c.as_secs_f64()
     );
-    let source = frame.clone();
-    for (name, damage) in [
-        (
-            "compose-small cpu (1280×20)",
-            Rect {
-                x: 0,
-                y: 400,
-                width,
-                height: 20,
-            },
-        ),
-        (
-            "compose-full cpu",
-            Rect {
-                x: 0,
-                y: 0,
-                width,
-                height,
-            },
-        ),
-    ] {
-        let list = CompositionList {
-            target: 1,
-            damage: vec![damage],
-            draws: vec![Draw {
-                resource_id: 2,
-                source: Rect {
-                    x: 0,
-                    y: 0,
-                    width,
-                    height,
-                },
-                x: 0,
-                y: 0,
-                opacity: 200,
-                clip: Rect {
-                    x: 0,
-                    y: 0,
-                    width,
-                    height,
-                },
-            }],
-        };
-        let mut target = vec![0u8; frame.len()];
-        let mut samples = Vec::new();
-        for _ in 0..args.iterations {
-            let started = Instant::now();
-            compose_cpu(&list, &mut target, width, height, |_| {
-                Some(Image {
-                    pixels: &source,
-                    width,
-                    height,
-                })
-            })
-            .map_err(anyhow::Error::msg)?;
-            samples.push(started.elapsed());
-        }
-        summarize(name, &mut samples);
-    }
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!           u8 opacity (0-255); u8 flags (0); u16 reserved (0); rect clip }
 //! ```
 //! Each draw puts its source rectangle of its resource at (x, y) of the
-//! target, "over" what is there, its alpha scaled by opacity, limited to
+//! target, "over" what is there, its alpha (255 for a B8G8R8X8 source,
+//! whose fourth byte is padding) scaled by opacity, limited to
 //! its clip rectangle and to the damage (only damaged pixels change). A
 //! draw item is 48 bytes; the stream is exactly as long as its counts say.
 
@@ -164,6 +165,8 @@ pub struct Image<'a> {
     pub pixels: &'a [u8],
     pub width: u32,
     pub height: u32,
+    /// The fourth byte is padding (B8G8R8X8): every pixel is opaque.
+    pub opaque: bool,
 }
 
 /// Intersection of two half-open boxes (x0, y0, x1, y1) in i64.
@@ -186,21 +189,77 @@ fn over(source: u8, dest: u8, alpha: u32) -> u8 {
     ((u32::from(source) * alpha + u32::from(dest) * (255 - alpha) + 127) / 255) as u8
 }
 
-/// Renders `list` into `target` (BGRA, `width` × `height`) on the CPU,
-/// reading draw sources through `source`. Draws whose resource is unknown
-/// are skipped and named in the result.
-pub fn compose_cpu<'a>(
+/// A half-open box (x0, y0, x1, y1) of target pixels.
+pub type Box2 = (u32, u32, u32, u32);
+
+/// One piece of a composition: draw `draw` over the pixels of `area`.
+/// The pieces of one draw never overlap, so each pixel is drawn once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub draw: usize,
+    pub area: Box2,
+}
+
+/// `a` minus `b`: up to four boxes covering what `a` has outside `b`.
+fn subtract(a: Box2, b: Box2, out: &mut Vec<Box2>) {
+    let (ix0, iy0, ix1, iy1) = (a.0.max(b.0), a.1.max(b.1), a.2.min(b.2), a.3.min(b.3));
+    if ix0 >= ix1 || iy0 >= iy1 {
+        out.push(a);
+        return;
+    }
+    if a.1 < iy0 {
+        out.push((a.0, a.1, a.2, iy0));
+    }
+    if iy1 < a.3 {
+        out.push((a.0, iy1, a.2, a.3));
+    }
+    if a.0 < ix0 {
+        out.push((a.0, iy0, ix0, iy1));
+    }
+    if ix1 < a.2 {
+        out.push((ix1, iy0, a.2, iy1));
+    }
+}
+
+/// The damage as disjoint boxes within a `width` × `height` target.
+pub fn disjoint_damage(damage: &[Rect], width: u32, height: u32) -> Vec<Box2> {
+    let mut boxes: Vec<Box2> = Vec::new();
+    for rect in damage {
+        let clipped = intersect(bounds(rect), (0, 0, i64::from(width), i64::from(height)));
+        let Some((x0, y0, x1, y1)) = clipped else {
+            continue;
+        };
+        // What this rect adds beyond the boxes so far.
+        let mut fresh = vec![(x0 as u32, y0 as u32, x1 as u32, y1 as u32)];
+        for existing in &boxes {
+            let mut next = Vec::with_capacity(fresh.len());
+            for piece in fresh {
+                subtract(piece, *existing, &mut next);
+            }
+            fresh = next;
+        }
+        boxes.extend(fresh);
+    }
+    boxes
+}
+
+/// Plans `list` on a `width` × `height` target: checks every draw's
+/// resource (`size` gives a resource's width and height) and source
+/// rectangle, and gives the pieces to draw in order. Both the CPU
+/// reference and the Vulkan path execute exactly these pieces.
+pub fn plan(
     list: &CompositionList,
-    target: &mut [u8],
     width: u32,
     height: u32,
-    source: impl Fn(u32) -> Option<Image<'a>>,
-) -> Result<(), String> {
+    size: impl Fn(u32) -> Option<(u32, u32)>,
+) -> Result<Vec<Piece>, String> {
     let screen = (0, 0, i64::from(width), i64::from(height));
+    let damage = disjoint_damage(&list.damage, width, height);
+    let mut pieces = Vec::new();
     for (index, draw) in list.draws.iter().enumerate() {
-        let image = source(draw.resource_id)
+        let (source_width, source_height) = size(draw.resource_id)
             .ok_or_else(|| format!("draw {index}: no resource {}", draw.resource_id))?;
-        if !draw.source.within(image.width, image.height) {
+        if !draw.source.within(source_width, source_height) {
             return Err(format!(
                 "draw {index}: its source lies outside resource {}",
                 draw.resource_id
@@ -216,66 +275,145 @@ pub fn compose_cpu<'a>(
         else {
             continue;
         };
-        // Damage rectangles may overlap: each pixel is drawn once if any
-        // of them covers it.
-        let damaged: Vec<(i64, i64, i64, i64)> = list
-            .damage
-            .iter()
-            .filter_map(|damage| intersect(area, bounds(damage)))
-            .collect();
-        let Some(&first) = damaged.first() else {
-            continue;
-        };
-        let (x0, y0, x1, y1) = damaged.iter().fold(first, |a, b| {
-            (a.0.min(b.0), a.1.min(b.1), a.2.max(b.2), a.3.max(b.3))
-        });
-        for y in y0..y1 {
-            for x in x0..x1 {
-                if !damaged
-                    .iter()
-                    .any(|d| d.0 <= x && x < d.2 && d.1 <= y && y < d.3)
-                {
-                    continue;
-                }
-                let sx = (x - i64::from(draw.x) + i64::from(draw.source.x)) as usize;
-                let sy = (y - i64::from(draw.y) + i64::from(draw.source.y)) as usize;
-                let s = (sy * image.width as usize + sx) * 4;
-                let d = (y as usize * width as usize + x as usize) * 4;
-                let alpha = (u32::from(image.pixels[s + 3]) * u32::from(draw.opacity) + 127) / 255;
-                for channel in 0..3 {
-                    target[d + channel] =
-                        over(image.pixels[s + channel], target[d + channel], alpha);
-                }
-                target[d + 3] = over(255, target[d + 3], alpha);
+        for damaged in &damage {
+            let boxed = (
+                i64::from(damaged.0),
+                i64::from(damaged.1),
+                i64::from(damaged.2),
+                i64::from(damaged.3),
+            );
+            if let Some((x0, y0, x1, y1)) = intersect(area, boxed) {
+                pieces.push(Piece {
+                    draw: index,
+                    area: (x0 as u32, y0 as u32, x1 as u32, y1 as u32),
+                });
             }
         }
+    }
+    Ok(pieces)
+}
+
+/// Renders `list` into `target` (BGRA, `width` × `height`) on the CPU,
+/// reading draw sources through `source`. A draw whose resource is
+/// unknown or too small fails the list before any pixel changes.
+pub fn compose_cpu<'a>(
+    list: &CompositionList,
+    target: &mut [u8],
+    width: u32,
+    height: u32,
+    source: impl Fn(u32) -> Option<Image<'a>>,
+) -> Result<(), String> {
+    let pieces = plan(list, width, height, |id| {
+        source(id).map(|image| (image.width, image.height))
+    })?;
+    for piece in pieces {
+        let draw = &list.draws[piece.draw];
+        let image = source(draw.resource_id).expect("planned");
+        compose_piece(draw, &piece, &image, target, width);
     }
     Ok(())
 }
 
-/// BGRA → I420 (BT.601 limited range, chroma averaged over 2×2), the CPU
-/// reference. Width and height must be even.
-pub fn i420_cpu(bgra: &[u8], width: u32, height: u32) -> Vec<u8> {
-    let (w, h) = (width as usize, height as usize);
-    let mut out = vec![0u8; w * h * 3 / 2];
+/// Draws one planned piece on the CPU.
+fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], width: u32) {
+    let (x0, y0, x1, y1) = piece.area;
+    let dx = i64::from(draw.source.x) - i64::from(draw.x);
+    let dy = i64::from(draw.source.y) - i64::from(draw.y);
+    let opacity = u32::from(draw.opacity);
+    let opaque = image.opaque;
+    for y in y0..y1 {
+        let sy = (i64::from(y) + dy) as usize;
+        let source_row = sy * image.width as usize;
+        let target_row = y as usize * width as usize;
+        for x in x0..x1 {
+            let sx = (i64::from(x) + dx) as usize;
+            let s = (source_row + sx) * 4;
+            let d = (target_row + x as usize) * 4;
+            let alpha = if opaque {
+                opacity
+            } else {
+                (u32::from(image.pixels[s + 3]) * opacity + 127) / 255
+            };
+            match alpha {
+                0 => {}
+                255 => {
+                    target[d..d + 3].copy_from_slice(&image.pixels[s..s + 3]);
+                    target[d + 3] = 255;
+                }
+                _ => {
+                    for channel in 0..3 {
+                        target[d + channel] =
+                            over(image.pixels[s + channel], target[d + channel], alpha);
+                    }
+                    target[d + 3] = over(255, target[d + 3], alpha);
+                }
+            }
+        }
+    }
+}
+
+/// Where a frame lies in its source image, for [`i420_region_cpu`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// The source image's row length in pixels.
+    pub stride: u32,
+    /// The frame's top-left pixel in the source image.
+    pub origin_x: u32,
+    pub origin_y: u32,
+    /// The frame's size (both even).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl FrameLayout {
+    /// The I420 bytes of a frame this size.
+    pub fn i420_len(&self) -> usize {
+        self.width as usize * self.height as usize * 3 / 2
+    }
+
+    /// `area` (frame pixels) widened to whole `align_x` × 2 blocks and
+    /// clipped to the frame; None when nothing is left.
+    pub fn aligned(&self, area: Box2, align_x: u32) -> Option<Box2> {
+        let x0 = area.0 - area.0 % align_x;
+        let y0 = area.1 - area.1 % 2;
+        let x1 = area.2.min(self.width).div_ceil(align_x) * align_x;
+        let y1 = area.3.min(self.height).div_ceil(2) * 2;
+        let x1 = x1.min(self.width);
+        (x0 < x1 && y0 < y1).then_some((x0, y0, x1, y1))
+    }
+}
+
+/// Converts `area` of a frame (even bounds, frame coordinates) of `bgra`
+/// to I420 in `out` (the whole frame's planes): the CPU reference of the
+/// GPU's region conversion. Pixels outside `area` are left as they were.
+pub fn i420_region_cpu(bgra: &[u8], layout: &FrameLayout, area: Box2, out: &mut [u8]) {
+    let (w, h) = (layout.width as usize, layout.height as usize);
     let (luma, chroma) = out.split_at_mut(w * h);
     let (u_plane, v_plane) = chroma.split_at_mut(w * h / 4);
+    let stride = layout.stride as usize;
+    let (ox, oy) = (layout.origin_x as usize, layout.origin_y as usize);
     let rgb = |x: usize, y: usize| {
-        let p = (y * w + x) * 4;
+        let p = ((oy + y) * stride + ox + x) * 4;
         (
             i32::from(bgra[p + 2]),
             i32::from(bgra[p + 1]),
             i32::from(bgra[p]),
         )
     };
-    for y in 0..h {
-        for x in 0..w {
+    let (x0, y0, x1, y1) = (
+        area.0 as usize,
+        area.1 as usize,
+        area.2 as usize,
+        area.3 as usize,
+    );
+    for y in y0..y1 {
+        for x in x0..x1 {
             let (r, g, b) = rgb(x, y);
             luma[y * w + x] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
         }
     }
-    for y in (0..h).step_by(2) {
-        for x in (0..w).step_by(2) {
+    for y in (y0..y1).step_by(2) {
+        for x in (x0..x1).step_by(2) {
             let mut sum = (0, 0, 0);
             for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
                 let (r, g, b) = rgb(x + dx, y + dy);
@@ -287,5 +425,19 @@ pub fn i420_cpu(bgra: &[u8], width: u32, height: u32) -> Vec<u8> {
             v_plane[at] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128) as u8;
         }
     }
+}
+
+/// BGRA → I420 (BT.601 limited range, chroma averaged over 2×2), the CPU
+/// reference. Width and height must be even.
+pub fn i420_cpu(bgra: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let layout = FrameLayout {
+        stride: width,
+        origin_x: 0,
+        origin_y: 0,
+        width,
+        height,
+    };
+    let mut out = vec![0u8; layout.i420_len()];
+    i420_region_cpu(bgra, &layout, (0, 0, width, height), &mut out);
     out
 }

@@ -14,6 +14,7 @@ pub mod device;
 pub mod enumerate;
 pub mod guest;
 pub mod protocol;
+pub mod render;
 pub mod server;
 pub mod session;
 pub mod wire;

@@ -103,6 +103,13 @@ impl Format {
         })
     }
 
+    /// B, G, R and alpha or padding, in that byte order: the formats
+    /// composition and the I420 frame read (wl_shm's ARGB8888 and
+    /// XRGB8888).
+    pub fn is_bgra(self) -> bool {
+        matches!(self, Format::B8G8R8A8 | Format::B8G8R8X8)
+    }
+
     /// Every format here is 4 bytes a pixel.
     pub const BYTES_PER_PIXEL: u32 = 4;
 }

@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
+use crate::render::Renderer;
 use crate::session::{Ledger, Session};
 use crate::wire::{read_frame, send_frame};
 
@@ -19,14 +20,22 @@ pub struct Gpud {
     /// The display size guests are offered.
     pub width: u32,
     pub height: u32,
+    /// The GPU sessions render on; None renders on the CPU reference.
+    pub renderer: Option<Arc<Renderer>>,
 }
 
 impl Gpud {
+    /// A gpud that renders on the CPU (no Vulkan device).
     pub fn new(width: u32, height: u32) -> Gpud {
+        Gpud::with_renderer(width, height, None)
+    }
+
+    pub fn with_renderer(width: u32, height: u32, renderer: Option<Arc<Renderer>>) -> Gpud {
         Gpud {
             ledger: Arc::new(Ledger::default()),
             width,
             height,
+            renderer,
         }
     }
 
@@ -55,12 +64,13 @@ impl Gpud {
 
     /// Runs one guest connection until it closes or breaks the framing.
     pub fn serve_connection(&self, stream: &UnixStream, desktop: &str, budget_bytes: u64) {
-        let mut session = Session::new(
+        let mut session = Session::with_renderer(
             desktop,
             budget_bytes,
             self.ledger.clone(),
             self.width,
             self.height,
+            self.renderer.clone(),
         );
         loop {
             let (bytes, fds) = match read_frame(stream) {

@@ -9,18 +9,24 @@
 //! the command gets `ERR_OUT_OF_MEMORY`. Dropping the session (the guest's
 //! socket closed) releases everything it held.
 //!
-//! Resource storage is host memory for now; the Vulkan images of the
-//! composition path will be charged the same way.
+//! With a [`Renderer`] (gpud on a GPU), resources and the scanout's I420
+//! frame are GPU buffers and composition and conversion run as compute
+//! shaders; without one (no Vulkan device), the same state lives in host
+//! memory and the CPU reference renders it. Both execute the same plan and
+//! give the same bytes. A buffer is charged what the driver allocates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use crate::compose::{compose_cpu, i420_cpu, CompositionList, Image};
+use crate::compose::{
+    compose_cpu, i420_region_cpu, plan, Box2, CompositionList, FrameLayout, Image,
+};
 use crate::protocol::{
     self, decode, encode, resp, Command, DisplayMode, Format, Header, MemEntry, Rect, Response,
     MAX_SCANOUTS,
 };
+use crate::render::{GpuBuffer, Renderer, Step};
 
 /// Our capset: the composition context type (see the crate docs).
 pub const CAPSET_COMPOSE: u32 = 0x4643;
@@ -173,23 +179,61 @@ fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, String> {
     })
 }
 
+/// Where a resource's or frame's bytes live.
+enum Storage {
+    Host(Vec<u8>),
+    Gpu(GpuBuffer),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Host(bytes) => bytes,
+            Storage::Gpu(buffer) => buffer.bytes(),
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Storage::Host(bytes) => bytes,
+            Storage::Gpu(buffer) => buffer.bytes_mut(),
+        }
+    }
+
+    fn gpu(&self) -> Option<ash::vk::Buffer> {
+        match self {
+            Storage::Host(_) => None,
+            Storage::Gpu(buffer) => Some(buffer.buffer),
+        }
+    }
+}
+
 struct Resource {
     format: Format,
     width: u32,
     height: u32,
-    /// The host copy the guest transfers into (charged).
-    pixels: Vec<u8>,
+    /// What the guest transfers into and compositions read and write.
+    storage: Storage,
+    /// What the ledger was charged for it.
+    charged: u64,
     backing: Vec<Backing>,
 }
 
 impl Resource {
-    fn bytes(&self) -> u64 {
-        self.pixels.len() as u64
-    }
-
     fn stride(&self) -> usize {
         self.width as usize * Format::BYTES_PER_PIXEL as usize
     }
+}
+
+/// The scanout's frame as I420, for the encoder stage: converted where
+/// the guest flushes, kept between flushes.
+struct Frame {
+    resource_id: u32,
+    layout: FrameLayout,
+    storage: Storage,
+    charged: u64,
+    /// Counts conversions: a new value is a new frame.
+    sequence: u64,
 }
 
 /// One guest (desktop) connected to gpud.
@@ -200,6 +244,8 @@ pub struct Session {
     resources: HashMap<u32, Resource>,
     contexts: HashMap<u32, String>,
     scanouts: [Option<(u32, Rect)>; MAX_SCANOUTS as usize],
+    frame: Option<Frame>,
+    renderer: Option<Arc<Renderer>>,
 }
 
 /// Most resources one guest may hold.
@@ -217,6 +263,18 @@ impl Session {
         width: u32,
         height: u32,
     ) -> Session {
+        Session::with_renderer(desktop, budget_bytes, ledger, width, height, None)
+    }
+
+    /// As [`Session::new`], rendering on `renderer`'s GPU when given.
+    pub fn with_renderer(
+        desktop: &str,
+        budget_bytes: u64,
+        ledger: Arc<Ledger>,
+        width: u32,
+        height: u32,
+        renderer: Option<Arc<Renderer>>,
+    ) -> Session {
         ledger.open(desktop, budget_bytes);
         Session {
             desktop: desktop.to_owned(),
@@ -225,7 +283,54 @@ impl Session {
             resources: HashMap::new(),
             contexts: HashMap::new(),
             scanouts: [None; MAX_SCANOUTS as usize],
+            frame: None,
+            renderer,
         }
+    }
+
+    /// Whether this session renders on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.renderer.is_some()
+    }
+
+    /// `len` zeroed bytes of storage, charged to the desktop first:
+    /// `(storage, charged bytes)` or `ERR_OUT_OF_MEMORY`.
+    fn allocate(&self, len: u64) -> Result<(Storage, u64), u32> {
+        let Some(renderer) = &self.renderer else {
+            if !self.ledger.charge(&self.desktop, len) {
+                return Err(resp::ERR_OUT_OF_MEMORY);
+            }
+            return Ok((Storage::Host(vec![0; len as usize]), len));
+        };
+        let size = renderer
+            .allocation_size(len)
+            .ok_or(resp::ERR_OUT_OF_MEMORY)?;
+        if !self.ledger.charge(&self.desktop, size) {
+            return Err(resp::ERR_OUT_OF_MEMORY);
+        }
+        match renderer.buffer(len) {
+            Ok(buffer) if buffer.allocated() == size => Ok((Storage::Gpu(buffer), size)),
+            Ok(buffer) => {
+                // The driver changed its mind: charge what it allocated.
+                let allocated = buffer.allocated();
+                self.ledger.release(&self.desktop, size);
+                if !self.ledger.charge(&self.desktop, allocated) {
+                    return Err(resp::ERR_OUT_OF_MEMORY);
+                }
+                Ok((Storage::Gpu(buffer), allocated))
+            }
+            Err(error) => {
+                self.ledger.release(&self.desktop, size);
+                eprintln!("gpud: {}: {error}", self.desktop);
+                Err(resp::ERR_OUT_OF_MEMORY)
+            }
+        }
+    }
+
+    /// Bytes this session has charged (its resources and frame).
+    pub fn charged(&self) -> u64 {
+        self.resources.values().map(|r| r.charged).sum::<u64>()
+            + self.frame.as_ref().map_or(0, |f| f.charged)
     }
 
     /// A resource's format and size.
@@ -235,11 +340,9 @@ impl Session {
             .map(|r| (r.format, r.width, r.height))
     }
 
-    /// A resource's host pixels (tests and the composition path).
+    /// A resource's pixels (tests and the benchmark).
     pub fn pixels(&self, resource_id: u32) -> Option<&[u8]> {
-        self.resources
-            .get(&resource_id)
-            .map(|r| r.pixels.as_slice())
+        self.resources.get(&resource_id).map(|r| r.storage.bytes())
     }
 
     /// What scanout `index` shows: resource and rectangle.
@@ -247,8 +350,9 @@ impl Session {
         self.scanouts.get(index).copied().flatten()
     }
 
-    /// Renders a composition list into its target resource (the CPU
-    /// reference path; the Vulkan path replaces it).
+    /// Renders a composition list into its target resource: planned once
+    /// (`compose::plan`), then drawn by the GPU's compute shader or, with
+    /// no GPU, the CPU reference.
     fn compose(&mut self, list: &CompositionList) -> Result<(), u32> {
         if list
             .draws
@@ -257,47 +361,183 @@ impl Session {
         {
             return Err(resp::ERR_INVALID_PARAMETER);
         }
+        // Composition reads and writes B, G, R(, A) bytes: the wl_shm
+        // formats. Others are refused, never misread.
+        let bgra = |id: &u32| self.resources.get(id).is_none_or(|r| r.format.is_bgra());
+        if !bgra(&list.target) || !list.draws.iter().all(|d| bgra(&d.resource_id)) {
+            return Err(resp::ERR_INVALID_PARAMETER);
+        }
         let mut target = self
             .resources
             .remove(&list.target)
             .ok_or(resp::ERR_INVALID_RESOURCE_ID)?;
-        let resources = &self.resources;
-        let result = compose_cpu(
-            list,
-            &mut target.pixels,
-            target.width,
-            target.height,
-            |id| {
-                resources.get(&id).map(|r| Image {
-                    pixels: &r.pixels,
-                    width: r.width,
-                    height: r.height,
-                })
-            },
-        );
+        let result = self.compose_into(list, &mut target);
         self.resources.insert(list.target, target);
-        result.map_err(|_| resp::ERR_INVALID_PARAMETER)
+        result
+    }
+
+    fn compose_into(&self, list: &CompositionList, target: &mut Resource) -> Result<(), u32> {
+        let resources = &self.resources;
+        let Some(renderer) = &self.renderer else {
+            return compose_cpu(
+                list,
+                target.storage.bytes_mut(),
+                target.width,
+                target.height,
+                |id| {
+                    resources.get(&id).map(|r| Image {
+                        pixels: r.storage.bytes(),
+                        width: r.width,
+                        height: r.height,
+                        opaque: r.format == Format::B8G8R8X8,
+                    })
+                },
+            )
+            .map_err(|_| resp::ERR_INVALID_PARAMETER);
+        };
+        let pieces = plan(list, target.width, target.height, |id| {
+            resources.get(&id).map(|r| (r.width, r.height))
+        })
+        .map_err(|_| resp::ERR_INVALID_PARAMETER)?;
+        let target_buffer = target.storage.gpu().ok_or(resp::ERR_UNSPEC)?;
+        let mut steps = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let draw = &list.draws[piece.draw];
+            let source = &resources[&draw.resource_id];
+            steps.push(Step::Compose {
+                target: target_buffer,
+                target_stride: target.width,
+                source: source.storage.gpu().ok_or(resp::ERR_UNSPEC)?,
+                source_stride: source.width,
+                area: piece.area,
+                dx: (i64::from(draw.source.x) - i64::from(draw.x)) as i32,
+                dy: (i64::from(draw.source.y) - i64::from(draw.y)) as i32,
+                opacity: draw.opacity,
+                opaque: source.format == Format::B8G8R8X8,
+            });
+        }
+        renderer.run(&self.desktop, steps).map_err(|error| {
+            eprintln!("gpud: {}: composition failed: {error}", self.desktop);
+            resp::ERR_UNSPEC
+        })
+    }
+
+    /// Points the frame at scanout 0's resource and rectangle (allocating
+    /// and charging its I420 planes), or drops it when the scanout is off
+    /// or odd-sized.
+    fn set_frame(&mut self) -> Result<(), u32> {
+        let Some((resource_id, rect)) = self.scanouts[0] else {
+            self.drop_frame();
+            return Ok(());
+        };
+        let resource = &self.resources[&resource_id];
+        let stride = resource.width;
+        if !resource.format.is_bgra()
+            || rect.width == 0
+            || rect.height == 0
+            || !rect.width.is_multiple_of(2)
+            || !rect.height.is_multiple_of(2)
+        {
+            self.drop_frame();
+            return Ok(());
+        }
+        let layout = FrameLayout {
+            stride,
+            origin_x: rect.x,
+            origin_y: rect.y,
+            width: rect.width,
+            height: rect.height,
+        };
+        match &mut self.frame {
+            Some(frame)
+                if frame.layout.width == layout.width && frame.layout.height == layout.height =>
+            {
+                frame.resource_id = resource_id;
+                frame.layout = layout;
+            }
+            _ => {
+                self.drop_frame();
+                let (storage, charged) = self.allocate(layout.i420_len() as u64)?;
+                self.frame = Some(Frame {
+                    resource_id,
+                    layout,
+                    storage,
+                    charged,
+                    sequence: 0,
+                });
+            }
+        }
+        self.convert((0, 0, layout.width, layout.height))
+    }
+
+    fn drop_frame(&mut self) {
+        if let Some(frame) = self.frame.take() {
+            self.ledger.release(&self.desktop, frame.charged);
+        }
+    }
+
+    /// Converts `area` (frame pixels) of the scanout to I420: on the GPU
+    /// when the frame's width is a multiple of 8, else on the CPU.
+    fn convert(&mut self, area: Box2) -> Result<(), u32> {
+        let Some(frame) = &mut self.frame else {
+            return Ok(());
+        };
+        let resource = &self.resources[&frame.resource_id];
+        let gpu = match (&self.renderer, resource.storage.gpu(), frame.storage.gpu()) {
+            (Some(renderer), Some(input), Some(output)) if frame.layout.width.is_multiple_of(8) => {
+                Some((renderer, input, output))
+            }
+            _ => None,
+        };
+        let align = if gpu.is_some() { 8 } else { 2 };
+        let Some(area) = frame.layout.aligned(area, align) else {
+            return Ok(());
+        };
+        match gpu {
+            Some((renderer, input, output)) => {
+                let layout = frame.layout;
+                let step = Step::I420 {
+                    input,
+                    stride: layout.stride,
+                    origin_x: layout.origin_x,
+                    origin_y: layout.origin_y,
+                    width: layout.width,
+                    height: layout.height,
+                    area,
+                    output,
+                };
+                renderer.run(&self.desktop, vec![step]).map_err(|error| {
+                    eprintln!("gpud: {}: conversion failed: {error}", self.desktop);
+                    resp::ERR_UNSPEC
+                })?;
+            }
+            None => i420_region_cpu(
+                resource.storage.bytes(),
+                &frame.layout,
+                area,
+                frame.storage.bytes_mut(),
+            ),
+        }
+        frame.sequence += 1;
+        Ok(())
     }
 
     /// The scanout's current frame as I420 (even-sized scanouts), for the
     /// encoder stage.
     pub fn scanout_i420(&self) -> Option<Vec<u8>> {
-        let (id, rect) = self.scanouts[0]?;
-        let resource = self.resources.get(&id)?;
-        if !rect.width.is_multiple_of(2)
-            || !rect.height.is_multiple_of(2)
-            || rect.width == 0
-            || rect.height == 0
-        {
-            return None;
-        }
-        let stride = resource.stride();
-        let mut cropped = Vec::with_capacity(rect.width as usize * rect.height as usize * 4);
-        for row in rect.y..rect.y + rect.height {
-            let start = row as usize * stride + rect.x as usize * 4;
-            cropped.extend_from_slice(&resource.pixels[start..start + rect.width as usize * 4]);
-        }
-        Some(i420_cpu(&cropped, rect.width, rect.height))
+        self.frame.as_ref().map(|f| f.storage.bytes().to_vec())
+    }
+
+    /// The current frame's I420 bytes, size and sequence number.
+    pub fn frame(&self) -> Option<(&[u8], u32, u32, u64)> {
+        self.frame.as_ref().map(|f| {
+            (
+                f.storage.bytes(),
+                f.layout.width,
+                f.layout.height,
+                f.sequence,
+            )
+        })
     }
 
     /// Answers one command (a frame's bytes and descriptors).
@@ -368,16 +608,15 @@ impl Session {
                 }
                 let bytes =
                     u64::from(width) * u64::from(height) * u64::from(Format::BYTES_PER_PIXEL);
-                if !self.ledger.charge(&self.desktop, bytes) {
-                    return Err(resp::ERR_OUT_OF_MEMORY);
-                }
+                let (storage, charged) = self.allocate(bytes)?;
                 self.resources.insert(
                     resource_id,
                     Resource {
                         format,
                         width,
                         height,
-                        pixels: vec![0; bytes as usize],
+                        storage,
+                        charged,
                         backing: Vec::new(),
                     },
                 );
@@ -388,11 +627,18 @@ impl Session {
                     .resources
                     .remove(&resource_id)
                     .ok_or(resp::ERR_INVALID_RESOURCE_ID)?;
-                self.ledger.release(&self.desktop, resource.bytes());
+                self.ledger.release(&self.desktop, resource.charged);
                 for scanout in &mut self.scanouts {
                     if scanout.is_some_and(|(id, _)| id == resource_id) {
                         *scanout = None;
                     }
+                }
+                if self
+                    .frame
+                    .as_ref()
+                    .is_some_and(|f| f.resource_id == resource_id)
+                {
+                    self.drop_frame();
                 }
                 Ok(Response::NoData)
             }
@@ -444,6 +690,7 @@ impl Session {
                 }
                 if resource_id == 0 {
                     self.scanouts[0] = None;
+                    self.drop_frame();
                     return Ok(Response::NoData);
                 }
                 let resource = self.resource(resource_id)?;
@@ -451,12 +698,33 @@ impl Session {
                     return Err(resp::ERR_INVALID_PARAMETER);
                 }
                 self.scanouts[0] = Some((resource_id, rect));
+                // No room for the frame's planes: the scanout stays off.
+                if let Err(code) = self.set_frame() {
+                    self.scanouts[0] = None;
+                    self.drop_frame();
+                    return Err(code);
+                }
                 Ok(Response::NoData)
             }
             Command::ResourceFlush { rect, resource_id } => {
                 let resource = self.resource(resource_id)?;
                 if !rect.within(resource.width, resource.height) {
                     return Err(resp::ERR_INVALID_PARAMETER);
+                }
+                // Flushing the scanout's resource makes a new frame of the
+                // flushed part.
+                if let Some((id, scanout)) = self.scanouts[0] {
+                    let (x0, y0) = (rect.x.max(scanout.x), rect.y.max(scanout.y));
+                    let x1 = (rect.x + rect.width).min(scanout.x + scanout.width);
+                    let y1 = (rect.y + rect.height).min(scanout.y + scanout.height);
+                    if id == resource_id && x0 < x1 && y0 < y1 {
+                        self.convert((
+                            x0 - scanout.x,
+                            y0 - scanout.y,
+                            x1 - scanout.x,
+                            y1 - scanout.y,
+                        ))?;
+                    }
                 }
                 Ok(Response::NoData)
             }
@@ -526,7 +794,7 @@ fn transfer(resource: &mut Resource, rect: Rect, offset: u64) -> Result<(), u32>
         copy_from_backing(
             &resource.backing,
             source,
-            &mut resource.pixels[target..target + (end - source)],
+            &mut resource.storage.bytes_mut()[target..target + (end - source)],
         );
     }
     Ok(())
@@ -554,9 +822,10 @@ fn copy_from_backing(backing: &[Backing], mut start: usize, out: &mut [u8]) {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let held: u64 = self.resources.values().map(Resource::bytes).sum();
+        let held = self.charged();
         self.ledger.release(&self.desktop, held);
         self.resources.clear();
+        self.frame = None;
         self.ledger.close(&self.desktop);
     }
 }

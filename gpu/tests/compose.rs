@@ -43,11 +43,13 @@ fn solid_alpha_overlap_clip_and_damage_give_exact_pixels() {
     let half_blue = solid(4, 4, [255, 0, 0, 128]);
     let sources = |id: u32| match id {
         1 => Some(Image {
+            opaque: false,
             pixels: &red,
             width: 4,
             height: 4,
         }),
         2 => Some(Image {
+            opaque: false,
             pixels: &half_blue,
             width: 4,
             height: 4,
@@ -193,7 +195,7 @@ proptest! {
             // Whatever decodes renders (or is refused) without a panic.
             let source = vec![255u8; 16 * 16 * 4];
             let mut target = vec![0u8; 16 * 16 * 4];
-            let _ = compose_cpu(&list, &mut target, 16, 16, |_| Some(Image { pixels: &source, width: 16, height: 16 }));
+            let _ = compose_cpu(&list, &mut target, 16, 16, |_| Some(Image { pixels: &source, width: 16, height: 16, opaque: false }));
         }
     }
 }

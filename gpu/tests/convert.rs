@@ -4,6 +4,8 @@
 use flotilla_gpu::compose::i420_cpu;
 use flotilla_gpu::convert::I420Converter;
 use flotilla_gpu::device::{Device, Selector};
+use flotilla_gpu::render::Renderer;
+use std::sync::Arc;
 
 fn device() -> Option<Device> {
     match Device::open(&Selector::Index(0)) {
@@ -34,7 +36,8 @@ fn gpu_i420_matches_the_cpu_reference_byte_for_byte() {
     let Some(device) = device() else {
         return;
     };
-    let mut converter = I420Converter::new(&device).expect("build the converter");
+    let renderer = Arc::new(Renderer::new(Arc::new(device)).expect("build the renderer"));
+    let mut converter = I420Converter::new(renderer);
     for (width, height, seed) in [(8, 2, 1), (64, 16, 2), (1280, 800, 3), (64, 16, 4)] {
         let bgra = image(width, height, seed);
         let gpu = converter.convert(&bgra, width, height).expect("convert");

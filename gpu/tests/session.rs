@@ -4,12 +4,13 @@
 //! ledger back at zero when every guest is gone.
 
 mod common;
-use common::memfd;
+use common::{memfd, renderer};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
+use flotilla_gpu::render::Renderer;
 use flotilla_gpu::session::{Ledger, Session, CAPSET_COMPOSE};
 
 fn answer(response: &[u8]) -> u32 {
@@ -59,8 +60,21 @@ fn upload(session: &mut Session, seed: u8, width: u32, height: u32) -> u32 {
 
 #[test]
 fn a_transfer_copies_exactly_the_damaged_rectangle() {
+    transfer_and_compose(None);
+}
+
+#[test]
+fn a_transfer_copies_exactly_the_damaged_rectangle_on_the_gpu() {
+    if let Some(renderer) = renderer() {
+        transfer_and_compose(Some(renderer));
+    }
+}
+
+fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
     let ledger = Arc::new(Ledger::default());
-    let mut session = Session::new("dt-1", 1 << 20, ledger.clone(), 1280, 800);
+    let on_gpu = renderer.is_some();
+    let mut session = Session::with_renderer("dt-1", 1 << 20, ledger.clone(), 1280, 800, renderer);
+    assert_eq!(session.on_gpu(), on_gpu);
     let (width, height) = (8, 4);
     let create = session.handle(
         &build::resource_create_2d(7, Format::B8G8R8X8, width, height),
@@ -109,7 +123,13 @@ fn a_transfer_copies_exactly_the_damaged_rectangle() {
             assert_eq!(pixels[at..at + 4], expected, "pixel ({x}, {y})");
         }
     }
-    assert_eq!(ledger.total_charged(), u64::from(width * height * 4));
+    // The ledger holds what the session allocated: exactly the pixels on
+    // the CPU, the driver's allocation size on a GPU.
+    assert_eq!(ledger.total_charged(), session.charged());
+    if !on_gpu {
+        assert_eq!(ledger.total_charged(), u64::from(width * height * 4));
+    }
+    assert!(ledger.total_charged() >= u64::from(width * height * 4));
     // Scanout, flush, display info, capsets, contexts.
     assert_eq!(
         answer(&session.handle(&build::set_scanout(rect(0, 0, 8, 4), 0, 7), vec![])),
@@ -218,12 +238,24 @@ fn a_transfer_copies_exactly_the_damaged_rectangle() {
 
 #[test]
 fn a_misbehaving_guest_gets_errors_while_eight_others_render() {
+    misbehaving_guest(None);
+}
+
+#[test]
+fn a_misbehaving_guest_gets_errors_while_eight_others_render_on_the_gpu() {
+    if let Some(renderer) = renderer() {
+        misbehaving_guest(Some(renderer));
+    }
+}
+
+fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
     let ledger = Arc::new(Ledger::default());
     let budget = 64 * 64 * 4;
-    let mut good: Vec<Session> = (0..8)
-        .map(|i| Session::new(&format!("dt-good-{i}"), budget, ledger.clone(), 1280, 800))
-        .collect();
-    let mut bad = Session::new("dt-bad", budget, ledger.clone(), 1280, 800);
+    let session = |name: &str| {
+        Session::with_renderer(name, budget, ledger.clone(), 1280, 800, renderer.clone())
+    };
+    let mut good: Vec<Session> = (0..8).map(|i| session(&format!("dt-good-{i}"))).collect();
+    let mut bad = session("dt-bad");
     for (i, session) in good.iter_mut().enumerate() {
         assert_eq!(upload(session, i as u8, 64, 64), resp::OK_NODATA);
     }

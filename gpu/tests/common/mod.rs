@@ -16,3 +16,23 @@ pub fn memfd(bytes: &[u8]) -> OwnedFd {
         OwnedFd::from_raw_fd(fd)
     }
 }
+
+/// A renderer on Vulkan device 0 (lavapipe here); None, with a note, on a
+/// machine without Vulkan unless FLOTILLA_REQUIRE_VULKAN is set (CI sets
+/// it, so nothing skips there).
+#[allow(dead_code)]
+pub fn renderer() -> Option<std::sync::Arc<flotilla_gpu::render::Renderer>> {
+    use flotilla_gpu::device::{Device, Selector};
+    use flotilla_gpu::render::Renderer;
+    use std::sync::Arc;
+    match Device::open(&Selector::Index(0)) {
+        Ok(device) => Some(Arc::new(
+            Renderer::new(Arc::new(device)).expect("build the renderer"),
+        )),
+        Err(error) if std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none() => {
+            eprintln!("skipping the GPU half: {error}");
+            None
+        }
+        Err(error) => panic!("{error}"),
+    }
+}

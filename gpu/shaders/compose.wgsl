@@ -1,0 +1,58 @@
+// One piece of a composition list (see `compose::plan`): draw a source
+// buffer "over" a rectangle of the target, alpha scaled by opacity —
+// the GPU twin of `compose::compose_piece`, integer-exact like it.
+// Pixels are BGRA bytes, one u32 each (B in the low byte).
+
+struct Params {
+    x0: u32,
+    y0: u32,
+    width: u32,
+    height: u32,
+    target_stride: u32,
+    source_stride: u32,
+    // Source pixel = target pixel + (dx, dy).
+    dx: i32,
+    dy: i32,
+    opacity: u32,
+    // 1: the source's fourth byte is padding (B8G8R8X8), every pixel opaque.
+    opaque: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> dest: array<u32>;
+@group(1) @binding(0) var<storage, read> source: array<u32>;
+var<push_constant> params: Params;
+
+fn over(s: u32, d: u32, alpha: u32) -> u32 {
+    return (s * alpha + d * (255u - alpha) + 127u) / 255u;
+}
+
+@compute @workgroup_size(256, 1)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x >= params.width || id.y >= params.height) {
+        return;
+    }
+    let x = params.x0 + id.x;
+    let y = params.y0 + id.y;
+    let sx = u32(i32(x) + params.dx);
+    let sy = u32(i32(y) + params.dy);
+    let s = source[sy * params.source_stride + sx];
+    let at = y * params.target_stride + x;
+    var alpha = params.opacity;
+    if (params.opaque == 0u) {
+        alpha = ((s >> 24u) * params.opacity + 127u) / 255u;
+    }
+    if (alpha == 0u) {
+        return;
+    }
+    if (alpha == 255u) {
+        dest[at] = s | 0xff000000u;
+        return;
+    }
+    let d = dest[at];
+    var out = over(255u, d >> 24u, alpha) << 24u;
+    for (var c = 0u; c < 3u; c++) {
+        let shift = 8u * c;
+        out = out | (over((s >> shift) & 255u, (d >> shift) & 255u, alpha) << shift);
+    }
+    dest[at] = out;
+}
