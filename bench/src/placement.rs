@@ -89,6 +89,7 @@ async fn simulate_nodes(leader: &str, token: &str, count: usize) -> anyhow::Resu
                             uuid: format!("{index:08x}-0000-0000-0000-{gpu:012x}"),
                             memory_bytes: 80 * GIB,
                             cpu_implementation: false,
+                            capabilities: None,
                         })
                         .collect(),
                     agent_version: "bench".to_owned(),

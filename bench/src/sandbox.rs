@@ -118,6 +118,7 @@ fn write_spec(dir: &Path, index: usize, netns_fd: Option<i32>) -> anyhow::Result
         usr_links: Vec::new(),
         base_image: None,
         devices: Vec::new(),
+        gpu_dir: None,
         fail_at_step: None,
     };
     let spec = SandboxSpec { netns_fd, ..spec };

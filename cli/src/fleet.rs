@@ -357,6 +357,80 @@ impl Client {
         }
     }
 
+    pub async fn gpu_info(&self, node: Option<&str>) -> anyhow::Result<()> {
+        let mut request = self.http.get(self.url("/api/v1/gpus"));
+        if let Some(node) = node {
+            request = request.query(&[("node", node)]);
+        }
+        let info: Value = self.send(request).await?;
+        if let Output::Json = self.output {
+            return self.print_json(&info);
+        }
+        let flag = |value: &Value| {
+            if value.as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        };
+        let desktops = |list: &Value| {
+            for desktop in list.as_array().into_iter().flatten() {
+                println!(
+                    "    {:<24} {:>10} of {:>10}",
+                    text(&desktop["desktop"]),
+                    human_bytes(desktop["charged_bytes"].as_u64().unwrap_or(0)),
+                    human_bytes(desktop["budget_bytes"].as_u64().unwrap_or(0)),
+                );
+            }
+        };
+        let gpus = info["gpus"].as_array().cloned().unwrap_or_default();
+        if gpus.is_empty() && info["cpu_rendered"].as_array().is_none_or(|l| l.is_empty()) {
+            println!("no GPUs");
+        }
+        for gpu in &gpus {
+            println!(
+                "{} gpu-{}  {}  ({})",
+                text(&gpu["node"]),
+                gpu["index"],
+                text(&gpu["name"]),
+                text(&gpu["driver"])
+            );
+            println!("  uuid:     {}", text(&gpu["uuid"]));
+            println!(
+                "  memory:   {}, {} charged to desktops",
+                human_bytes(gpu["memory_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(gpu["charged_bytes"].as_u64().unwrap_or(0))
+            );
+            let c = &gpu["capabilities"];
+            if c.is_null() {
+                println!("  gpud:     not opened (the CPU renders for its desktops)");
+            } else {
+                println!(
+                    "  vulkan:   {}, {} queue(s); dma-buf {}, DRM modifiers {}, memory budget {}, external memory fd {}, semaphore fd {}, fence fd {}, video encode {}",
+                    text(&c["api_version"]),
+                    c["queue_count"],
+                    flag(&c["dma_buf"]),
+                    flag(&c["drm_format_modifiers"]),
+                    flag(&c["memory_budget"]),
+                    flag(&c["external_memory_fd"]),
+                    flag(&c["external_semaphore_fd"]),
+                    flag(&c["external_fence_fd"]),
+                    flag(&c["video_encode"]),
+                );
+            }
+            println!(
+                "  desktops: {} (charged of budget)",
+                gpu["desktops"].as_array().map_or(0, Vec::len)
+            );
+            desktops(&gpu["desktops"]);
+        }
+        if let Some(list) = info["cpu_rendered"].as_array().filter(|l| !l.is_empty()) {
+            println!("rendered on the CPU (nodes without a GPU): {}", list.len());
+            desktops(&info["cpu_rendered"]);
+        }
+        Ok(())
+    }
+
     pub async fn capacity(&self, stale: bool) -> anyhow::Result<()> {
         let capacity: Value = self
             .send(

@@ -70,6 +70,13 @@ enum TopCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// GPUs as gpud serves them.
+    Gpu {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: GpuCommand,
+    },
     /// Inspect desktops.
     Desktop {
         #[command(flatten)]
@@ -112,6 +119,17 @@ enum NodeCommand {
         /// Desktops migrated at once.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         max_parallel: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum GpuCommand {
+    /// Each GPU's capabilities and, per desktop, the GPU memory gpud
+    /// charges it and its budget.
+    Info {
+        /// Only this node's GPUs.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -178,6 +196,15 @@ struct NodeAgentArgs {
     /// Do not enumerate GPUs (a host without Vulkan).
     #[arg(long)]
     no_gpus: bool,
+    /// Do not run gpud (desktops get no GPU socket).
+    #[arg(long)]
+    no_gpud: bool,
+    /// GPU-memory budget of a desktop that asked for none (its display).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    display_gpu_memory: u64,
+    /// Display size gpud offers each desktop, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x800", value_parser = parse_display_size)]
+    display_size: (u32, u32),
     /// Run desktops without cgroup limits.
     #[arg(long)]
     no_cgroups: bool,
@@ -621,6 +648,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         TopCommand::Capacity { client, stale } => connect(client)?.capacity(stale).await,
+        TopCommand::Gpu {
+            client,
+            command: GpuCommand::Info { node },
+        } => connect(client)?.gpu_info(node.as_deref()).await,
         TopCommand::Desktop { client, command } => {
             let client = connect(client)?;
             match command {
@@ -654,6 +685,9 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.reserve_memory_bytes = args.reserve_memory;
     options.stop_grace = args.stop_grace;
     options.gpus = !args.no_gpus;
+    options.gpud = !args.no_gpud;
+    options.display_gpu_memory = args.display_gpu_memory;
+    options.display_size = args.display_size;
     options.cgroups = !args.no_cgroups;
     options.sandbox = matches!(args.runtime, RuntimeArg::Sandbox);
     options.pids_limit = args.pids_limit;
@@ -860,4 +894,21 @@ fn dev_agent_options(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Re
     // dev leaves nothing on the host when it exits.
     options.remove_network_on_exit = true;
     Ok(options)
+}
+
+/// `WIDTHxHEIGHT`, each 64 to 8192 and even.
+fn parse_display_size(text: &str) -> Result<(u32, u32), String> {
+    let (width, height) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT (e.g. 1280x800)"))?;
+    let parse = |part: &str, what: &str| -> Result<u32, String> {
+        let value: u32 = part
+            .parse()
+            .map_err(|_| format!("{what} {part:?} is not a number"))?;
+        if !(64..=8192).contains(&value) || !value.is_multiple_of(2) {
+            return Err(format!("{what} {value} must be even, from 64 to 8192"));
+        }
+        Ok(value)
+    };
+    Ok((parse(width, "width")?, parse(height, "height")?))
 }

@@ -77,6 +77,12 @@ pub struct Usage {
     pub cpu_usec: u64,
     pub memory_bytes: u64,
     pub pids: u32,
+    /// gpud's ledger for it: the GPU it renders on (None: not attached),
+    /// GPU memory charged now, and its budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_index: Option<u32>,
+    pub gpu_charged_bytes: u64,
+    pub gpu_budget_bytes: u64,
 }
 
 struct Liveness {

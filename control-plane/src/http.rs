@@ -58,6 +58,7 @@ const MAX_ID_CHARS: usize = 128;
         crate::http_fleet::remove_node,
         crate::http_fleet::capacity,
         crate::http_fleet::list_desktops,
+        crate::http_fleet::gpu_info,
         crate::http_exec::exec,
         crate::http_exec::logs
     ),

@@ -137,7 +137,7 @@ async fn running_desktop(control: &ControlPlane, id: &str) -> Result<(String, u6
 }
 
 /// Sends the request on to the leader and streams its answer back.
-async fn forward(
+pub(crate) async fn forward(
     control: &ControlPlane,
     method: Method,
     path_and_query: &str,

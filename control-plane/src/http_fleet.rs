@@ -19,7 +19,8 @@ use crate::http::{
 };
 use crate::state::{Allocation, State as FleetState};
 use crate::types::{
-    Applied, Command, Desktop, DesktopIntent, DesktopState, Drain, Node, NodeStatus,
+    Applied, Command, Desktop, DesktopIntent, DesktopState, Drain, GpuCapabilities, Node,
+    NodeStatus,
 };
 
 /// Default drain deadline, as Nomad's.
@@ -38,6 +39,7 @@ pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
         )
         .route("/api/v1/capacity", get(capacity))
         .route("/api/v1/desktops", get(list_desktops))
+        .route("/api/v1/gpus", get(gpu_info))
 }
 
 /// Capacity, allocation and what is free of one resource.
@@ -555,4 +557,133 @@ pub(crate) async fn list_desktops(
                 .collect(),
         }
     })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GpuQuery {
+    /// Only this node's GPUs.
+    pub node: Option<String>,
+}
+
+/// One desktop's GPU memory as gpud's ledger charges it.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GpuDesktopView {
+    pub desktop: String,
+    pub charged_bytes: u64,
+    pub budget_bytes: u64,
+}
+
+/// One GPU of one node: what it is, what gpud opened, and its desktops.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GpuInfoView {
+    pub node: String,
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub driver: String,
+    pub memory_bytes: u64,
+    pub cpu_implementation: bool,
+    /// None: gpud could not open it (or does not run); the CPU renders.
+    pub capabilities: Option<GpuCapabilities>,
+    pub desktops: Vec<GpuDesktopView>,
+    pub charged_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GpuInfoList {
+    pub gpus: Vec<GpuInfoView>,
+    /// Desktops gpud serves on a node without a GPU (the CPU renders).
+    pub cpu_rendered: Vec<GpuDesktopView>,
+}
+
+/// Each GPU's capabilities and, per desktop, the GPU memory gpud's
+/// ledger charges it and its budget (as the node agents last reported;
+/// answered by the leader, which holds the reports).
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus",
+    params(GpuQuery),
+    responses((status = 200, body = GpuInfoList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn gpu_info(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    query: Result<Query<GpuQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Query(query) = query.map_err(query_error)?;
+    if let Some(name) = &query.node {
+        validate_name(name)?;
+    }
+    if !control.is_leader() {
+        // The usage reports live in the leader's memory.
+        let path = match &query.node {
+            Some(name) => format!("/api/v1/gpus?node={}", urlencode(name)),
+            None => "/api/v1/gpus".to_owned(),
+        };
+        return crate::http_exec::forward(
+            &control,
+            axum::http::Method::GET,
+            &path,
+            &headers,
+            axum::body::Bytes::new(),
+        )
+        .await;
+    }
+    control.read_barrier(consistency(false)).await?;
+    let nodes: Vec<Node> = control.state.with_state(|state| match &query.node {
+        Some(name) => find_node(state, name).map(|node| vec![node.clone()]),
+        None => Ok(state.nodes().cloned().collect()),
+    })?;
+    let mut list = GpuInfoList {
+        gpus: Vec::new(),
+        cpu_rendered: Vec::new(),
+    };
+    for node in nodes {
+        let mut usage: Vec<(String, Usage)> = control.fleet.usage(&node.id).into_iter().collect();
+        usage.sort_by(|a, b| a.0.cmp(&b.0));
+        let on = |index: Option<u32>| -> Vec<GpuDesktopView> {
+            usage
+                .iter()
+                .filter(|(_, usage)| usage.gpu_index.is_some() && usage.gpu_index == index)
+                .map(|(desktop, usage)| GpuDesktopView {
+                    desktop: desktop.clone(),
+                    charged_bytes: usage.gpu_charged_bytes,
+                    budget_bytes: usage.gpu_budget_bytes,
+                })
+                .collect()
+        };
+        if node.gpus.is_empty() {
+            list.cpu_rendered.extend(on(Some(0)));
+        }
+        for (position, gpu) in node.gpus.iter().enumerate() {
+            let desktops = on(Some(position as u32));
+            list.gpus.push(GpuInfoView {
+                node: node.name.clone(),
+                index: gpu.index,
+                uuid: gpu.uuid.clone(),
+                name: gpu.name.clone(),
+                driver: gpu.driver.clone(),
+                memory_bytes: gpu.memory_bytes,
+                cpu_implementation: gpu.cpu_implementation,
+                capabilities: gpu.capabilities.clone(),
+                charged_bytes: desktops.iter().map(|d| d.charged_bytes).sum(),
+                desktops,
+            });
+        }
+    }
+    Ok(Json(list).into_response())
+}
+
+/// Percent-encodes a node name for a query string.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::fleet::{self, ReportedDesktop, Usage};
 use crate::types::{
     validate_label, validate_node_name, Applied, Command, CommandError, DesktopIntent,
-    DesktopReport, DesktopState, Gpu, NodeCapacity, NodeRegistration,
+    DesktopReport, DesktopState, Gpu, GpuCapabilities, NodeCapacity, NodeRegistration,
 };
 
 /// Metadata key naming the leader's address on an UNAVAILABLE answer.
@@ -141,6 +141,20 @@ pub fn registration(
             uuid: text("gpu uuid", &gpu.uuid, MAX_TEXT)?,
             memory_bytes: gpu.memory_bytes,
             cpu_implementation: gpu.cpu_implementation,
+            capabilities: match gpu.capabilities {
+                Some(c) => Some(GpuCapabilities {
+                    api_version: text("gpu api_version", &c.api_version, 32)?,
+                    queue_count: c.queue_count,
+                    external_memory_fd: c.external_memory_fd,
+                    dma_buf: c.dma_buf,
+                    drm_format_modifiers: c.drm_format_modifiers,
+                    memory_budget: c.memory_budget,
+                    external_semaphore_fd: c.external_semaphore_fd,
+                    external_fence_fd: c.external_fence_fd,
+                    video_encode: c.video_encode,
+                }),
+                None => None,
+            },
         });
     }
     Ok(NodeRegistration {
@@ -195,6 +209,9 @@ fn report(status: pb::DesktopStatus) -> Result<ReportedDesktop, Status> {
             cpu_usec: usage.cpu_usec,
             memory_bytes: usage.memory_bytes,
             pids: usage.pids,
+            gpu_index: usage.gpu_index,
+            gpu_charged_bytes: usage.gpu_charged_bytes,
+            gpu_budget_bytes: usage.gpu_budget_bytes,
         },
     })
 }

@@ -465,6 +465,25 @@ pub struct Gpu {
     pub memory_bytes: u64,
     /// A CPU implementation such as lavapipe.
     pub cpu_implementation: bool,
+    /// What gpud opened on it; None when gpud could not open it (the CPU
+    /// renders for its desktops) or does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<GpuCapabilities>,
+}
+
+/// A GPU's capabilities as gpud opened it (`flotilla gpu info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GpuCapabilities {
+    /// `major.minor.patch` of the device's Vulkan API.
+    pub api_version: String,
+    pub queue_count: u32,
+    pub external_memory_fd: bool,
+    pub dma_buf: bool,
+    pub drm_format_modifiers: bool,
+    pub memory_budget: bool,
+    pub external_semaphore_fd: bool,
+    pub external_fence_fd: bool,
+    pub video_encode: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

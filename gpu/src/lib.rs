@@ -2,11 +2,14 @@
 //! GPU, shared by every desktop on the host through the virtio-gpu protocol
 //! over a Unix socket, with every byte of GPU memory charged to a desktop.
 //!
-//! Built so far: [`enumerate`], which the node agent uses to report the
-//! host's GPUs, [`device`] (one logical device per GPU with a capability
-//! report), and [`protocol`], the virtio-gpu control-queue wire format
-//! gpud's guests speak (decoding with validation, responses, framing). The
-//! device service itself is still to come (issue 5).
+//! [`enumerate`] lists the host's GPUs; [`device`] opens one logical device
+//! per GPU with a capability report; [`protocol`] is the virtio-gpu
+//! control-queue wire format guests speak, [`wire`] its framing with
+//! descriptors; [`session`] is one guest's state and the [`session::Ledger`]
+//! of GPU memory; [`compose`] the composition context type and its CPU
+//! reference; [`render`] the Vulkan path (GPU buffers, compute shaders, the
+//! fair render thread); [`server`] and [`service`] serve desktops on their
+//! own sockets; [`guest`] is the guest library.
 
 pub mod compose;
 pub mod convert;
@@ -16,6 +19,7 @@ pub mod guest;
 pub mod protocol;
 pub mod render;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod wire;
 

@@ -55,6 +55,14 @@ pub struct AgentOptions {
     pub desktop_command: Vec<String>,
     /// Enumerate GPUs with Vulkan.
     pub gpus: bool,
+    /// Run gpud: serve every desktop a virtio-gpu socket on the host's
+    /// GPUs (the CPU renders where there are none).
+    pub gpud: bool,
+    /// The GPU-memory budget of a desktop that asked for none (its
+    /// display: scanout, frame, windows).
+    pub display_gpu_memory: u64,
+    /// The display size gpud offers each desktop.
+    pub display_size: (u32, u32),
     /// Limit each desktop with a cgroup (needs root and cgroup controllers).
     pub cgroups: bool,
     /// Most processes in one desktop.
@@ -98,6 +106,9 @@ impl AgentOptions {
             stop_grace: Duration::from_secs(10),
             desktop_command: vec!["sleep".to_owned(), "infinity".to_owned()],
             gpus: true,
+            gpud: true,
+            display_gpu_memory: 64 << 20,
+            display_size: (1280, 800),
             cgroups: true,
             pids_limit: 4096,
             sandbox: true,
@@ -232,7 +243,28 @@ pub async fn run(
     }
     let data_dir = DataDir::open(&options.data_dir)?;
     let identity = data_dir.identity(&options.name)?;
-    let registration = registration(&options, &identity.node_id, &data_dir)?;
+    let gpus = enumerate_gpus(&options);
+    // gpud: every GPU opened once, shared by this node's desktops.
+    let gpu_service = options.gpud.then(|| {
+        let (width, height) = options.display_size;
+        let service = flotilla_gpu::service::GpuService::open(&gpus, width, height);
+        if service.on_gpu() {
+            tracing::info!(
+                gpus = service.gpus().len(),
+                "gpud serves desktops on the host's GPUs"
+            );
+        } else {
+            tracing::warn!("gpud renders on the CPU: no GPU could be opened");
+        }
+        Arc::new(service)
+    });
+    let registration = registration(
+        &options,
+        &identity.node_id,
+        &data_dir,
+        &gpus,
+        gpu_service.as_deref(),
+    )?;
     tracing::info!(
         node_id = %identity.node_id,
         name = %identity.name,
@@ -277,6 +309,10 @@ pub async fn run(
     };
     let runtime = match cgroup_scope(&options) {
         Some(scope) => runtime.with_cgroups(scope, options.pids_limit),
+        None => runtime,
+    };
+    let runtime = match &gpu_service {
+        Some(service) => runtime.with_gpu(service.clone(), options.display_gpu_memory),
         None => runtime,
     };
     let mut runtime = runtime;
@@ -469,10 +505,26 @@ fn unprivileged_user_namespaces() -> bool {
     }
 }
 
+/// The host's GPUs (none when `--no-gpus` or without Vulkan).
+fn enumerate_gpus(options: &AgentOptions) -> Vec<flotilla_gpu::GpuInfo> {
+    if !options.gpus {
+        return Vec::new();
+    }
+    match flotilla_gpu::enumerate() {
+        Ok(gpus) => gpus,
+        Err(error) => {
+            tracing::warn!(%error, "no GPUs reported");
+            Vec::new()
+        }
+    }
+}
+
 fn registration(
     options: &AgentOptions,
     node_id: &str,
     data_dir: &DataDir,
+    gpus: &[flotilla_gpu::GpuInfo],
+    gpu_service: Option<&flotilla_gpu::service::GpuService>,
 ) -> anyhow::Result<pb::RegisterRequest> {
     let host_cpu = host::cpu_count() * 1000;
     let host_memory = host::memory_bytes()?;
@@ -489,16 +541,21 @@ fn registration(
             options.reserve_memory_bytes
         );
     }
-    let gpus = if options.gpus {
-        match flotilla_gpu::enumerate() {
-            Ok(gpus) => gpus,
-            Err(error) => {
-                tracing::warn!(%error, "no GPUs reported");
-                Vec::new()
-            }
-        }
-    } else {
-        Vec::new()
+    let capabilities = |position: usize| {
+        let served = gpu_service?.gpus().get(position)?;
+        served.info.as_ref()?;
+        let c = served.capabilities.as_ref()?;
+        Some(pb::GpuCapabilities {
+            api_version: c.api_version.clone(),
+            queue_count: c.queue_count,
+            external_memory_fd: c.external_memory_fd,
+            dma_buf: c.dma_buf,
+            drm_format_modifiers: c.drm_format_modifiers,
+            memory_budget: c.memory_budget,
+            external_semaphore_fd: c.external_semaphore_fd,
+            external_fence_fd: c.external_fence_fd,
+            video_encode: c.video_encode,
+        })
     };
     Ok(pb::RegisterRequest {
         node_id: node_id.to_owned(),
@@ -517,16 +574,18 @@ fn registration(
             desktop_slots: 0,
         }),
         gpus: gpus
-            .into_iter()
-            .map(|gpu| pb::Gpu {
+            .iter()
+            .enumerate()
+            .map(|(position, gpu)| pb::Gpu {
                 index: gpu.index,
-                name: gpu.name,
+                name: gpu.name.clone(),
                 vendor_id: gpu.vendor_id,
                 device_id: gpu.device_id,
-                driver: gpu.driver,
-                uuid: gpu.uuid,
+                driver: gpu.driver.clone(),
+                uuid: gpu.uuid.clone(),
                 memory_bytes: gpu.memory_bytes,
                 cpu_implementation: gpu.cpu_implementation,
+                capabilities: capabilities(position),
             })
             .collect(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -1002,6 +1061,9 @@ fn report(observed: Vec<Observed>) -> Vec<pb::DesktopStatus> {
                 cpu_usec: desktop.usage.cpu_usec,
                 memory_bytes: desktop.usage.memory_bytes,
                 pids: desktop.usage.pids,
+                gpu_index: desktop.usage.gpu_index,
+                gpu_charged_bytes: desktop.usage.gpu_charged_bytes,
+                gpu_budget_bytes: desktop.usage.gpu_budget_bytes,
             }),
         })
         .collect();

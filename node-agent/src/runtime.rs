@@ -15,11 +15,14 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use serde::Deserialize;
+
+use flotilla_gpu::service::{DesktopGpu, GpuService};
 
 use crate::sandbox::cgroup::{Cgroup, Limits, Scope};
 use crate::sandbox::net::{DesktopNet, Egress, NetRecord, Network};
@@ -70,6 +73,11 @@ pub struct Usage {
     pub cpu_usec: u64,
     pub memory_bytes: u64,
     pub pids: u32,
+    /// gpud's ledger: the GPU it renders on (None: not attached), GPU
+    /// memory charged now, and its budget.
+    pub gpu_index: Option<u32>,
+    pub gpu_charged_bytes: u64,
+    pub gpu_budget_bytes: u64,
 }
 
 /// One desktop as the runtime sees it.
@@ -201,6 +209,9 @@ struct SandboxState {
     cgroup_procs: Vec<PathBuf>,
     net: Option<NetRecord>,
     memory_limit: u64,
+    /// Its gpud attachment (GPU index, budget), re-made on adoption.
+    #[serde(default)]
+    gpu: Option<(u32, u64)>,
 }
 
 struct ProcessDesktop {
@@ -215,6 +226,32 @@ struct ProcessDesktop {
     sandbox: Option<(u32, PathBuf)>,
     /// Its network, when sandboxes have one; released when it ends.
     net: Option<NetRecord>,
+    /// Its gpud socket, closed (and its GPU memory freed) when it ends.
+    gpu: Option<DesktopGpu>,
+}
+
+/// A prepared sandbox: the command that runs it, its (slot, directory),
+/// its gpud socket.
+type Prepared = (Vec<String>, (u32, PathBuf), Option<DesktopGpu>);
+
+/// gpud as the runtime uses it.
+struct RuntimeGpu {
+    service: Arc<GpuService>,
+    /// The budget of a desktop that asked for no GPU memory: enough for
+    /// its display (scanout, frame, a few windows).
+    display_budget: u64,
+}
+
+/// A desktop's gpud budget: what it asked for, at least the display's.
+fn gpu_budget(requested: u64, display_budget: u64) -> u64 {
+    requested.max(display_budget)
+}
+
+/// The host uid and gid that own `path`.
+fn owner_of(path: &Path) -> std::io::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.uid(), metadata.gid()))
 }
 
 /// How desktops are sandboxed.
@@ -264,6 +301,10 @@ pub struct ProcessRuntime {
     adopted: Vec<SandboxState>,
     /// Leave sandboxes running when dropped (for re-adoption).
     leave_running: bool,
+    /// gpud, serving each desktop its own socket.
+    gpu: Option<RuntimeGpu>,
+    /// The agent's data directory (plain processes' gpud sockets).
+    data_dir: PathBuf,
 }
 
 impl ProcessRuntime {
@@ -292,7 +333,47 @@ impl ProcessRuntime {
             zygote: None,
             adopted: Vec::new(),
             leave_running: false,
+            gpu: None,
+            data_dir: data_dir.to_owned(),
         })
+    }
+
+    /// Serves every desktop a gpud socket on `service` (in a sandbox at
+    /// `/run/flotilla/gpu.sock`; `FLOTILLA_GPU_SOCKET` says where), with
+    /// its requested GPU memory as budget, or `display_budget` if it asked
+    /// for less. Adopted sandboxes get their socket back (a new session:
+    /// gpud's state did not survive the agent).
+    pub fn with_gpu(mut self, service: Arc<GpuService>, display_budget: u64) -> ProcessRuntime {
+        for state in &self.adopted {
+            let (Some((index, budget)), Some(desktop)) =
+                (state.gpu, self.desktops.get_mut(&state.desktop_id))
+            else {
+                continue;
+            };
+            let Some((_, dir)) = &desktop.sandbox else {
+                continue;
+            };
+            let attached = owner_of(&dir.join("home")).and_then(|owner| {
+                service.attach(
+                    &state.desktop_id,
+                    Some(index),
+                    budget,
+                    &dir.join("gpu"),
+                    Some(owner),
+                )
+            });
+            match attached {
+                Ok(gpu) => desktop.gpu = Some(gpu),
+                Err(error) => {
+                    tracing::warn!(desktop = %state.desktop_id, %error, "cannot re-open its gpud socket")
+                }
+            }
+        }
+        self.gpu = Some(RuntimeGpu {
+            service,
+            display_budget,
+        });
+        self
     }
 
     /// Runs every desktop in a namespace sandbox (`flotilla sandbox-init`).
@@ -319,6 +400,7 @@ impl ProcessRuntime {
                             memory_limit: state.memory_limit,
                             sandbox: Some((state.slot, dir)),
                             net: state.net.clone(),
+                            gpu: None,
                         },
                     );
                     self.adopted.push(state);
@@ -386,7 +468,7 @@ impl ProcessRuntime {
         settings: &SandboxSettings,
         spec: &DesktopSpec,
         net: Option<&DesktopNet>,
-    ) -> Result<(Vec<String>, (u32, PathBuf)), String> {
+    ) -> Result<Prepared, String> {
         let slot = self
             .free_slot()
             .ok_or("no free uid range for another sandbox")?;
@@ -426,6 +508,28 @@ impl ProcessRuntime {
                 .collect();
             env.insert("FLOTILLA_CONTROL_PLANE".to_owned(), endpoints.join(","));
         }
+        // gpud's socket for this desktop, owned by its user.
+        let gpu = match &self.gpu {
+            Some(gpu) => {
+                let attached = owner_of(&home).and_then(|owner| {
+                    gpu.service.attach(
+                        &spec.desktop_id,
+                        spec.gpu,
+                        gpu_budget(spec.gpu_memory_bytes, gpu.display_budget),
+                        &dir.join("gpu"),
+                        Some(owner),
+                    )
+                });
+                Some(attached.map_err(|e| fail("serve gpud's socket in", e))?)
+            }
+            None => None,
+        };
+        if gpu.is_some() {
+            env.insert(
+                "FLOTILLA_GPU_SOCKET".to_owned(),
+                format!("/run/flotilla/{}", flotilla_gpu::service::SOCKET_NAME),
+            );
+        }
         let sandbox_spec = SandboxSpec {
             hostname: spec.desktop_id.clone(),
             uid_base,
@@ -447,6 +551,7 @@ impl ProcessRuntime {
             usr_links: Vec::new(),
             base_image: settings.base_image.clone(),
             devices: settings.devices.clone(),
+            gpu_dir: gpu.as_ref().map(|_| dir.join("gpu")),
             fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join("spec.json");
@@ -458,7 +563,7 @@ impl ProcessRuntime {
             "sandbox-init".to_owned(),
             spec_path.display().to_string(),
         ];
-        Ok((command, (slot, dir)))
+        Ok((command, (slot, dir), gpu))
     }
 
     /// Puts every desktop in its own cgroup under `scope`, limited to its
@@ -625,15 +730,31 @@ impl DesktopRuntime for ProcessRuntime {
         let prepared = match &self.sandbox {
             Some(settings) => {
                 self.prepare_sandbox(settings, spec, net.as_ref())
-                    .map(|(argv, sandbox)| {
+                    .map(|(argv, sandbox, gpu)| {
                         // The desktop's stdout and stderr (`desktop logs`).
                         let log = std::fs::File::create(sandbox.1.join(LOG_FILE)).ok();
-                        (argv, Some(sandbox), log)
+                        (argv, Some(sandbox), log, gpu)
                     })
             }
-            None => Ok((self.command.clone(), None, None)),
+            None => match &self.gpu {
+                Some(gpu) => gpu
+                    .service
+                    .attach(
+                        &spec.desktop_id,
+                        spec.gpu,
+                        gpu_budget(spec.gpu_memory_bytes, gpu.display_budget),
+                        &self
+                            .data_dir
+                            .join("gpu")
+                            .join(format!("{}-{}", spec.desktop_id, spec.generation)),
+                        None,
+                    )
+                    .map(|gpu| (self.command.clone(), None, None, Some(gpu)))
+                    .map_err(|error| format!("cannot serve its gpud socket: {error}")),
+                None => Ok((self.command.clone(), None, None, None)),
+            },
         };
-        let (argv, sandbox, log) = match prepared {
+        let (argv, sandbox, log, gpu) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
                 release_net(self, net);
@@ -649,6 +770,9 @@ impl DesktopRuntime for ProcessRuntime {
             .env("FLOTILLA_CPU_MILLIS", spec.cpu_millis.to_string())
             .env("FLOTILLA_MEMORY_BYTES", spec.memory_bytes.to_string())
             .stdin(Stdio::null());
+        if let (None, Some(gpu)) = (&sandbox, &gpu) {
+            command.env("FLOTILLA_GPU_SOCKET", &gpu.socket);
+        }
         match log
             .as_ref()
             .and_then(|log| Some((log.try_clone().ok()?, log.try_clone().ok()?)))
@@ -793,6 +917,15 @@ impl DesktopRuntime for ProcessRuntime {
                 cgroup_procs: procs_paths,
                 net: net.clone(),
                 memory_limit: spec.memory_bytes,
+                gpu: gpu
+                    .as_ref()
+                    .zip(self.gpu.as_ref())
+                    .map(|(attached, runtime)| {
+                        (
+                            attached.gpu_index,
+                            gpu_budget(spec.gpu_memory_bytes, runtime.display_budget),
+                        )
+                    }),
             };
             let written = serde_json::to_vec(&state)
                 .map_err(std::io::Error::other)
@@ -812,6 +945,7 @@ impl DesktopRuntime for ProcessRuntime {
                 memory_limit: spec.memory_bytes,
                 sandbox,
                 net,
+                gpu,
             },
         );
         Ok(())
@@ -853,6 +987,9 @@ impl DesktopRuntime for ProcessRuntime {
                         {
                             network.release(&net);
                         }
+                        // Its gpud session and socket go, and with them
+                        // every byte of GPU memory it held.
+                        desktop.gpu = None;
                         // The sandbox's own last word, if it had one.
                         let said =
                             dir.and_then(|dir| read_tail(&dir.join(LOG_FILE), 64 * 1024).ok())
@@ -906,7 +1043,7 @@ impl DesktopRuntime for ProcessRuntime {
                     }
                 }
             }
-            let usage = match (&desktop.cgroup, desktop.phase.ended()) {
+            let mut usage = match (&desktop.cgroup, desktop.phase.ended()) {
                 (_, true) => Usage::default(),
                 (Some(cgroup), false) => {
                     let usage = cgroup.usage();
@@ -914,10 +1051,18 @@ impl DesktopRuntime for ProcessRuntime {
                         cpu_usec: usage.cpu_usec,
                         memory_bytes: usage.memory_bytes,
                         pids: usage.pids as u32,
+                        ..Usage::default()
                     }
                 }
                 (None, false) => process_usage(desktop.handle.pid() as u32),
             };
+            if let (Some(_), Some(gpu)) = (&desktop.gpu, &self.gpu) {
+                if let Some((index, account)) = gpu.service.account(id) {
+                    usage.gpu_index = Some(index);
+                    usage.gpu_charged_bytes = account.charged_bytes;
+                    usage.gpu_budget_bytes = account.budget_bytes;
+                }
+            }
             observed.push(Observed {
                 desktop_id: id.clone(),
                 generation: desktop.generation,
@@ -1025,6 +1170,7 @@ fn process_usage(pid: u32) -> Usage {
         cpu_usec,
         memory_bytes,
         pids: 1,
+        ..Usage::default()
     }
 }
 

@@ -32,6 +32,7 @@ fn registration(id: &str, name: &str) -> pb::RegisterRequest {
             uuid: "00000000-0000-0000-0000-000000000000".to_owned(),
             memory_bytes: 24 << 30,
             cpu_implementation: false,
+            capabilities: None,
         }],
         agent_version: "test".to_owned(),
     }

@@ -39,6 +39,7 @@ fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
         usr_links: Vec::new(),
         base_image: None,
         devices: Vec::new(),
+        gpu_dir: None,
         fail_at_step: None,
     }
 }

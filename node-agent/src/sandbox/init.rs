@@ -422,6 +422,12 @@ fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResu
     let runtime_dir = new_root.join("run/user").join(uid.to_string());
     sys.mkdir(&runtime_dir)?;
     sys.chown(&runtime_dir, uid)?;
+    // The desktop's gpud socket directory (its only way to the GPU).
+    if let Some(gpu_dir) = &spec.gpu_dir {
+        let target = new_root.join("run/flotilla");
+        sys.mkdir(&target)?;
+        bind(sys, gpu_dir, &target, false)?;
+    }
     // A minimal /dev: bind the harmless host nodes (a user namespace cannot
     // mknod), a private devpts, shm.
     let dev = new_root.join("dev");
@@ -930,6 +936,7 @@ mod tests {
             usr_links: vec![("bin".to_owned(), "usr/bin".to_owned())],
             base_image: None,
             devices: Vec::new(),
+            gpu_dir: None,
             fail_at_step: None,
         }
     }
@@ -1059,6 +1066,29 @@ mod tests {
                 "mkdir /d/root/dev/net".to_owned(),
                 "write /d/root/dev/net/tun".to_owned(),
                 "mount /dev/net/tun /d/root/dev/net/tun - [bind,rec] -".to_owned(),
+            ],
+        );
+        assert_eq!(recorder.calls, expected);
+    }
+
+    #[test]
+    fn the_gpu_socket_directory_is_bound_at_run_flotilla() {
+        let mut recorder = Recorder::default();
+        let spec = SandboxSpec {
+            gpu_dir: Some(PathBuf::from("/d/gpu")),
+            ..spec()
+        };
+        setup(&mut recorder, &spec).unwrap();
+        let mut expected: Vec<String> = EXPECTED.iter().map(|call| call.to_string()).collect();
+        let runtime_dir = expected
+            .iter()
+            .position(|call| call == "chown /d/root/run/user/1000 1000")
+            .unwrap();
+        expected.splice(
+            runtime_dir + 1..runtime_dir + 1,
+            [
+                "mkdir /d/root/run/flotilla".to_owned(),
+                "mount /d/gpu /d/root/run/flotilla - [bind,rec] -".to_owned(),
             ],
         );
         assert_eq!(recorder.calls, expected);

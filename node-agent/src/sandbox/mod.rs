@@ -68,6 +68,10 @@ pub struct SandboxSpec {
     /// at the same path in its `/dev`).
     #[serde(default)]
     pub devices: Vec<PathBuf>,
+    /// The desktop's gpud socket directory on the host, bound at
+    /// `/run/flotilla` (the socket: `/run/flotilla/gpu.sock`).
+    #[serde(default)]
+    pub gpu_dir: Option<PathBuf>,
     /// Tests only: fail setup call number N on purpose (see
     /// [`sys::FailingSys`]); the agent never sets it.
     #[serde(default)]

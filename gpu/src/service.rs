@@ -1,0 +1,292 @@
+//! gpud as the node agent runs it: every GPU of the host opened once
+//! ([`Device`] + [`Renderer`] + a [`Ledger`]), and one socket per desktop
+//! ([`GpuService::attach`]) through which that desktop — and only it —
+//! reaches its GPU.
+//!
+//! A host with no usable Vulkan device still serves desktops: its one
+//! entry renders with the CPU reference (same protocol, same bytes), and
+//! says so in its report.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::device::{Capabilities, Device, Selector};
+use crate::enumerate::GpuInfo;
+use crate::render::Renderer;
+use crate::server::Gpud;
+use crate::session::Account;
+
+/// The socket's name in a desktop's GPU directory.
+pub const SOCKET_NAME: &str = "gpu.sock";
+
+/// One GPU gpud serves (or the CPU, on a host without one).
+pub struct ServedGpu {
+    /// The GPU as enumerated; None for the CPU entry of a GPU-less host.
+    pub info: Option<GpuInfo>,
+    /// None: it could not be opened, and the CPU reference renders for
+    /// the desktops placed on it.
+    pub capabilities: Option<Capabilities>,
+    pub gpud: Gpud,
+}
+
+/// What `flotilla gpu info` shows for one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuReport {
+    pub index: u32,
+    pub info: Option<GpuInfo>,
+    /// None when the CPU renders.
+    pub capabilities: Option<Capabilities>,
+    /// Every attached desktop: its charge now and its budget.
+    pub desktops: Vec<(String, Account)>,
+}
+
+/// Attached desktops: GPU index and budget.
+type Attached = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
+
+pub struct GpuService {
+    gpus: Vec<ServedGpu>,
+    attached: Attached,
+}
+
+/// A desktop's door to gpud: its listening socket and the connection it
+/// is serving. Dropping it closes both (the session frees everything) and
+/// removes the socket file.
+pub struct DesktopGpu {
+    pub desktop: String,
+    pub gpu_index: u32,
+    pub socket: PathBuf,
+    listener: Arc<OwnedFd>,
+    /// The connection being served; None (and no more served) once
+    /// closed.
+    connection: Arc<Mutex<Connection>>,
+    attached: Attached,
+}
+
+#[derive(Default)]
+struct Connection {
+    current: Option<OwnedFd>,
+    closed: bool,
+}
+
+impl Drop for DesktopGpu {
+    fn drop(&mut self) {
+        // SAFETY: shutting down descriptors this value shares ownership
+        // of; the serving thread then sees EOF / an accept error and ends.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+            let mut connection = self
+                .connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            connection.closed = true;
+            if let Some(current) = &connection.current {
+                libc::shutdown(current.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        self.attached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.desktop);
+    }
+}
+
+impl GpuService {
+    /// Opens every GPU in `gpus` (the enumeration the agent reported, in
+    /// its order, which is how the scheduler numbers them). A GPU that
+    /// cannot be opened keeps its place, rendered for by the CPU, with a
+    /// warning on stderr. With no GPU at all, one CPU entry serves.
+    /// Desktops see `width` × `height`.
+    pub fn open(gpus: &[GpuInfo], width: u32, height: u32) -> GpuService {
+        let mut served = Vec::new();
+        for gpu in gpus {
+            let opened = Device::open(&Selector::Uuid(gpu.uuid.clone()))
+                .and_then(|device| Renderer::new(Arc::new(device)));
+            let (capabilities, renderer) = match opened {
+                Ok(renderer) => (
+                    Some(renderer.device().capabilities().clone()),
+                    Some(Arc::new(renderer)),
+                ),
+                Err(error) => {
+                    eprintln!(
+                        "gpud: cannot open GPU {} ({}), the CPU renders for its desktops: {error}",
+                        gpu.index, gpu.name
+                    );
+                    (None, None)
+                }
+            };
+            served.push(ServedGpu {
+                info: Some(gpu.clone()),
+                capabilities,
+                gpud: Gpud::with_renderer(width, height, renderer),
+            });
+        }
+        if served.is_empty() {
+            served.push(ServedGpu {
+                info: None,
+                capabilities: None,
+                gpud: Gpud::new(width, height),
+            });
+        }
+        GpuService {
+            gpus: served,
+            attached: Attached::default(),
+        }
+    }
+
+    /// A service that renders on the CPU only.
+    pub fn cpu(width: u32, height: u32) -> GpuService {
+        GpuService::open(&[], width, height)
+    }
+
+    /// Whether any GPU renders (else the CPU reference does).
+    pub fn on_gpu(&self) -> bool {
+        self.gpus.iter().any(|gpu| gpu.capabilities.is_some())
+    }
+
+    pub fn gpus(&self) -> &[ServedGpu] {
+        &self.gpus
+    }
+
+    /// Serves desktop `desktop` on GPU `gpu_index` (the scheduler's
+    /// choice; GPU 0 when it chose none) with a `budget_bytes` budget, at
+    /// `dir`/gpu.sock. `dir` is created (mode 0700) and it and the socket
+    /// are given to `owner` (host uid, gid), the desktop's user, so that
+    /// only the desktop can connect. A socket left by an earlier agent is
+    /// replaced. One connection at a time; a new one replaces nothing
+    /// until the current one ends.
+    pub fn attach(
+        &self,
+        desktop: &str,
+        gpu_index: Option<u32>,
+        budget_bytes: u64,
+        dir: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<DesktopGpu> {
+        let index = gpu_index.unwrap_or(0);
+        let served = self.gpus.get(index as usize).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{desktop} was placed on GPU {index}; gpud serves {}",
+                    self.gpus.len()
+                ),
+            )
+        })?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let socket = dir.join(SOCKET_NAME);
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        let listener = UnixListener::bind(&socket)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&socket, Some(uid), Some(gid))?;
+        }
+        let listener_fd = Arc::new(OwnedFd::from(listener.try_clone()?));
+        let connection: Arc<Mutex<Connection>> = Arc::default();
+        let gpud = served.gpud.clone();
+        let desktop_name = desktop.to_owned();
+        let current = connection.clone();
+        std::thread::Builder::new()
+            .name(format!("gpud-{desktop}"))
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else {
+                        return;
+                    };
+                    let Ok(copy) = stream.try_clone() else {
+                        continue;
+                    };
+                    {
+                        let mut connection = current.lock().unwrap_or_else(|p| p.into_inner());
+                        if connection.closed {
+                            return;
+                        }
+                        connection.current = Some(copy.into());
+                    }
+                    gpud.serve_connection(&stream, &desktop_name, budget_bytes);
+                    current.lock().unwrap_or_else(|p| p.into_inner()).current = None;
+                }
+            })?;
+        self.attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(desktop.to_owned(), (index, budget_bytes));
+        Ok(DesktopGpu {
+            desktop: desktop.to_owned(),
+            gpu_index: index,
+            socket,
+            listener: listener_fd,
+            connection,
+            attached: self.attached.clone(),
+        })
+    }
+
+    /// `desktop`'s account: (GPU index, charged now, budget).
+    pub fn account(&self, desktop: &str) -> Option<(u32, Account)> {
+        let (index, budget_bytes) = *self
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(desktop)?;
+        let charged_bytes = self.gpus[index as usize]
+            .gpud
+            .ledger
+            .accounts()
+            .get(desktop)
+            .map_or(0, |account| account.charged_bytes);
+        Some((
+            index,
+            Account {
+                charged_bytes,
+                budget_bytes,
+            },
+        ))
+    }
+
+    /// Every GPU with its attached desktops' charges and budgets.
+    pub fn report(&self) -> Vec<GpuReport> {
+        let attached = self
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.gpus
+            .iter()
+            .enumerate()
+            .map(|(index, gpu)| {
+                let accounts = gpu.gpud.ledger.accounts();
+                GpuReport {
+                    index: index as u32,
+                    info: gpu.info.clone(),
+                    capabilities: gpu.capabilities.clone(),
+                    desktops: attached
+                        .iter()
+                        .filter(|(_, (gpu, _))| *gpu == index as u32)
+                        .map(|(desktop, (_, budget_bytes))| {
+                            let charged_bytes =
+                                accounts.get(desktop).map_or(0, |a| a.charged_bytes);
+                            (
+                                desktop.clone(),
+                                Account {
+                                    charged_bytes,
+                                    budget_bytes: *budget_bytes,
+                                },
+                            )
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
