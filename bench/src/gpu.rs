@@ -10,7 +10,10 @@
 //! 1280×800 (or `--width/--height`):
 //! - `small`: a terminal line changes (1280×20 of damage) under a
 //!   full-screen terminal window and a translucent overlay;
-//! - `full`: the whole window changes (a browser scrolling).
+//! - `full`: the whole window changes (a browser scrolling);
+//!
+//! each with an ARGB8888 window (blended per pixel) and an XRGB8888 one
+//! (opaque: copied).
 //!
 //! After every frame both sessions' frames are compared byte for byte.
 //! Also measured alone: BGRA → I420 of a full frame (copy in, convert,
@@ -46,7 +49,7 @@ fn summarize(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
     let p50 = percentile(samples, 0.5);
     println!(
-        "{name:<34} p50 {:>8} ms  p99 {:>8} ms",
+        "{name:<48} p50 {:>7} ms  p99 {:>7} ms",
         millis(p50),
         millis(percentile(samples, 0.99))
     );
@@ -126,7 +129,7 @@ struct Desktop {
 }
 
 impl Desktop {
-    fn new(session: Session, width: u32, height: u32) -> anyhow::Result<Desktop> {
+    fn new(session: Session, format: Format, width: u32, height: u32) -> anyhow::Result<Desktop> {
         let bytes = (width * height * 4) as usize;
         let mut window = Shm::new(bytes)?;
         for (i, pixel) in window.bytes().chunks_exact_mut(4).enumerate() {
@@ -149,7 +152,7 @@ impl Desktop {
         )?;
         ok(
             s,
-            &build::resource_create_2d(2, Format::B8G8R8A8, width, height),
+            &build::resource_create_2d(2, format, width, height),
             vec![],
         )?;
         ok(
@@ -212,88 +215,99 @@ pub fn run(args: GpuArgs) -> anyhow::Result<()> {
     let renderer = Arc::new(Renderer::new(Arc::new(device)).map_err(anyhow::Error::msg)?);
     let ledger = Arc::new(Ledger::default());
     let budget = 1 << 30;
-    let mut gpu = Desktop::new(
-        Session::with_renderer(
-            "gpu",
-            budget,
-            ledger.clone(),
-            width,
-            height,
-            Some(renderer.clone()),
-        ),
-        width,
-        height,
-    )?;
-    let mut cpu = Desktop::new(
-        Session::new("cpu", budget, ledger.clone(), width, height),
-        width,
-        height,
-    )?;
     let screen = rect(0, 0, width, height);
     let mut ratios = Vec::new();
-    for (name, damage) in [
-        ("small (one 20-px line)", rect(0, height / 2, width, 20)),
-        ("full frame", screen),
+    let mut charged = 0;
+    let mut last_frame = Vec::new();
+    for (window, format) in [
+        ("ARGB window", Format::B8G8R8A8),
+        ("XRGB window", Format::B8G8R8X8),
     ] {
-        let list = CompositionList {
-            target: 1,
-            damage: vec![damage],
-            draws: vec![
-                Draw {
-                    resource_id: 2,
-                    source: screen,
-                    x: 0,
-                    y: 0,
-                    opacity: 255,
-                    clip: screen,
-                },
-                Draw {
-                    resource_id: 3,
-                    source: rect(0, 0, 64, 64),
-                    x: (width / 2) as i32,
-                    y: (height / 2) as i32,
-                    opacity: 255,
-                    clip: screen,
-                },
-            ],
-        }
-        .encode();
-        let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
-        for i in 0..args.iterations {
-            // The app draws: the damaged rows of its window change.
-            for desktop in [&mut gpu, &mut cpu] {
-                let row = (width * 4) as usize;
-                let bytes = desktop.window.bytes();
-                let start = damage.y as usize * row;
-                for byte in &mut bytes[start..start + damage.height as usize * row] {
-                    *byte = byte.wrapping_add(i as u8 | 1);
-                }
+        let mut gpu = Desktop::new(
+            Session::with_renderer(
+                "gpu",
+                budget,
+                ledger.clone(),
+                width,
+                height,
+                Some(renderer.clone()),
+            ),
+            format,
+            width,
+            height,
+        )?;
+        let mut cpu = Desktop::new(
+            Session::new("cpu", budget, ledger.clone(), width, height),
+            format,
+            width,
+            height,
+        )?;
+        for (workload, damage) in [
+            ("small (one 20-px line)", rect(0, height / 2, width, 20)),
+            ("full frame", screen),
+        ] {
+            let name = format!("{workload}, {window}");
+            let list = CompositionList {
+                target: 1,
+                damage: vec![damage],
+                draws: vec![
+                    Draw {
+                        resource_id: 2,
+                        source: screen,
+                        x: 0,
+                        y: 0,
+                        opacity: 255,
+                        clip: screen,
+                    },
+                    Draw {
+                        resource_id: 3,
+                        source: rect(0, 0, 64, 64),
+                        x: (width / 2) as i32,
+                        y: (height / 2) as i32,
+                        opacity: 255,
+                        clip: screen,
+                    },
+                ],
             }
-            let started = Instant::now();
-            gpu.frame(&list, damage, width)?;
-            on_gpu.push(started.elapsed());
-            let started = Instant::now();
-            cpu.frame(&list, damage, width)?;
-            on_cpu.push(started.elapsed());
-            anyhow::ensure!(
-                gpu.session.frame().map(|f| f.0) == cpu.session.frame().map(|f| f.0),
-                "{name}: the Vulkan frame differs from the CPU reference's"
-            );
+            .encode();
+            let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
+            for i in 0..args.iterations {
+                // The app draws: the damaged rows of its window change.
+                for desktop in [&mut gpu, &mut cpu] {
+                    let row = (width * 4) as usize;
+                    let bytes = desktop.window.bytes();
+                    let start = damage.y as usize * row;
+                    for byte in &mut bytes[start..start + damage.height as usize * row] {
+                        *byte = byte.wrapping_add(i as u8 | 1);
+                    }
+                }
+                let started = Instant::now();
+                gpu.frame(&list, damage, width)?;
+                on_gpu.push(started.elapsed());
+                let started = Instant::now();
+                cpu.frame(&list, damage, width)?;
+                on_cpu.push(started.elapsed());
+                anyhow::ensure!(
+                    gpu.session.frame().map(|f| f.0) == cpu.session.frame().map(|f| f.0),
+                    "{name}: the Vulkan frame differs from the CPU reference's"
+                );
+            }
+            let g = summarize(&format!("{name}: vulkan"), &mut on_gpu);
+            let c = summarize(&format!("{name}: cpu reference"), &mut on_cpu);
+            ratios.push((name, g.as_secs_f64() / c.as_secs_f64()));
         }
-        let g = summarize(&format!("{name}: vulkan"), &mut on_gpu);
-        let c = summarize(&format!("{name}: cpu reference"), &mut on_cpu);
-        ratios.push((name, g.as_secs_f64() / c.as_secs_f64()));
+        charged = gpu.session.charged();
+        last_frame = gpu.session.pixels(1).expect("scanout").to_vec();
     }
     for (name, ratio) in ratios {
         println!("{name}: vulkan / cpu p50 {ratio:.2}×");
     }
     println!(
-        "GPU memory charged for the desktop: {} bytes (window, overlay, scanout, I420 frame)",
-        gpu.session.charged()
+        "GPU memory charged for the desktop: {charged} bytes (window, overlay, scanout, I420 frame)"
     );
 
     // The converter alone: a full frame in and out of host memory.
-    let frame = gpu.session.pixels(1).expect("scanout").to_vec();
+    let frame = last_frame;
     let mut converter = I420Converter::new(renderer);
     let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
     for _ in 0..args.iterations {

@@ -185,10 +185,6 @@ fn bounds(rect: &Rect) -> (i64, i64, i64, i64) {
 }
 
 /// `source` over `dest` with `alpha` (0-255), integer-exact.
-fn over(source: u8, dest: u8, alpha: u32) -> u8 {
-    ((u32::from(source) * alpha + u32::from(dest) * (255 - alpha) + 127) / 255) as u8
-}
-
 /// A half-open box (x0, y0, x1, y1) of target pixels.
 pub type Box2 = (u32, u32, u32, u32);
 
@@ -320,36 +316,52 @@ fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], w
     let dx = i64::from(draw.source.x) - i64::from(draw.x);
     let dy = i64::from(draw.source.y) - i64::from(draw.y);
     let opacity = u32::from(draw.opacity);
-    let opaque = image.opaque;
+    let row_bytes = (x1 - x0) as usize * 4;
     for y in y0..y1 {
         let sy = (i64::from(y) + dy) as usize;
-        let source_row = sy * image.width as usize;
-        let target_row = y as usize * width as usize;
-        for x in x0..x1 {
-            let sx = (i64::from(x) + dx) as usize;
-            let s = (source_row + sx) * 4;
-            let d = (target_row + x as usize) * 4;
-            let alpha = if opaque {
+        let sx = (i64::from(x0) + dx) as usize;
+        let s = (sy * image.width as usize + sx) * 4;
+        let d = (y as usize * width as usize + x0 as usize) * 4;
+        let source = &image.pixels[s..s + row_bytes];
+        let dest = &mut target[d..d + row_bytes];
+        if image.opaque && opacity == 255 {
+            // Every pixel replaces what is there.
+            dest.copy_from_slice(source);
+            for alpha in dest.iter_mut().skip(3).step_by(4) {
+                *alpha = 255;
+            }
+            continue;
+        }
+        for (s, d) in source.chunks_exact(4).zip(dest.chunks_exact_mut(4)) {
+            let alpha = if image.opaque {
                 opacity
             } else {
-                (u32::from(image.pixels[s + 3]) * opacity + 127) / 255
+                div255(u32::from(s[3]) * opacity + 127)
             };
+            // The blend below gives the source at 255 and the dest at 0
+            // exactly; those two are just faster.
             match alpha {
                 0 => {}
                 255 => {
-                    target[d..d + 3].copy_from_slice(&image.pixels[s..s + 3]);
-                    target[d + 3] = 255;
+                    d[..3].copy_from_slice(&s[..3]);
+                    d[3] = 255;
                 }
                 _ => {
-                    for channel in 0..3 {
-                        target[d + channel] =
-                            over(image.pixels[s + channel], target[d + channel], alpha);
+                    let keep = 255 - alpha;
+                    for c in 0..3 {
+                        d[c] = div255(u32::from(s[c]) * alpha + u32::from(d[c]) * keep + 127) as u8;
                     }
-                    target[d + 3] = over(255, target[d + 3], alpha);
+                    d[3] = div255(255 * alpha + u32::from(d[3]) * keep + 127) as u8;
                 }
             }
         }
     }
+}
+
+/// `x / 255` for `x` ≤ 65,534 (everything "over" computes), without a
+/// division.
+fn div255(x: u32) -> u32 {
+    (x + 1 + (x >> 8)) >> 8
 }
 
 /// Where a frame lies in its source image, for [`i420_region_cpu`].
@@ -440,4 +452,14 @@ pub fn i420_cpu(bgra: &[u8], width: u32, height: u32) -> Vec<u8> {
     let mut out = vec![0u8; layout.i420_len()];
     i420_region_cpu(bgra, &layout, (0, 0, width, height), &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn div255_is_exact_wherever_over_uses_it() {
+        for x in 0..=65_534u32 {
+            assert_eq!(super::div255(x), x / 255, "{x}");
+        }
+    }
 }
