@@ -45,7 +45,7 @@ pub struct GpuArgs {
     gpu: u32,
 }
 
-fn summarize(name: &str, samples: &mut [Duration]) -> Duration {
+pub(crate) fn summarize(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
     let p50 = percentile(samples, 0.5);
     println!(
@@ -56,7 +56,7 @@ fn summarize(name: &str, samples: &mut [Duration]) -> Duration {
     p50
 }
 
-fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+pub(crate) fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
     Rect {
         x,
         y,
@@ -66,7 +66,7 @@ fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
 }
 
 /// A memfd of `len` bytes, mapped writable (the guest's shm pool).
-struct Shm {
+pub(crate) struct Shm {
     fd: OwnedFd,
     map: *mut u8,
     len: usize,
@@ -101,7 +101,7 @@ impl Shm {
         }
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: the mapping covers `len` bytes.
         unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
     }
@@ -123,13 +123,18 @@ fn ok(session: &mut Session, command: &[u8], fds: Vec<OwnedFd>) -> anyhow::Resul
 
 /// A desktop as a compositor drives it: a window (resource 2, backed by
 /// shared memory), an overlay (resource 3) and the scanout (resource 1).
-struct Desktop {
-    session: Session,
-    window: Shm,
+pub(crate) struct Desktop {
+    pub(crate) session: Session,
+    pub(crate) window: Shm,
 }
 
 impl Desktop {
-    fn new(session: Session, format: Format, width: u32, height: u32) -> anyhow::Result<Desktop> {
+    pub(crate) fn new(
+        session: Session,
+        format: Format,
+        width: u32,
+        height: u32,
+    ) -> anyhow::Result<Desktop> {
         let bytes = (width * height * 4) as usize;
         let mut window = Shm::new(bytes)?;
         for (i, pixel) in window.bytes().chunks_exact_mut(4).enumerate() {
@@ -190,13 +195,43 @@ impl Desktop {
     }
 
     /// One frame: the window's `damage` changed.
-    fn frame(&mut self, list: &[u8], damage: Rect, width: u32) -> anyhow::Result<()> {
+    pub(crate) fn frame(&mut self, list: &[u8], damage: Rect, width: u32) -> anyhow::Result<()> {
         let offset = u64::from(damage.y * width * 4 + damage.x * 4);
         let s = &mut self.session;
         ok(s, &build::transfer_to_host_2d(damage, offset, 2), vec![])?;
         ok(s, &build::submit_3d(1, None, list), vec![])?;
         ok(s, &build::resource_flush(damage, 1), vec![])
     }
+}
+
+/// The composition list of every workload: a full-screen window
+/// (resource 2) and a 64×64 overlay (resource 3) in the middle, with
+/// `damage`.
+pub(crate) fn window_and_overlay(width: u32, height: u32, damage: Rect) -> Vec<u8> {
+    let screen = rect(0, 0, width, height);
+    CompositionList {
+        target: 1,
+        damage: vec![damage],
+        draws: vec![
+            Draw {
+                resource_id: 2,
+                source: screen,
+                x: 0,
+                y: 0,
+                opacity: 255,
+                clip: screen,
+            },
+            Draw {
+                resource_id: 3,
+                source: rect(0, 0, 64, 64),
+                x: (width / 2) as i32,
+                y: (height / 2) as i32,
+                opacity: 255,
+                clip: screen,
+            },
+        ],
+    }
+    .encode()
 }
 
 pub fn run(args: GpuArgs) -> anyhow::Result<()> {
@@ -247,29 +282,7 @@ pub fn run(args: GpuArgs) -> anyhow::Result<()> {
             ("full frame", screen),
         ] {
             let name = format!("{workload}, {window}");
-            let list = CompositionList {
-                target: 1,
-                damage: vec![damage],
-                draws: vec![
-                    Draw {
-                        resource_id: 2,
-                        source: screen,
-                        x: 0,
-                        y: 0,
-                        opacity: 255,
-                        clip: screen,
-                    },
-                    Draw {
-                        resource_id: 3,
-                        source: rect(0, 0, 64, 64),
-                        x: (width / 2) as i32,
-                        y: (height / 2) as i32,
-                        opacity: 255,
-                        clip: screen,
-                    },
-                ],
-            }
-            .encode();
+            let list = window_and_overlay(width, height, damage);
             let (mut on_gpu, mut on_cpu) = (Vec::new(), Vec::new());
             for i in 0..args.iterations {
                 // The app draws: the damaged rows of its window change.

@@ -9,6 +9,7 @@
 
 mod etcd;
 mod gpu;
+mod gpu_check;
 mod placement;
 mod sandbox;
 mod scheduler;
@@ -33,6 +34,9 @@ enum Bench {
     Sandbox(sandbox::SandboxArgs),
     /// GPU I420 conversion vs the CPU reference; CPU composition costs.
     Gpu(gpu::GpuArgs),
+    /// On a machine with a real GPU: capabilities, dma-buf, composition at
+    /// two sizes for 1 and 8 desktops, memory per desktop (bench/gpu-check.sh).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -384,5 +388,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Placement(args) => placement::run(args).await,
         Bench::Sandbox(args) => sandbox::run(args),
         Bench::Gpu(args) => gpu::run(args),
+        Bench::GpuCheck(args) => gpu_check::run(args),
     }
 }

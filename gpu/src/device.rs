@@ -203,3 +203,99 @@ fn open_on(instance: &ash::Instance, selector: &Selector) -> Result<Opened, GpuE
     };
     Ok((physical, device, queue, capabilities))
 }
+
+impl Device {
+    /// Exports 1 MiB of device memory as a dma-buf and imports it back:
+    /// what zero-copy sharing with other drivers (a compositor's client
+    /// buffers, an encoder) needs. Says what it did, or why it could not.
+    pub fn dma_buf_round_trip(&self) -> Result<String, String> {
+        if !self.capabilities.dma_buf {
+            return Err("the device has no VK_EXT_external_memory_dma_buf".to_owned());
+        }
+        let size = 1u64 << 20;
+        let vk = &self.device;
+        let fd_api = ash::khr::external_memory_fd::Device::new(&self.instance, vk);
+        // SAFETY: memory properties of our physical device.
+        let memory = unsafe {
+            self.instance
+                .get_physical_device_memory_properties(self.physical)
+        };
+        let device_local = |bits: u32| {
+            memory
+                .memory_types_as_slice()
+                .iter()
+                .enumerate()
+                .position(|(index, kind)| {
+                    bits & (1 << index) != 0
+                        && kind
+                            .property_flags
+                            .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL)
+                })
+                .or_else(|| (0..32).find(|index| bits & (1 << index) != 0))
+                .map(|index| index as u32)
+        };
+        let handle = vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT;
+        // SAFETY: valid create-infos; everything made is freed below.
+        unsafe {
+            let mut export = vk::ExportMemoryAllocateInfo::default().handle_types(handle);
+            let index = device_local(u32::MAX).ok_or("no memory type")?;
+            let exported = vk
+                .allocate_memory(
+                    &vk::MemoryAllocateInfo::default()
+                        .allocation_size(size)
+                        .memory_type_index(index)
+                        .push_next(&mut export),
+                    None,
+                )
+                .map_err(|e| format!("allocate exportable memory: {e}"))?;
+            let fd = match fd_api.get_memory_fd(
+                &vk::MemoryGetFdInfoKHR::default()
+                    .memory(exported)
+                    .handle_type(handle),
+            ) {
+                Ok(fd) => fd,
+                Err(error) => {
+                    vk.free_memory(exported, None);
+                    return Err(format!("export as a dma-buf: {error}"));
+                }
+            };
+            let kind = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map(|link| link.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut properties = vk::MemoryFdPropertiesKHR::default();
+            let result = fd_api
+                .get_memory_fd_properties(handle, fd, &mut properties)
+                .map_err(|e| format!("dma-buf properties: {e}"))
+                .and_then(|()| {
+                    let index = device_local(properties.memory_type_bits)
+                        .ok_or("no memory type can import it")?;
+                    let mut import = vk::ImportMemoryFdInfoKHR::default()
+                        .handle_type(handle)
+                        .fd(fd);
+                    vk.allocate_memory(
+                        &vk::MemoryAllocateInfo::default()
+                            .allocation_size(size)
+                            .memory_type_index(index)
+                            .push_next(&mut import),
+                        None,
+                    )
+                    .map_err(|e| format!("import the dma-buf: {e}"))
+                });
+            let answer = match result {
+                Ok(imported) => {
+                    // The import owns the descriptor now.
+                    vk.free_memory(imported, None);
+                    Ok(format!(
+                        "exported 1 MiB as a dma-buf ({kind}) and imported it back"
+                    ))
+                }
+                Err(error) => {
+                    libc::close(fd);
+                    Err(error)
+                }
+            };
+            vk.free_memory(exported, None);
+            answer
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub mod convert;
 pub mod device;
 pub mod enumerate;
 pub mod guest;
+#[cfg(feature = "nvml")]
+pub mod nvml;
 pub mod protocol;
 pub mod render;
 pub mod server;
