@@ -250,12 +250,17 @@ fn a_misbehaving_guest_gets_errors_while_eight_others_render_on_the_gpu() {
 
 fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
     let ledger = Arc::new(Ledger::default());
+    // The bad guest's budget is exactly one 64×64 resource; the good ones
+    // have room to render.
     let budget = 64 * 64 * 4;
-    let session = |name: &str| {
+    let good_budget = 1 << 20;
+    let session = |name: &str, budget: u64| {
         Session::with_renderer(name, budget, ledger.clone(), 1280, 800, renderer.clone())
     };
-    let mut good: Vec<Session> = (0..8).map(|i| session(&format!("dt-good-{i}"))).collect();
-    let mut bad = session("dt-bad");
+    let mut good: Vec<Session> = (0..8)
+        .map(|i| session(&format!("dt-good-{i}"), good_budget))
+        .collect();
+    let mut bad = session("dt-bad", budget);
     for (i, session) in good.iter_mut().enumerate() {
         assert_eq!(upload(session, i as u8, 64, 64), resp::OK_NODATA);
     }
@@ -406,23 +411,60 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
         resp::ERR_INVALID_PARAMETER
     );
 
-    // The others kept rendering: their pixels are exactly theirs.
+    // The others kept their pixels and go on rendering: each composes its
+    // image onto a scanout and gets exactly its own I420 frame.
     for (i, session) in good.iter_mut().enumerate() {
-        assert_eq!(
-            session.pixels(1).unwrap(),
-            image(i as u8, 64, 64).as_slice()
+        assert!(
+            session.pixels(1).unwrap() == image(i as u8, 64, 64).as_slice(),
+            "desktop {i}'s pixels changed"
         );
-        // And they can go on working.
         let reply = session.handle(&build::transfer_to_host_2d(rect(1, 1, 2, 2), 0, 1), vec![]);
         assert_eq!(answer(&reply), resp::OK_NODATA);
+        let own = session.pixels(1).unwrap().to_vec();
+        let list = CompositionList {
+            target: 2,
+            damage: vec![rect(0, 0, 64, 64)],
+            draws: vec![Draw {
+                resource_id: 1,
+                source: rect(0, 0, 64, 64),
+                x: 0,
+                y: 0,
+                opacity: 255,
+                clip: rect(0, 0, 64, 64),
+            }],
+        };
+        for command in [
+            build::resource_create_2d(2, Format::B8G8R8A8, 64, 64),
+            build::ctx_create(1, CAPSET_COMPOSE, "c"),
+            build::set_scanout(rect(0, 0, 64, 64), 0, 2),
+            build::submit_3d(1, Some(5), &list.encode()),
+            build::resource_flush(rect(0, 0, 64, 64), 2),
+        ] {
+            assert_eq!(answer(&session.handle(&command, vec![])), resp::OK_NODATA);
+        }
+        assert!(
+            session.pixels(2).unwrap() == own.as_slice(),
+            "desktop {i} composed something else"
+        );
+        assert!(
+            session.scanout_i420() == Some(i420_cpu(&own, 64, 64)),
+            "desktop {i}'s frame is wrong"
+        );
     }
     // The ledger equals the sum of live resources.
     let accounts = ledger.accounts();
     assert_eq!(accounts.len(), 9);
-    assert!(accounts
-        .values()
-        .all(|a| a.charged_bytes == budget && a.budget_bytes == budget));
-    assert_eq!(ledger.total_charged(), 9 * budget);
+    assert_eq!(accounts["dt-bad"].charged_bytes, budget);
+    assert_eq!(accounts["dt-bad"].charged_bytes, bad.charged());
+    for (i, session) in good.iter().enumerate() {
+        let account = accounts[&format!("dt-good-{i}")];
+        assert_eq!(account.charged_bytes, session.charged());
+        assert_eq!(account.budget_bytes, good_budget);
+        // Two 64×64 resources and a 64×64 I420 frame, at least.
+        assert!(account.charged_bytes >= 2 * 64 * 64 * 4 + 64 * 64 * 3 / 2);
+    }
+    let sum: u64 = good.iter().map(Session::charged).sum::<u64>() + bad.charged();
+    assert_eq!(ledger.total_charged(), sum);
     // Every guest gone: nothing charged, no account left.
     drop(bad);
     drop(good);
