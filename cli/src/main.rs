@@ -55,6 +55,9 @@ enum TopCommand {
     },
     /// Run a node agent: register this host and run the desktops placed on it.
     NodeAgent(NodeAgentArgs),
+    /// Run a desktop's Wayland compositor (inside its sandbox; rendering
+    /// through gpud).
+    Compositor(CompositorArgs),
     /// List, inspect, cordon and drain nodes.
     Node {
         #[command(flatten)]
@@ -120,6 +123,19 @@ enum NodeCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         max_parallel: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct CompositorArgs {
+    /// gpud's socket for this desktop.
+    #[arg(long, env = "FLOTILLA_GPU_SOCKET")]
+    gpu_socket: PathBuf,
+    /// The Wayland socket's name in $XDG_RUNTIME_DIR (WAYLAND_DISPLAY).
+    #[arg(long, default_value = "wayland-1")]
+    socket_name: String,
+    /// Output refresh rate in Hz.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
+    refresh: u32,
 }
 
 #[derive(Subcommand)]
@@ -523,6 +539,30 @@ fn dev_data_dir() -> PathBuf {
         .join("dev")
 }
 
+fn run_compositor(args: &CompositorArgs) -> ExitCode {
+    if args.socket_name.is_empty() || args.socket_name.contains('/') || args.socket_name.len() > 64
+    {
+        eprintln!("error: --socket-name must be a plain name (e.g. wayland-1)");
+        return ExitCode::from(2);
+    }
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        eprintln!("error: XDG_RUNTIME_DIR is not set (the Wayland socket lives there)");
+        return ExitCode::from(2);
+    }
+    let options = flotilla_compositor::Options {
+        socket_name: args.socket_name.clone(),
+        gpu_socket: args.gpu_socket.clone(),
+        refresh_mhz: args.refresh * 1000,
+    };
+    match flotilla_compositor::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("compositor: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // A sandbox's init must start single-threaded (it forks): handled before
     // the async runtime exists. Internal: the node agent runs it.
@@ -548,6 +588,10 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
     }
     let cli = Cli::parse();
+    // The compositor runs its own event loop, single-threaded.
+    if let TopCommand::Compositor(args) = &cli.command {
+        return run_compositor(args);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -614,6 +658,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         TopCommand::NodeAgent(args) => run_node_agent(args).await,
+        // Handled in main, outside the async runtime.
+        TopCommand::Compositor(_) => anyhow::bail!("the compositor runs outside the async runtime"),
         TopCommand::Node { client, command } => {
             let client = connect(client)?;
             match command {

@@ -1,5 +1,603 @@
-//! One Smithay Wayland compositor per desktop, inside the desktop's sandbox:
-//! hosts the terminal, editor, browser and agent, renders through gpud, and
-//! takes input from the control socket.
+//! One Wayland compositor per desktop (`flotilla compositor`), inside the
+//! desktop's sandbox: smithay's Wayland frontend with no renderer of its
+//! own — every frame is composed by gpud ([`gpu_output`]).
 //!
-//! Not built yet: this crate is reserved so the workspace has its final shape.
+//! Built so far (issue 6, first part): compositor, subcompositor,
+//! xdg-shell (toplevels maximised to the output, popups tracked),
+//! server-side xdg-decoration, wl_shm, a seat with keyboard and pointer,
+//! data device (clipboard), wl_output with xdg-output; rendering only on
+//! damage, frame callbacks after each composed frame (or, with nothing to
+//! draw, at the output's refresh). Not yet: input and the control socket,
+//! primary selection, viewporter, presentation-time, fractional scale,
+//! tiling, linux-dmabuf, the desktop session and node-agent wiring.
+
+pub mod gpu_output;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flotilla_gpu::protocol::{Format, Rect};
+use smithay::backend::renderer::utils::{on_commit_buffer_handler, RendererSurfaceStateUserData};
+use smithay::desktop::{PopupKind, PopupManager, Space, Window};
+use smithay::input::{Seat, SeatHandler, SeatState};
+use smithay::output::{Mode as OutputMode, Output, PhysicalProperties, Subpixel};
+use smithay::reexports::calloop::generic::Generic;
+use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
+use smithay::reexports::calloop::{EventLoop, Interest, Mode, PostAction};
+use smithay::reexports::wayland_protocols::xdg::decoration::zv1::server::zxdg_toplevel_decoration_v1::Mode as DecorationMode;
+use smithay::reexports::wayland_protocols::xdg::shell::server::xdg_toplevel;
+use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
+use smithay::reexports::wayland_server::protocol::wl_shm;
+use smithay::reexports::wayland_server::protocol::{wl_buffer, wl_seat, wl_surface::WlSurface};
+use smithay::reexports::wayland_server::{Client, Display, DisplayHandle, Resource};
+use smithay::utils::{Serial, Transform};
+use smithay::wayland::buffer::BufferHandler;
+use smithay::wayland::compositor::{
+    get_parent, is_sync_subsurface, with_surface_tree_downward, CompositorClientState,
+    CompositorHandler, CompositorState, TraversalAction,
+};
+use smithay::wayland::output::{OutputHandler, OutputManagerState};
+use smithay::wayland::selection::data_device::{
+    set_data_device_focus, ClientDndGrabHandler, DataDeviceHandler, DataDeviceState,
+    ServerDndGrabHandler,
+};
+use smithay::wayland::selection::SelectionHandler;
+use smithay::wayland::shell::xdg::decoration::{XdgDecorationHandler, XdgDecorationState};
+use smithay::wayland::shell::xdg::{
+    PopupSurface, PositionerState, ToplevelSurface, XdgShellHandler, XdgShellState,
+};
+use smithay::wayland::shm::{with_buffer_contents, ShmHandler, ShmState};
+use smithay::wayland::socket::ListeningSocketSource;
+use smithay::{
+    delegate_compositor, delegate_data_device, delegate_output, delegate_seat, delegate_shm,
+    delegate_xdg_decoration, delegate_xdg_shell,
+};
+
+use gpu_output::{GpuOutput, SurfaceFrame};
+
+/// How the compositor runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The Wayland socket's name in `$XDG_RUNTIME_DIR` (clients use it as
+    /// `WAYLAND_DISPLAY`).
+    pub socket_name: String,
+    /// gpud's socket for this desktop.
+    pub gpu_socket: PathBuf,
+    /// Output refresh, millihertz.
+    pub refresh_mhz: u32,
+}
+
+pub struct State {
+    display: DisplayHandle,
+    started: Instant,
+    space: Space<Window>,
+    popups: PopupManager,
+    output: Output,
+    compositor_state: CompositorState,
+    xdg_shell_state: XdgShellState,
+    _decoration_state: XdgDecorationState,
+    shm_state: ShmState,
+    _output_manager_state: OutputManagerState,
+    seat_state: SeatState<State>,
+    data_device_state: DataDeviceState,
+    seat: Seat<State>,
+    gpu: GpuOutput,
+    keys: Keys,
+    /// The newest toplevel, focused once it has drawn.
+    pending_focus: Option<WlSurface>,
+    /// gpud failed: the compositor ends with this.
+    gpu_failed: Option<anyhow::Error>,
+    signal: smithay::reexports::calloop::LoopSignal,
+}
+
+#[derive(Default)]
+struct ClientState {
+    compositor_state: CompositorClientState,
+}
+
+impl ClientData for ClientState {
+    fn initialized(&self, _client_id: ClientId) {}
+    fn disconnected(&self, _client_id: ClientId, reason: DisconnectReason) {
+        tracing::debug!(?reason, "a client left");
+    }
+}
+
+/// Runs the compositor until it fails (gpud gone, the socket taken).
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let mut event_loop: EventLoop<State> = EventLoop::try_new().context("create the event loop")?;
+    let display: Display<State> = Display::new().context("create the Wayland display")?;
+    let handle = display.handle();
+    let gpu = GpuOutput::connect(&options.gpu_socket)?;
+    let (width, height) = (gpu.width as i32, gpu.height as i32);
+
+    let output = Output::new(
+        "flotilla-1".to_owned(),
+        PhysicalProperties {
+            // As if at 96 DPI: clients that size fonts by DPI get sane ones.
+            size: ((width * 254 / 960), (height * 254 / 960)).into(),
+            subpixel: Subpixel::Unknown,
+            make: "Flotilla".to_owned(),
+            model: "gpud".to_owned(),
+        },
+    );
+    let _global = output.create_global::<State>(&handle);
+    let mode = OutputMode {
+        size: (width, height).into(),
+        refresh: options.refresh_mhz as i32,
+    };
+    output.change_current_state(
+        Some(mode),
+        Some(Transform::Normal),
+        None,
+        Some((0, 0).into()),
+    );
+    output.set_preferred(mode);
+    let mut space = Space::default();
+    space.map_output(&output, (0, 0));
+
+    let mut seat_state = SeatState::new();
+    let mut seat = seat_state.new_wl_seat(&handle, "seat0");
+    seat.add_keyboard(Default::default(), 400, 30)
+        .map_err(|error| anyhow::anyhow!("the keyboard's keymap: {error:?}"))?;
+    seat.add_pointer();
+
+    let mut state = State {
+        display: handle.clone(),
+        started: Instant::now(),
+        space,
+        popups: PopupManager::default(),
+        output,
+        compositor_state: CompositorState::new::<State>(&handle),
+        xdg_shell_state: XdgShellState::new::<State>(&handle),
+        _decoration_state: XdgDecorationState::new::<State>(&handle),
+        shm_state: ShmState::new::<State>(&handle, vec![]),
+        _output_manager_state: OutputManagerState::new_with_xdg_output::<State>(&handle),
+        seat_state,
+        data_device_state: DataDeviceState::new::<State>(&handle),
+        seat,
+        gpu,
+        keys: Keys::default(),
+        pending_focus: None,
+        gpu_failed: None,
+        signal: event_loop.get_signal(),
+    };
+
+    let socket = ListeningSocketSource::with_name(&options.socket_name)
+        .with_context(|| format!("bind the Wayland socket {}", options.socket_name))?;
+    let loop_handle = event_loop.handle();
+    loop_handle
+        .insert_source(socket, |stream, _, state| {
+            if let Err(error) = state
+                .display
+                .insert_client(stream, Arc::new(ClientState::default()))
+            {
+                tracing::warn!(%error, "cannot add a client");
+            }
+        })
+        .map_err(|error| anyhow::anyhow!("watch the Wayland socket: {error}"))?;
+    loop_handle
+        .insert_source(
+            Generic::new(display, Interest::READ, Mode::Level),
+            |_, display, state| {
+                // SAFETY: the display is not dropped while the loop runs.
+                unsafe {
+                    display.get_mut().dispatch_clients(state)?;
+                }
+                Ok(PostAction::Continue)
+            },
+        )
+        .map_err(|error| anyhow::anyhow!("watch the display: {error}"))?;
+    let frame_time =
+        Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000)));
+    loop_handle
+        .insert_source(Timer::from_duration(frame_time), move |_, _, state| {
+            state.frame();
+            TimeoutAction::ToDuration(frame_time)
+        })
+        .map_err(|error| anyhow::anyhow!("start the frame clock: {error}"))?;
+    eprintln!(
+        "compositor: {}×{} on WAYLAND_DISPLAY={}",
+        width, height, options.socket_name
+    );
+    let mut failed = None;
+    event_loop
+        .run(None, &mut state, |state| {
+            if let Err(error) = state.display.flush_clients() {
+                tracing::warn!(%error, "flush clients");
+            }
+            if let Some(error) = state.gpu_failed.take() {
+                failed = Some(error);
+            }
+        })
+        .context("run the event loop")?;
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Maps protocol objects (surfaces) to the stable keys gpud resources use.
+#[derive(Default)]
+struct Keys {
+    next: u64,
+    keys: std::collections::HashMap<smithay::reexports::wayland_server::backend::ObjectId, u64>,
+    uploaded: std::collections::HashMap<u64, smithay::backend::renderer::utils::CommitCounter>,
+}
+
+impl State {
+    /// One tick of the output clock: compose what changed, then let
+    /// clients draw their next frame.
+    fn frame(&mut self) {
+        self.space.refresh();
+        self.popups.cleanup();
+        let mut surfaces = Vec::new();
+        let mut buffers = std::collections::HashMap::new();
+        let mut keys = std::mem::take(&mut self.keys);
+        let mut live = std::collections::HashSet::new();
+        for window in self.space.elements() {
+            let Some(location) = self.space.element_location(window) else {
+                continue;
+            };
+            let Some(toplevel) = window.toplevel() else {
+                continue;
+            };
+            let geometry = window.geometry();
+            let origin = (location.x - geometry.loc.x, location.y - geometry.loc.y);
+            collect(
+                toplevel.wl_surface(),
+                origin,
+                &mut keys,
+                &mut live,
+                &mut surfaces,
+                &mut buffers,
+            );
+            for (popup, offset) in PopupManager::popups_for_surface(toplevel.wl_surface()) {
+                let popup_geometry = popup.geometry();
+                let at = (
+                    location.x + offset.x - popup_geometry.loc.x,
+                    location.y + offset.y - popup_geometry.loc.y,
+                );
+                collect(
+                    popup.wl_surface(),
+                    at,
+                    &mut keys,
+                    &mut live,
+                    &mut surfaces,
+                    &mut buffers,
+                );
+            }
+        }
+        keys.keys.retain(|_, key| live.contains(key));
+        keys.uploaded.retain(|key, _| live.contains(key));
+        self.keys = keys;
+        let mut copy = |key: u64, area: &Rect, out: &mut [u8]| -> bool {
+            let Some((buffer, width)) = buffers.get(&key) else {
+                return false;
+            };
+            copy_area(buffer, *width, area, out)
+        };
+        match self.gpu.render(&mut surfaces, &mut copy) {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "gpud failed");
+                self.gpu_failed = Some(error);
+                self.signal.stop();
+                return;
+            }
+        }
+        let elapsed = self.started.elapsed();
+        let output = self.output.clone();
+        for window in self.space.elements() {
+            window.send_frame(&output, elapsed, Some(Duration::ZERO), |_, _| {
+                Some(output.clone())
+            });
+        }
+    }
+}
+
+/// Adds `root`'s surface tree (placed at `origin`) to `surfaces`, each
+/// with its damage since it was last uploaded.
+fn collect(
+    root: &WlSurface,
+    origin: (i32, i32),
+    keys: &mut Keys,
+    live: &mut std::collections::HashSet<u64>,
+    surfaces: &mut Vec<SurfaceFrame>,
+    buffers: &mut std::collections::HashMap<u64, (wl_buffer::WlBuffer, u32)>,
+) {
+    with_surface_tree_downward(
+        root,
+        origin,
+        |_, states, location| {
+            let Some(data) = states.data_map.get::<RendererSurfaceStateUserData>() else {
+                return TraversalAction::SkipChildren;
+            };
+            match data.lock().unwrap_or_else(|p| p.into_inner()).view() {
+                Some(view) => TraversalAction::DoChildren((
+                    location.0 + view.offset.x,
+                    location.1 + view.offset.y,
+                )),
+                None => TraversalAction::SkipChildren,
+            }
+        },
+        |surface, states, location| {
+            let Some(data) = states.data_map.get::<RendererSurfaceStateUserData>() else {
+                return;
+            };
+            let data = data.lock().unwrap_or_else(|p| p.into_inner());
+            let (Some(view), Some(buffer)) = (data.view(), data.buffer()) else {
+                return;
+            };
+            let buffer: &wl_buffer::WlBuffer = buffer;
+            let Ok((width, height, format)) =
+                with_buffer_contents(buffer, |_, _, info| (info.width, info.height, info.format))
+            else {
+                return;
+            };
+            let format = match format {
+                wl_shm::Format::Argb8888 => Format::B8G8R8A8,
+                wl_shm::Format::Xrgb8888 => Format::B8G8R8X8,
+                _ => return,
+            };
+            if width <= 0 || height <= 0 {
+                return;
+            }
+            let id = surface.id();
+            let next = &mut keys.next;
+            let key = *keys.keys.entry(id).or_insert_with(|| {
+                *next += 1;
+                *next
+            });
+            live.insert(key);
+            let commit = data.current_commit();
+            let damage = match keys.uploaded.get(&key) {
+                Some(seen) if *seen == commit => Vec::new(),
+                seen => data
+                    .damage_since(seen.copied())
+                    .iter()
+                    .filter_map(|r| {
+                        let x = r.loc.x.max(0);
+                        let y = r.loc.y.max(0);
+                        let w = (r.loc.x + r.size.w).min(width) - x;
+                        let h = (r.loc.y + r.size.h).min(height) - y;
+                        (w > 0 && h > 0).then_some(Rect {
+                            x: x as u32,
+                            y: y as u32,
+                            width: w as u32,
+                            height: h as u32,
+                        })
+                    })
+                    .collect(),
+            };
+            keys.uploaded.insert(key, commit);
+            buffers.insert(key, (buffer.clone(), width as u32));
+            surfaces.push(SurfaceFrame {
+                key,
+                x: location.0 + view.offset.x,
+                y: location.1 + view.offset.y,
+                width: width as u32,
+                height: height as u32,
+                format,
+                damage,
+            });
+        },
+        |_, _, _| true,
+    );
+}
+
+/// Copies `area` of a client's shm buffer into `out` (rows of `width` × 4
+/// bytes), every offset checked against the pool: a client that lies
+/// about its buffer gets nothing copied.
+fn copy_area(buffer: &wl_buffer::WlBuffer, width: u32, area: &Rect, out: &mut [u8]) -> bool {
+    with_buffer_contents(buffer, |pointer, len, info| {
+        let stride = info.stride.max(0) as usize;
+        let row_bytes = area.width as usize * 4;
+        for row in area.y as usize..(area.y + area.height) as usize {
+            let Some(start) = (info.offset.max(0) as usize)
+                .checked_add(row * stride)
+                .and_then(|s| s.checked_add(area.x as usize * 4))
+            else {
+                return false;
+            };
+            let target = row * width as usize * 4 + area.x as usize * 4;
+            if start + row_bytes > len || target + row_bytes > out.len() {
+                return false;
+            }
+            // SAFETY: [start, start + row_bytes) lies within the client's
+            // mapped pool of `len` bytes (checked above); the client may
+            // change it concurrently, which changes only pixel values.
+            let source = unsafe { std::slice::from_raw_parts(pointer.add(start), row_bytes) };
+            out[target..target + row_bytes].copy_from_slice(source);
+        }
+        true
+    })
+    .unwrap_or(false)
+}
+
+impl CompositorHandler for State {
+    fn compositor_state(&mut self) -> &mut CompositorState {
+        &mut self.compositor_state
+    }
+
+    fn client_compositor_state<'a>(&self, client: &'a Client) -> &'a CompositorClientState {
+        &client
+            .get_data::<ClientState>()
+            .expect("every client has our data")
+            .compositor_state
+    }
+
+    fn commit(&mut self, surface: &WlSurface) {
+        on_commit_buffer_handler::<Self>(surface);
+        if !is_sync_subsurface(surface) {
+            let mut root = surface.clone();
+            while let Some(parent) = get_parent(&root) {
+                root = parent;
+            }
+            if let Some(window) = self
+                .space
+                .elements()
+                .find(|w| w.toplevel().is_some_and(|t| t.wl_surface() == &root))
+            {
+                window.on_commit();
+                if let Some(toplevel) = window.toplevel() {
+                    if !toplevel.is_initial_configure_sent() {
+                        toplevel.send_configure();
+                    }
+                }
+            }
+            let shows_something =
+                smithay::backend::renderer::utils::with_renderer_surface_state(&root, |state| {
+                    state.buffer().is_some()
+                })
+                .unwrap_or(false);
+            if shows_something && self.pending_focus.as_ref() == Some(&root) {
+                self.pending_focus = None;
+                if let Some(keyboard) = self.seat.get_keyboard() {
+                    keyboard.set_focus(
+                        self,
+                        Some(root),
+                        smithay::utils::SERIAL_COUNTER.next_serial(),
+                    );
+                }
+            }
+        }
+        self.popups.commit(surface);
+        if let Some(PopupKind::Xdg(popup)) = self.popups.find_popup(surface) {
+            if !popup.is_initial_configure_sent() {
+                let _ = popup.send_configure();
+            }
+        }
+    }
+}
+
+impl BufferHandler for State {
+    fn buffer_destroyed(&mut self, _buffer: &wl_buffer::WlBuffer) {}
+}
+
+impl ShmHandler for State {
+    fn shm_state(&self) -> &ShmState {
+        &self.shm_state
+    }
+}
+
+impl XdgShellHandler for State {
+    fn xdg_shell_state(&mut self) -> &mut XdgShellState {
+        &mut self.xdg_shell_state
+    }
+
+    fn new_toplevel(&mut self, surface: ToplevelSurface) {
+        // Maximised to the output: an agent's desktop shows one app at a
+        // time, full size.
+        let (width, height) = (self.gpu.width as i32, self.gpu.height as i32);
+        surface.with_pending_state(|state| {
+            state.size = Some((width, height).into());
+            state.states.set(xdg_toplevel::State::Maximized);
+            state.states.set(xdg_toplevel::State::Activated);
+            state.decoration_mode = Some(DecorationMode::ServerSide);
+        });
+        // Keyboard focus once it shows something: an enter before the
+        // first configure crashes some clients (foot 1.13).
+        self.pending_focus = Some(surface.wl_surface().clone());
+        let window = Window::new_wayland_window(surface);
+        self.space.map_element(window, (0, 0), true);
+    }
+
+    fn new_popup(&mut self, surface: PopupSurface, positioner: PositionerState) {
+        surface.with_pending_state(|state| {
+            state.geometry = positioner.get_geometry();
+        });
+        if let Err(error) = self.popups.track_popup(PopupKind::Xdg(surface)) {
+            tracing::warn!(%error, "cannot track a popup");
+        }
+    }
+
+    fn grab(&mut self, _surface: PopupSurface, _seat: wl_seat::WlSeat, _serial: Serial) {}
+
+    fn reposition_request(
+        &mut self,
+        surface: PopupSurface,
+        positioner: PositionerState,
+        token: u32,
+    ) {
+        surface.with_pending_state(|state| {
+            state.geometry = positioner.get_geometry();
+            state.positioner = positioner;
+        });
+        surface.send_repositioned(token);
+    }
+
+    fn toplevel_destroyed(&mut self, surface: ToplevelSurface) {
+        let gone: Vec<Window> = self
+            .space
+            .elements()
+            .filter(|w| w.toplevel().is_some_and(|t| t == &surface))
+            .cloned()
+            .collect();
+        for window in gone {
+            self.space.unmap_elem(&window);
+        }
+    }
+}
+
+impl XdgDecorationHandler for State {
+    fn new_decoration(&mut self, toplevel: ToplevelSurface) {
+        toplevel
+            .with_pending_state(|state| state.decoration_mode = Some(DecorationMode::ServerSide));
+    }
+
+    fn request_mode(&mut self, toplevel: ToplevelSurface, _mode: DecorationMode) {
+        // Always server side: the compositor draws the title.
+        toplevel
+            .with_pending_state(|state| state.decoration_mode = Some(DecorationMode::ServerSide));
+        if toplevel.is_initial_configure_sent() {
+            toplevel.send_pending_configure();
+        }
+    }
+
+    fn unset_mode(&mut self, toplevel: ToplevelSurface) {
+        toplevel
+            .with_pending_state(|state| state.decoration_mode = Some(DecorationMode::ServerSide));
+        if toplevel.is_initial_configure_sent() {
+            toplevel.send_pending_configure();
+        }
+    }
+}
+
+impl SeatHandler for State {
+    type KeyboardFocus = WlSurface;
+    type PointerFocus = WlSurface;
+    type TouchFocus = WlSurface;
+
+    fn seat_state(&mut self) -> &mut SeatState<State> {
+        &mut self.seat_state
+    }
+
+    fn focus_changed(&mut self, seat: &Seat<Self>, focused: Option<&WlSurface>) {
+        let client = focused.and_then(|surface| self.display.get_client(surface.id()).ok());
+        set_data_device_focus(&self.display, seat, client);
+    }
+}
+
+impl SelectionHandler for State {
+    type SelectionUserData = ();
+}
+
+impl DataDeviceHandler for State {
+    fn data_device_state(&self) -> &DataDeviceState {
+        &self.data_device_state
+    }
+}
+
+impl ClientDndGrabHandler for State {}
+impl ServerDndGrabHandler for State {}
+impl OutputHandler for State {}
+
+delegate_compositor!(State);
+delegate_shm!(State);
+delegate_xdg_shell!(State);
+delegate_xdg_decoration!(State);
+delegate_seat!(State);
+delegate_data_device!(State);
+delegate_output!(State);

@@ -62,30 +62,45 @@ impl Gpud {
         })
     }
 
-    /// Runs one guest connection until it closes or breaks the framing.
-    pub fn serve_connection(&self, stream: &UnixStream, desktop: &str, budget_bytes: u64) {
-        let mut session = Session::with_renderer(
+    /// A new session for `desktop` on this gpud.
+    pub fn session(&self, desktop: &str, budget_bytes: u64) -> Session {
+        Session::with_renderer(
             desktop,
             budget_bytes,
             self.ledger.clone(),
             self.width,
             self.height,
             self.renderer.clone(),
-        );
-        loop {
-            let (bytes, fds) = match read_frame(stream) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return,
-                Err(_) => {
-                    // SAFETY: shutdown on our own connection.
-                    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
-                    return;
-                }
-            };
-            let answer = session.handle(&bytes, fds);
-            if send_frame(stream, &answer, &[]).is_err() {
+        )
+    }
+
+    /// Runs one guest connection until it closes or breaks the framing.
+    pub fn serve_connection(&self, stream: &UnixStream, desktop: &str, budget_bytes: u64) {
+        let session = std::sync::Mutex::new(self.session(desktop, budget_bytes));
+        serve_session(stream, &session);
+    }
+}
+
+/// Answers `stream`'s commands with `session` (locked per command, so the
+/// node agent can read its frames between them) until the guest closes
+/// the connection or breaks the framing.
+pub fn serve_session(stream: &UnixStream, session: &std::sync::Mutex<Session>) {
+    loop {
+        let (bytes, fds) = match read_frame(stream) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(_) => {
+                // SAFETY: shutdown on our own connection.
+                unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
                 return;
             }
+        };
+        let answer = session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handle(&bytes, fds);
+        if send_frame(stream, &answer, &[]).is_err() {
+            return;
         }
     }
 }

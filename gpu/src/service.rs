@@ -19,7 +19,7 @@ use crate::device::{Capabilities, Device, Selector};
 use crate::enumerate::GpuInfo;
 use crate::render::Renderer;
 use crate::server::Gpud;
-use crate::session::Account;
+use crate::session::{Account, Session};
 
 /// The socket's name in a desktop's GPU directory.
 pub const SOCKET_NAME: &str = "gpu.sock";
@@ -48,9 +48,13 @@ pub struct GpuReport {
 /// Attached desktops: GPU index and budget.
 type Attached = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
 
+/// The sessions being served, by desktop.
+type Live = Arc<Mutex<BTreeMap<String, Arc<Mutex<Session>>>>>;
+
 pub struct GpuService {
     gpus: Vec<ServedGpu>,
     attached: Attached,
+    live: Live,
 }
 
 /// A desktop's door to gpud: its listening socket and the connection it
@@ -136,6 +140,7 @@ impl GpuService {
         GpuService {
             gpus: served,
             attached: Attached::default(),
+            live: Live::default(),
         }
     }
 
@@ -197,6 +202,7 @@ impl GpuService {
         let gpud = served.gpud.clone();
         let desktop_name = desktop.to_owned();
         let current = connection.clone();
+        let live = self.live.clone();
         std::thread::Builder::new()
             .name(format!("gpud-{desktop}"))
             .spawn(move || {
@@ -214,7 +220,15 @@ impl GpuService {
                         }
                         connection.current = Some(copy.into());
                     }
-                    gpud.serve_connection(&stream, &desktop_name, budget_bytes);
+                    let session = Arc::new(Mutex::new(gpud.session(&desktop_name, budget_bytes)));
+                    live.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(desktop_name.clone(), session.clone());
+                    crate::server::serve_session(&stream, &session);
+                    live.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&desktop_name);
+                    drop(session);
                     current.lock().unwrap_or_else(|p| p.into_inner()).current = None;
                 }
             })?;
@@ -230,6 +244,19 @@ impl GpuService {
             connection,
             attached: self.attached.clone(),
         })
+    }
+
+    /// What `desktop`'s scanout shows now: width, height and BGRA pixels
+    /// (None before its guest set a scanout).
+    pub fn scanout(&self, desktop: &str) -> Option<(u32, u32, Vec<u8>)> {
+        let session = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(desktop)?
+            .clone();
+        let session = session.lock().unwrap_or_else(|p| p.into_inner());
+        session.scanout_bgra()
     }
 
     /// `desktop`'s account: (GPU index, charged now, budget).

@@ -528,6 +528,21 @@ impl Session {
         self.frame.as_ref().map(|f| f.storage.bytes().to_vec())
     }
 
+    /// Scanout 0's pixels (BGRA rows of its rectangle): what the desktop
+    /// shows, for screenshots.
+    pub fn scanout_bgra(&self) -> Option<(u32, u32, Vec<u8>)> {
+        let (id, rect) = self.scanouts[0]?;
+        let resource = self.resources.get(&id)?;
+        let stride = resource.stride();
+        let bytes = resource.storage.bytes();
+        let mut out = Vec::with_capacity(rect.width as usize * rect.height as usize * 4);
+        for row in rect.y..rect.y + rect.height {
+            let start = row as usize * stride + rect.x as usize * 4;
+            out.extend_from_slice(&bytes[start..start + rect.width as usize * 4]);
+        }
+        Some((rect.width, rect.height, out))
+    }
+
     /// The current frame's I420 bytes, size and sequence number.
     pub fn frame(&self) -> Option<(&[u8], u32, u32, u64)> {
         self.frame.as_ref().map(|f| {

@@ -1,0 +1,423 @@
+//! The compositor's output: a gpud guest. Each client surface with an shm
+//! buffer becomes a gpud resource; its damage is copied into the
+//! resource's backing (a memfd shared with gpud) and transferred; each
+//! frame is one composition list (background, then every surface back to
+//! front) and a RESOURCE_FLUSH of the damage. Nothing is drawn when
+//! nothing changed.
+//!
+//! The copy: smithay gives the compositor a client's shm pool as a
+//! mapping, not its descriptor, so damaged rows are copied once into the
+//! surface's own memfd (which gpud maps); passing the client's pool fd to
+//! gpud directly (zero copy) is a later step.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use flotilla_gpu::compose::{CompositionList, Draw, MAX_DAMAGE, MAX_DRAWS};
+use flotilla_gpu::guest::{answer_type, Guest};
+use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
+use flotilla_gpu::session::CAPSET_COMPOSE;
+
+const SCANOUT: u32 = 1;
+const BACKGROUND: u32 = 2;
+const CONTEXT: u32 = 1;
+/// The desktop's background, B G R X.
+pub const BACKGROUND_BGRX: [u8; 4] = [0x30, 0x28, 0x20, 0xff];
+
+/// A writable shared mapping of a memfd (a resource's backing).
+struct Staging {
+    fd: OwnedFd,
+    map: *mut u8,
+    len: usize,
+}
+
+impl Staging {
+    fn new(len: usize) -> anyhow::Result<Staging> {
+        // SAFETY: memfd_create/ftruncate/mmap with checked results; the
+        // mapping belongs to the value and is unmapped on drop.
+        unsafe {
+            let fd = libc::memfd_create(c"flotilla-surface".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                bail!("memfd_create: {}", std::io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
+                bail!("ftruncate: {}", std::io::Error::last_os_error());
+            }
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                bail!("mmap: {}", std::io::Error::last_os_error());
+            }
+            Ok(Staging {
+                fd,
+                map: map.cast(),
+                len,
+            })
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping covers `len` bytes for the value's life.
+        unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
+/// One surface's resource on gpud.
+struct SurfaceResource {
+    id: u32,
+    width: u32,
+    height: u32,
+    format: Format,
+    staging: Staging,
+}
+
+/// What a surface shows this frame.
+pub struct SurfaceFrame {
+    /// A key for the surface (its protocol id), stable while it lives.
+    pub key: u64,
+    /// Where it is on the output.
+    pub x: i32,
+    pub y: i32,
+    pub width: u32,
+    pub height: u32,
+    pub format: Format,
+    /// Rectangles (buffer coordinates) whose pixels are new; `copy` fills
+    /// them.
+    pub damage: Vec<Rect>,
+}
+
+/// Copies `rect` of the client's buffer into `out` (rows of `width` × 4).
+pub type CopyFn<'a> = dyn FnMut(u64, &Rect, &mut [u8]) -> bool + 'a;
+
+pub struct GpuOutput {
+    guest: Guest,
+    pub width: u32,
+    pub height: u32,
+    next_id: u32,
+    surfaces: HashMap<u64, SurfaceResource>,
+    /// Last frame's layout: (key, x, y, width, height) back to front.
+    layout: Vec<(u64, i32, i32, u32, u32)>,
+    _background: Staging,
+    /// Frames composed so far.
+    pub frames: u64,
+}
+
+fn call(guest: &mut Guest, command: &[u8], fds: &[i32], what: &str) -> anyhow::Result<()> {
+    let answer = guest
+        .call(command, fds)
+        .with_context(|| format!("gpud: {what}"))?;
+    let kind = answer_type(&answer);
+    if kind >= resp::ERR_UNSPEC {
+        bail!("gpud refused {what}: {kind:#x}");
+    }
+    Ok(())
+}
+
+fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+impl GpuOutput {
+    /// Connects to gpud at `socket`, takes the display size it offers and
+    /// shows the background.
+    pub fn connect(socket: &Path) -> anyhow::Result<GpuOutput> {
+        let mut guest = Guest::connect(socket)
+            .with_context(|| format!("connect to gpud at {}", socket.display()))?;
+        let info = guest.call(&build::get_display_info(), &[])?;
+        if answer_type(&info) != resp::OK_DISPLAY_INFO || info.len() < 48 {
+            bail!("gpud did not describe its display");
+        }
+        let width = u32::from_le_bytes(info[32..36].try_into()?);
+        let height = u32::from_le_bytes(info[36..40].try_into()?);
+        let len = width as usize * height as usize * 4;
+        let mut background = Staging::new(len)?;
+        for pixel in background.bytes().chunks_exact_mut(4) {
+            pixel.copy_from_slice(&BACKGROUND_BGRX);
+        }
+        let entry = [MemEntry {
+            offset: 0,
+            length: len as u32,
+        }];
+        let screen = rect(0, 0, width, height);
+        call(
+            &mut guest,
+            &build::resource_create_2d(SCANOUT, Format::B8G8R8A8, width, height),
+            &[],
+            "create the scanout",
+        )?;
+        call(
+            &mut guest,
+            &build::resource_create_2d(BACKGROUND, Format::B8G8R8X8, width, height),
+            &[],
+            "create the background",
+        )?;
+        call(
+            &mut guest,
+            &build::attach_backing(BACKGROUND, &entry),
+            &[background.fd.as_raw_fd()],
+            "back the background",
+        )?;
+        call(
+            &mut guest,
+            &build::transfer_to_host_2d(screen, 0, BACKGROUND),
+            &[],
+            "upload the background",
+        )?;
+        call(
+            &mut guest,
+            &build::ctx_create(CONTEXT, CAPSET_COMPOSE, "compositor"),
+            &[],
+            "create the composition context",
+        )?;
+        call(
+            &mut guest,
+            &build::set_scanout(screen, 0, SCANOUT),
+            &[],
+            "set the scanout",
+        )?;
+        let mut output = GpuOutput {
+            guest,
+            width,
+            height,
+            next_id: 16,
+            surfaces: HashMap::new(),
+            layout: Vec::new(),
+            _background: background,
+            frames: 0,
+        };
+        output.compose(&[], vec![screen])?;
+        Ok(output)
+    }
+
+    /// The resource for `surface`, made (or remade at a new size or
+    /// format) as needed. Returns whether it is new (all of it must be
+    /// uploaded).
+    fn resource(&mut self, surface: &SurfaceFrame) -> anyhow::Result<bool> {
+        if let Some(existing) = self.surfaces.get(&surface.key) {
+            if existing.width == surface.width
+                && existing.height == surface.height
+                && existing.format == surface.format
+            {
+                return Ok(false);
+            }
+            let id = existing.id;
+            self.surfaces.remove(&surface.key);
+            call(
+                &mut self.guest,
+                &build::resource_unref(id),
+                &[],
+                "unref a surface",
+            )?;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(16);
+        let len = surface.width as usize * surface.height as usize * 4;
+        let staging = Staging::new(len)?;
+        call(
+            &mut self.guest,
+            &build::resource_create_2d(id, surface.format, surface.width, surface.height),
+            &[],
+            "create a surface",
+        )?;
+        call(
+            &mut self.guest,
+            &build::attach_backing(
+                id,
+                &[MemEntry {
+                    offset: 0,
+                    length: len as u32,
+                }],
+            ),
+            &[staging.fd.as_raw_fd()],
+            "back a surface",
+        )?;
+        self.surfaces.insert(
+            surface.key,
+            SurfaceResource {
+                id,
+                width: surface.width,
+                height: surface.height,
+                format: surface.format,
+                staging,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Shows `surfaces` (back to front): uploads their damage, composes
+    /// what changed. Returns whether a frame was made.
+    pub fn render(
+        &mut self,
+        surfaces: &mut [SurfaceFrame],
+        copy: &mut CopyFn,
+    ) -> anyhow::Result<bool> {
+        let mut damage: Vec<Rect> = Vec::new();
+        for surface in surfaces.iter_mut() {
+            if surface.width == 0 || surface.height == 0 {
+                continue;
+            }
+            if self.resource(surface)? {
+                surface.damage = vec![rect(0, 0, surface.width, surface.height)];
+            }
+            let resource = self.surfaces.get_mut(&surface.key).expect("made above");
+            let stride = resource.width as usize * 4;
+            for area in &surface.damage {
+                let Some(area) = clip(area, resource.width, resource.height) else {
+                    continue;
+                };
+                let bytes = resource.staging.bytes();
+                if !copy(surface.key, &area, bytes) {
+                    continue;
+                }
+                let offset = area.y as u64 * stride as u64 + area.x as u64 * 4;
+                call(
+                    &mut self.guest,
+                    &build::transfer_to_host_2d(area, offset, resource.id),
+                    &[],
+                    "upload damage",
+                )?;
+                if let Some(on_screen) = clip_signed(
+                    surface.x + area.x as i32,
+                    surface.y + area.y as i32,
+                    area.width,
+                    area.height,
+                    self.width,
+                    self.height,
+                ) {
+                    damage.push(on_screen);
+                }
+            }
+        }
+        // Windows that appeared, went or moved: redraw all.
+        let layout: Vec<_> = surfaces
+            .iter()
+            .filter(|s| s.width > 0 && s.height > 0)
+            .map(|s| (s.key, s.x, s.y, s.width, s.height))
+            .collect();
+        if layout != self.layout {
+            damage = vec![rect(0, 0, self.width, self.height)];
+            self.layout = layout;
+        }
+        let live: std::collections::HashSet<u64> = surfaces.iter().map(|s| s.key).collect();
+        let gone: Vec<u64> = self
+            .surfaces
+            .keys()
+            .filter(|key| !live.contains(key))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(resource) = self.surfaces.remove(&key) {
+                call(
+                    &mut self.guest,
+                    &build::resource_unref(resource.id),
+                    &[],
+                    "unref a surface",
+                )?;
+            }
+        }
+        if damage.is_empty() {
+            return Ok(false);
+        }
+        let draws: Vec<(u32, i32, i32, u32, u32)> = surfaces
+            .iter()
+            .filter_map(|s| {
+                let resource = self.surfaces.get(&s.key)?;
+                Some((resource.id, s.x, s.y, resource.width, resource.height))
+            })
+            .collect();
+        self.compose(&draws, damage)?;
+        Ok(true)
+    }
+
+    fn compose(
+        &mut self,
+        surfaces: &[(u32, i32, i32, u32, u32)],
+        mut damage: Vec<Rect>,
+    ) -> anyhow::Result<()> {
+        let screen = rect(0, 0, self.width, self.height);
+        if damage.len() > MAX_DAMAGE as usize {
+            damage = vec![bounding(&damage)];
+        }
+        let mut draws = vec![Draw {
+            resource_id: BACKGROUND,
+            source: screen,
+            x: 0,
+            y: 0,
+            opacity: 255,
+            clip: screen,
+        }];
+        for &(id, x, y, width, height) in surfaces.iter().take(MAX_DRAWS as usize - 1) {
+            draws.push(Draw {
+                resource_id: id,
+                source: rect(0, 0, width, height),
+                x,
+                y,
+                opacity: 255,
+                clip: screen,
+            });
+        }
+        let flush = bounding(&damage);
+        let list = CompositionList {
+            target: SCANOUT,
+            damage,
+            draws,
+        };
+        call(
+            &mut self.guest,
+            &build::submit_3d(CONTEXT, None, &list.encode()),
+            &[],
+            "compose",
+        )?;
+        call(
+            &mut self.guest,
+            &build::resource_flush(flush, SCANOUT),
+            &[],
+            "flush",
+        )?;
+        self.frames += 1;
+        Ok(())
+    }
+}
+
+fn clip(area: &Rect, width: u32, height: u32) -> Option<Rect> {
+    let x1 = area.x.saturating_add(area.width).min(width);
+    let y1 = area.y.saturating_add(area.height).min(height);
+    (area.x < x1 && area.y < y1).then(|| rect(area.x, area.y, x1 - area.x, y1 - area.y))
+}
+
+fn clip_signed(x: i32, y: i32, width: u32, height: u32, max_w: u32, max_h: u32) -> Option<Rect> {
+    let x0 = i64::from(x).max(0);
+    let y0 = i64::from(y).max(0);
+    let x1 = (i64::from(x) + i64::from(width)).min(i64::from(max_w));
+    let y1 = (i64::from(y) + i64::from(height)).min(i64::from(max_h));
+    (x0 < x1 && y0 < y1).then(|| rect(x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
+}
+
+fn bounding(rects: &[Rect]) -> Rect {
+    let x0 = rects.iter().map(|r| r.x).min().unwrap_or(0);
+    let y0 = rects.iter().map(|r| r.y).min().unwrap_or(0);
+    let x1 = rects.iter().map(|r| r.x + r.width).max().unwrap_or(0);
+    let y1 = rects.iter().map(|r| r.y + r.height).max().unwrap_or(0);
+    rect(x0, y0, x1 - x0, y1 - y0)
+}
