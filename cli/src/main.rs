@@ -136,6 +136,9 @@ struct CompositorArgs {
     /// Output refresh rate in Hz.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
     refresh: u32,
+    /// The control socket (input, windows, focus) for the node agent.
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -553,6 +556,7 @@ fn run_compositor(args: &CompositorArgs) -> ExitCode {
         socket_name: args.socket_name.clone(),
         gpu_socket: args.gpu_socket.clone(),
         refresh_mhz: args.refresh * 1000,
+        control: args.control.clone(),
     };
     match flotilla_compositor::run(&options) {
         Ok(()) => ExitCode::SUCCESS,

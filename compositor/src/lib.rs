@@ -11,7 +11,9 @@
 //! primary selection, viewporter, presentation-time, fractional scale,
 //! tiling, linux-dmabuf, the desktop session and node-agent wiring.
 
+pub mod control;
 pub mod gpu_output;
+pub mod keymap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub struct Options {
     pub gpu_socket: PathBuf,
     /// Output refresh, millihertz.
     pub refresh_mhz: u32,
+    /// The control socket (input, windows, focus); none without.
+    pub control: Option<PathBuf>,
 }
 
 pub struct State {
@@ -87,6 +91,14 @@ pub struct State {
     keys: Keys,
     /// The newest toplevel, focused once it has drawn.
     pending_focus: Option<WlSurface>,
+    /// Window ids for the control socket, by toplevel surface.
+    window_ids:
+        std::collections::HashMap<smithay::reexports::wayland_server::backend::ObjectId, u32>,
+    next_window_id: u32,
+    /// What each control connection holds down: evdev keys and buttons.
+    held: std::collections::HashMap<u64, (Vec<u32>, Vec<u32>)>,
+    keymap: keymap::Keymap,
+    pointer_at: (f64, f64),
     /// gpud failed: the compositor ends with this.
     gpu_failed: Option<anyhow::Error>,
     signal: smithay::reexports::calloop::LoopSignal,
@@ -160,6 +172,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         gpu,
         keys: Keys::default(),
         pending_focus: None,
+        window_ids: std::collections::HashMap::new(),
+        next_window_id: 1,
+        held: std::collections::HashMap::new(),
+        keymap: keymap::Keymap::new()?,
+        pointer_at: (0.0, 0.0),
         gpu_failed: None,
         signal: event_loop.get_signal(),
     };
@@ -189,6 +206,19 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             },
         )
         .map_err(|error| anyhow::anyhow!("watch the display: {error}"))?;
+    if let Some(path) = &options.control {
+        let (calls, channel) = smithay::reexports::calloop::channel::channel::<control::Call>();
+        control::serve(path, calls)
+            .with_context(|| format!("serve the control socket {}", path.display()))?;
+        loop_handle
+            .insert_source(channel, |event, _, state| {
+                if let smithay::reexports::calloop::channel::Event::Msg(call) = event {
+                    let answer = state.execute(call.request, call.connection);
+                    let _ = call.reply.send(answer);
+                }
+            })
+            .map_err(|error| anyhow::anyhow!("watch the control socket: {error}"))?;
+    }
     let frame_time =
         Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000)));
     loop_handle
@@ -500,6 +530,9 @@ impl XdgShellHandler for State {
         // Keyboard focus once it shows something: an enter before the
         // first configure crashes some clients (foot 1.13).
         self.pending_focus = Some(surface.wl_surface().clone());
+        self.window_ids
+            .insert(surface.wl_surface().id(), self.next_window_id);
+        self.next_window_id += 1;
         let window = Window::new_wayland_window(surface);
         self.space.map_element(window, (0, 0), true);
     }
@@ -601,3 +634,269 @@ delegate_xdg_decoration!(State);
 delegate_seat!(State);
 delegate_data_device!(State);
 delegate_output!(State);
+
+/// The control socket's requests, executed on the compositor's loop.
+impl State {
+    fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    fn key(&mut self, code: u32, pressed: bool) {
+        let Some(keyboard) = self.seat.get_keyboard() else {
+            return;
+        };
+        let state = if pressed {
+            smithay::backend::input::KeyState::Pressed
+        } else {
+            smithay::backend::input::KeyState::Released
+        };
+        let serial = smithay::utils::SERIAL_COUNTER.next_serial();
+        let time = self.now_ms();
+        keyboard.input::<(), _>(
+            self,
+            smithay::input::keyboard::Keycode::new(code + 8),
+            state,
+            serial,
+            time,
+            |_, _, _| smithay::input::keyboard::FilterResult::Forward,
+        );
+    }
+
+    /// Taps `code`, with Shift around it if asked.
+    fn tap(&mut self, code: u32, shift: bool) {
+        if shift {
+            self.key(keymap::LEFT_SHIFT, true);
+        }
+        self.key(code, true);
+        self.key(code, false);
+        if shift {
+            self.key(keymap::LEFT_SHIFT, false);
+        }
+    }
+
+    fn surface_under(
+        &self,
+        at: (f64, f64),
+    ) -> Option<(
+        WlSurface,
+        smithay::utils::Point<f64, smithay::utils::Logical>,
+    )> {
+        let point: smithay::utils::Point<f64, smithay::utils::Logical> = at.into();
+        self.space
+            .element_under(point)
+            .and_then(|(window, location)| {
+                window
+                    .surface_under(
+                        point - location.to_f64(),
+                        smithay::desktop::WindowSurfaceType::ALL,
+                    )
+                    .map(|(surface, offset)| (surface, (offset + location).to_f64()))
+            })
+    }
+
+    fn focus_window(&mut self, window: &Window) {
+        self.space.raise_element(window, true);
+        if let (Some(keyboard), Some(toplevel)) = (self.seat.get_keyboard(), window.toplevel()) {
+            let surface = toplevel.wl_surface().clone();
+            keyboard.set_focus(
+                self,
+                Some(surface),
+                smithay::utils::SERIAL_COUNTER.next_serial(),
+            );
+        }
+    }
+
+    fn window_id(&self, window: &Window) -> Option<u32> {
+        let toplevel = window.toplevel()?;
+        self.window_ids.get(&toplevel.wl_surface().id()).copied()
+    }
+
+    fn windows(&self) -> serde_json::Value {
+        let focused = self
+            .seat
+            .get_keyboard()
+            .and_then(|keyboard| keyboard.current_focus());
+        let windows: Vec<serde_json::Value> = self
+            .space
+            .elements()
+            .filter_map(|window| {
+                let toplevel = window.toplevel()?;
+                let (title, app_id) =
+                    smithay::wayland::compositor::with_states(toplevel.wl_surface(), |states| {
+                        states
+                            .data_map
+                            .get::<smithay::wayland::shell::xdg::XdgToplevelSurfaceData>()
+                            .map(|data| {
+                                let data = data.lock().unwrap_or_else(|p| p.into_inner());
+                                (data.title.clone(), data.app_id.clone())
+                            })
+                            .unwrap_or_default()
+                    });
+                let location = self.space.element_location(window)?;
+                let geometry = window.geometry();
+                Some(serde_json::json!({
+                    "id": self.window_id(window)?,
+                    "title": title.unwrap_or_default(),
+                    "app_id": app_id.unwrap_or_default(),
+                    "x": location.x,
+                    "y": location.y,
+                    "width": geometry.size.w,
+                    "height": geometry.size.h,
+                    "focused": focused.as_ref() == Some(toplevel.wl_surface()),
+                }))
+            })
+            .collect();
+        serde_json::json!({"ok": true, "windows": windows})
+    }
+
+    fn execute(&mut self, request: control::Request, connection: u64) -> serde_json::Value {
+        use control::{KeyAction, Request};
+        let ok = serde_json::json!({"ok": true});
+        let fail = |message: String| serde_json::json!({"ok": false, "error": message});
+        match request {
+            Request::Windows => self.windows(),
+            Request::Focus { id } => {
+                let window = self
+                    .space
+                    .elements()
+                    .find(|window| self.window_id(window) == Some(id))
+                    .cloned();
+                match window {
+                    Some(window) => {
+                        self.focus_window(&window);
+                        ok
+                    }
+                    None => fail(format!("no window {id}")),
+                }
+            }
+            Request::Key { code, name, state } => {
+                let (code, shift) = match (code, name) {
+                    (Some(code), _) => (code, false),
+                    (None, Some(name)) => match self.keymap.for_name(&name) {
+                        Some(key) => key,
+                        None => return fail(format!("no key {name:?} in the keymap")),
+                    },
+                    (None, None) => return fail("no key".to_owned()),
+                };
+                let held = &mut self.held.entry(connection).or_default().0;
+                match state {
+                    KeyAction::Press => {
+                        if !held.contains(&code) {
+                            held.push(code);
+                        }
+                        self.key(code, true);
+                    }
+                    KeyAction::Release => {
+                        held.retain(|held| *held != code);
+                        self.key(code, false);
+                    }
+                    KeyAction::Tap => self.tap(code, shift),
+                }
+                ok
+            }
+            Request::Text { text } => {
+                let mut keys = Vec::with_capacity(text.len());
+                for c in text.chars() {
+                    match self.keymap.for_char(c) {
+                        Some(key) => keys.push(key),
+                        None => {
+                            return fail(format!(
+                                "the keymap cannot type {c:?} (U+{:04X}); nothing was typed",
+                                c as u32
+                            ))
+                        }
+                    }
+                }
+                for (code, shift) in keys {
+                    self.tap(code, shift);
+                }
+                ok
+            }
+            Request::Motion { x, y } => {
+                let (width, height) = (f64::from(self.gpu.width), f64::from(self.gpu.height));
+                if !(0.0..width).contains(&x) || !(0.0..height).contains(&y) {
+                    return fail(format!("({x}, {y}) is outside the {width}×{height} output"));
+                }
+                self.pointer_at = (x, y);
+                let focus = self.surface_under((x, y));
+                if let Some(pointer) = self.seat.get_pointer() {
+                    let event = smithay::input::pointer::MotionEvent {
+                        location: (x, y).into(),
+                        serial: smithay::utils::SERIAL_COUNTER.next_serial(),
+                        time: self.now_ms(),
+                    };
+                    pointer.motion(self, focus, &event);
+                    pointer.frame(self);
+                }
+                ok
+            }
+            Request::Button { button, state } => {
+                let presses: &[bool] = match state {
+                    KeyAction::Press => &[true],
+                    KeyAction::Release => &[false],
+                    KeyAction::Tap => &[true, false],
+                };
+                for &pressed in presses {
+                    let held = &mut self.held.entry(connection).or_default().1;
+                    if pressed {
+                        if !held.contains(&button) {
+                            held.push(button);
+                        }
+                        // Focus follows click.
+                        let point: smithay::utils::Point<f64, smithay::utils::Logical> =
+                            self.pointer_at.into();
+                        if let Some((window, _)) = self.space.element_under(point) {
+                            let window = window.clone();
+                            self.focus_window(&window);
+                        }
+                    } else {
+                        held.retain(|held| *held != button);
+                    }
+                    self.button(button, pressed);
+                }
+                ok
+            }
+            Request::Scroll { dx, dy } => {
+                if let Some(pointer) = self.seat.get_pointer() {
+                    let mut frame = smithay::input::pointer::AxisFrame::new(self.now_ms());
+                    if dx != 0.0 {
+                        frame = frame.value(smithay::backend::input::Axis::Horizontal, dx);
+                    }
+                    if dy != 0.0 {
+                        frame = frame.value(smithay::backend::input::Axis::Vertical, dy);
+                    }
+                    pointer.axis(self, frame);
+                    pointer.frame(self);
+                }
+                ok
+            }
+            Request::ReleaseAll => {
+                let (keys, buttons) = self.held.remove(&connection).unwrap_or_default();
+                for code in keys {
+                    self.key(code, false);
+                }
+                for button in buttons {
+                    self.button(button, false);
+                }
+                ok
+            }
+        }
+    }
+
+    fn button(&mut self, button: u32, pressed: bool) {
+        if let Some(pointer) = self.seat.get_pointer() {
+            let event = smithay::input::pointer::ButtonEvent {
+                serial: smithay::utils::SERIAL_COUNTER.next_serial(),
+                time: self.now_ms(),
+                button,
+                state: if pressed {
+                    smithay::backend::input::ButtonState::Pressed
+                } else {
+                    smithay::backend::input::ButtonState::Released
+                },
+            };
+            pointer.button(self, &event);
+            pointer.frame(self);
+        }
+    }
+}

@@ -50,7 +50,8 @@ impl Desktop {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .unwrap();
-        let compositor = Command::new(flotilla_bin())
+        let mut command = Command::new(flotilla_bin());
+        command
             .args([
                 "compositor",
                 "--socket-name",
@@ -58,14 +59,15 @@ impl Desktop {
                 "--gpu-socket",
             ])
             .arg(&gpu.socket)
+            .arg("--control")
+            .arg(runtime_dir.join("control.sock"))
             .env("XDG_RUNTIME_DIR", &runtime_dir)
-            .env(
-                "WAYLAND_DEBUG",
-                std::env::var_os("SERVER_DEBUG").unwrap_or_default(),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the compositor");
+            .stdin(Stdio::null());
+        // SERVER_DEBUG=1 traces the compositor's side of the protocol.
+        if let Some(debug) = std::env::var_os("SERVER_DEBUG") {
+            command.env("WAYLAND_DEBUG", debug);
+        }
+        let compositor = command.spawn().expect("start the compositor");
         let desktop = Desktop {
             service,
             _gpu: gpu,
@@ -80,21 +82,32 @@ impl Desktop {
     }
 
     fn client(&self, program: &str, args: &[&str]) -> Killed {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env("WAYLAND_DISPLAY", "wayland-test")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // CLIENT_DEBUG=1 traces the client's protocol.
+        if let Some(debug) = std::env::var_os("CLIENT_DEBUG") {
+            command.env("WAYLAND_DEBUG", debug);
+        }
         Killed(
-            Command::new(program)
-                .args(args)
-                .env("XDG_RUNTIME_DIR", &self.runtime_dir)
-                .env("WAYLAND_DISPLAY", "wayland-test")
-                .env_remove("DISPLAY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .env(
-                    "WAYLAND_DEBUG",
-                    std::env::var_os("CLIENT_DEBUG").unwrap_or_default(),
-                )
+            command
                 .spawn()
                 .unwrap_or_else(|e| panic!("start {program}: {e}")),
         )
+    }
+
+    fn control(&self) -> Control {
+        let stream = std::os::unix::net::UnixStream::connect(self.runtime_dir.join("control.sock"))
+            .expect("connect to the control socket");
+        Control {
+            reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
     }
 
     fn screen(&self) -> Option<(u32, u32, Vec<u8>)> {
@@ -116,6 +129,27 @@ impl Desktop {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A connection to the compositor's control socket.
+struct Control {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Control {
+    fn send(&mut self, line: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.writer, "{line}").unwrap();
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer:?}"))
+    }
+
+    fn ok(&mut self, request: serde_json::Value) {
+        let answer = self.send(&request.to_string());
+        assert_eq!(answer["ok"], true, "{request} → {answer}");
     }
 }
 
@@ -227,4 +261,102 @@ fn foot_renders_into_its_maximised_window() {
     // And it is still running (a client the compositor upsets can crash:
     // foot 1.13 did when given keyboard focus before its first configure).
     assert!(foot.0.try_wait().unwrap().is_none(), "foot exited");
+}
+
+#[test]
+fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
+    if !have("foot") {
+        assert!(
+            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+            "foot is missing (apt-get install foot)"
+        );
+        return;
+    }
+    let desktop = Desktop::start(640, 480);
+    let out = tempfile::tempdir().unwrap();
+    let _foot = desktop.client("foot", &["--override=colors.background=102030", "sh"]);
+    desktop.wait("foot's window", |d| {
+        d.screen()
+            .is_some_and(|s| pixel(&s, 320, 240)[..3] == [0x30, 0x20, 0x10])
+    });
+    let mut control = desktop.control();
+    // foot is the one window, and it has the keyboard.
+    desktop.wait("foot to have the keyboard", |_| {
+        let windows = control.send(r#"{"op":"windows"}"#);
+        windows["windows"][0]["focused"] == true && windows["windows"][0]["app_id"] == "foot"
+    });
+    let windows = control.send(r#"{"op":"windows"}"#);
+    assert_eq!(
+        windows["windows"].as_array().map(Vec::len),
+        Some(1),
+        "{windows}"
+    );
+    assert_eq!(windows["windows"][0]["width"], 640, "{windows}");
+    let before = desktop.screen().unwrap();
+    // Shift-heavy text, typed through the keymap; Enter runs it.
+    let typed = out.path().join("typed");
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!("printf 'OK:%s' \"$((6*7))\" > {}\n", typed.display()),
+    }));
+    desktop.wait("the shell to run the typed command", |_| {
+        std::fs::read_to_string(&typed).is_ok_and(|text| text == "OK:42")
+    });
+    // The typing showed in the frames.
+    desktop.wait("the frame to change", |d| {
+        d.screen().is_some_and(|s| s.2 != before.2)
+    });
+
+    // Bad requests get errors, and the connection carries on.
+    for bad in [
+        "not json",
+        r#"{"op":"key","code":9999}"#,
+        r#"{"op":"key","name":"NoSuchKey"}"#,
+        r#"{"op":"button","button":1}"#,
+        r#"{"op":"motion","x":10000,"y":1}"#,
+        r#"{"op":"focus","id":99}"#,
+        r#"{"op":"windows","extra":1}"#,
+        r#"{"op":"text","text":"caf\u00e9"}"#,
+    ] {
+        let answer = control.send(bad);
+        assert_eq!(answer["ok"], false, "{bad} → {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    // A controller that holds Shift and goes away releases it: the next
+    // text is typed unshifted.
+    let mut holder = desktop.control();
+    holder.ok(serde_json::json!({"op": "key", "code": 42, "state": "press"}));
+    drop(holder);
+    std::thread::sleep(Duration::from_millis(200));
+    let lower = out.path().join("lower");
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!("echo abc > {}\n", lower.display()),
+    }));
+    desktop.wait("unshifted text", |_| {
+        std::fs::read_to_string(&lower).is_ok_and(|text| text == "abc\n")
+    });
+    // Named keys and a modifier combination: Ctrl+U clears what was typed
+    // on the line so far, so only what follows runs.
+    let combo = out.path().join("combo");
+    control.ok(serde_json::json!({"op": "text", "text": "echo wrong"}));
+    control.ok(serde_json::json!({"op": "key", "name": "Control_L", "state": "press"}));
+    control.ok(serde_json::json!({"op": "key", "name": "u"}));
+    control.ok(serde_json::json!({"op": "key", "name": "Control_L", "state": "release"}));
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!("echo right > {}", combo.display()),
+    }));
+    control.ok(serde_json::json!({"op": "key", "name": "Return"}));
+    desktop.wait("the line after Ctrl+U", |_| {
+        std::fs::read_to_string(&combo).is_ok_and(|text| text == "right\n")
+    });
+    // Pointer: motion, a click (focus follows it), a scroll.
+    control.ok(serde_json::json!({"op": "motion", "x": 100.0, "y": 100.0}));
+    control.ok(serde_json::json!({"op": "button", "button": 272}));
+    control.ok(serde_json::json!({"op": "scroll", "dy": 15.0}));
+    control.ok(serde_json::json!({"op": "release_all"}));
 }
