@@ -119,6 +119,8 @@ fn write_spec(dir: &Path, index: usize, netns_fd: Option<i32>) -> anyhow::Result
         base_image: None,
         devices: Vec::new(),
         gpu_dir: None,
+        session_exe: None,
+        etc_binds: Vec::new(),
         fail_at_step: None,
     };
     let spec = SandboxSpec { netns_fd, ..spec };

@@ -150,6 +150,50 @@ impl Client {
         Ok(())
     }
 
+    /// Saves desktop `id`'s current frame as a PNG at `path`.
+    pub async fn desktop_screenshot(&self, id: &str, path: &std::path::Path) -> anyhow::Result<()> {
+        let response = self
+            .send_raw(
+                self.http
+                    .get(self.url(&format!("/api/v1/desktops/{id}/screenshot"))),
+            )
+            .await?;
+        let png = response.bytes().await.context("read the screenshot")?;
+        std::fs::write(path, &png).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("{} ({} bytes)", path.display(), png.len());
+        Ok(())
+    }
+
+    /// Sends one control request (a JSON object) to desktop `id`.
+    pub async fn desktop_input(&self, id: &str, request: Value) -> anyhow::Result<()> {
+        let answer: Value = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/api/v1/desktops/{id}/input")))
+                    .json(&request),
+            )
+            .await?;
+        if let Output::Json = self.output {
+            return self.print_json(&answer);
+        }
+        if let Some(windows) = answer["windows"].as_array() {
+            for window in windows {
+                println!(
+                    "{:>3} {} {:<16} {}x{}+{}+{}  {}",
+                    window["id"],
+                    if window["focused"] == true { "*" } else { " " },
+                    text(&window["app_id"]),
+                    window["width"],
+                    window["height"],
+                    window["x"],
+                    window["y"],
+                    text(&window["title"])
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn print_json(&self, value: &Value) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())

@@ -58,6 +58,10 @@ enum TopCommand {
     /// Run a desktop's Wayland compositor (inside its sandbox; rendering
     /// through gpud).
     Compositor(CompositorArgs),
+    /// A desktop's session (inside its sandbox): the compositor, then its
+    /// apps, restarted when they exit.
+    #[command(hide = true)]
+    DesktopSession(DesktopSessionArgs),
     /// List, inspect, cordon and drain nodes.
     Node {
         #[command(flatten)]
@@ -126,6 +130,16 @@ enum NodeCommand {
 }
 
 #[derive(clap::Args)]
+struct DesktopSessionArgs {
+    /// gpud's socket for this desktop.
+    #[arg(long, env = "FLOTILLA_GPU_SOCKET")]
+    gpu_socket: PathBuf,
+    /// An app to run (program and arguments, split at spaces); repeatable.
+    #[arg(long = "app")]
+    apps: Vec<String>,
+}
+
+#[derive(clap::Args)]
 struct CompositorArgs {
     /// gpud's socket for this desktop.
     #[arg(long, env = "FLOTILLA_GPU_SOCKET")]
@@ -167,6 +181,29 @@ enum DesktopCommand {
         /// The command and its arguments (after `--`).
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// Save a running desktop's current frame as a PNG.
+    Screenshot {
+        id: String,
+        /// Where to write it.
+        #[arg(short, long, default_value = "screenshot.png")]
+        output_file: PathBuf,
+    },
+    /// Type into a running desktop, press a key, or list its windows.
+    Input {
+        id: String,
+        /// Text typed through the desktop's keymap; `\n` is Enter, `\t` Tab.
+        #[arg(long, group = "what")]
+        text: Option<String>,
+        /// A key (xkb keysym name: Return, Escape, F5, Control_L) tapped.
+        #[arg(long, group = "what")]
+        key: Option<String>,
+        /// List the desktop's windows.
+        #[arg(long, group = "what")]
+        windows: bool,
+        /// Any control request as JSON (e.g. {"op":"motion","x":10,"y":20}).
+        #[arg(long, group = "what")]
+        json: Option<String>,
     },
     /// The tail of a running desktop's output.
     Logs {
@@ -233,6 +270,15 @@ struct NodeAgentArgs {
     /// Most processes in one desktop (cgroup pids limit).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
     pids_limit: u64,
+    /// Run each desktop's session in its sandbox: the compositor (through
+    /// gpud) and the --desktop-app apps, instead of --desktop-command.
+    #[arg(long)]
+    desktop_session: bool,
+    /// An app the desktop session runs (program and arguments, split at
+    /// spaces); repeatable. Default: foot and chromium (skipped when not
+    /// installed).
+    #[arg(long = "desktop-app")]
+    desktop_apps: Vec<String>,
     /// Command each desktop runs under the process runtime.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
     desktop_command: Vec<String>,
@@ -596,6 +642,19 @@ fn main() -> ExitCode {
     if let TopCommand::Compositor(args) = &cli.command {
         return run_compositor(args);
     }
+    if let TopCommand::DesktopSession(args) = &cli.command {
+        let options = flotilla_compositor::session::SessionOptions {
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("flotilla")),
+            gpu_socket: args.gpu_socket.clone(),
+            apps: args
+                .apps
+                .iter()
+                .map(|app| app.split_whitespace().map(str::to_owned).collect())
+                .collect(),
+        };
+        let status = flotilla_compositor::session::run(&options);
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -663,7 +722,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         TopCommand::NodeAgent(args) => run_node_agent(args).await,
         // Handled in main, outside the async runtime.
-        TopCommand::Compositor(_) => anyhow::bail!("the compositor runs outside the async runtime"),
+        TopCommand::Compositor(_) | TopCommand::DesktopSession(_) => {
+            anyhow::bail!("the compositor runs outside the async runtime")
+        }
         TopCommand::Node { client, command } => {
             let client = connect(client)?;
             match command {
@@ -708,6 +769,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DesktopCommand::List { stale } => client.desktop_list(stale).await,
                 DesktopCommand::Exec { id, command } => client.desktop_exec(&id, command).await,
                 DesktopCommand::Logs { id, tail } => client.desktop_logs(&id, tail).await,
+                DesktopCommand::Screenshot { id, output_file } => {
+                    client.desktop_screenshot(&id, &output_file).await
+                }
+                DesktopCommand::Input {
+                    id,
+                    text,
+                    key,
+                    windows,
+                    json,
+                } => {
+                    let request = match (text, key, windows, json) {
+                        (Some(text), None, false, None) => {
+                            serde_json::json!({"op": "text", "text": unescape(&text)})
+                        }
+                        (None, Some(key), false, None) => {
+                            serde_json::json!({"op": "key", "name": key})
+                        }
+                        (None, None, true, None) => serde_json::json!({"op": "windows"}),
+                        (None, None, false, Some(json)) => {
+                            serde_json::from_str(&json).context("--json is not a JSON object")?
+                        }
+                        _ => anyhow::bail!("give one of --text, --key, --windows or --json"),
+                    };
+                    client.desktop_input(&id, request).await
+                }
             }
         }
     }
@@ -736,6 +822,10 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.stop_grace = args.stop_grace;
     options.gpus = !args.no_gpus;
     options.gpud = !args.no_gpud;
+    options.desktop_session = args.desktop_session;
+    if !args.desktop_apps.is_empty() {
+        options.desktop_apps = args.desktop_apps.clone();
+    }
     options.display_gpu_memory = args.display_gpu_memory;
     options.display_size = args.display_size;
     options.cgroups = !args.no_cgroups;
@@ -943,6 +1033,8 @@ fn dev_agent_options(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Re
     );
     // dev leaves nothing on the host when it exits.
     options.remove_network_on_exit = true;
+    // Each desktop is a real one: compositor, terminal, browser.
+    options.desktop_session = true;
     Ok(options)
 }
 
@@ -961,4 +1053,27 @@ fn parse_display_size(text: &str) -> Result<(u32, u32), String> {
         Ok(value)
     };
     Ok((parse(width, "width")?, parse(height, "height")?))
+}
+
+/// `\n`, `\t` and `\\` in a `--text` argument (shells pass them literally).
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod gpu_output;
 pub mod keymap;
+pub mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;

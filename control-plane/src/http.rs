@@ -59,6 +59,8 @@ const MAX_ID_CHARS: usize = 128;
         crate::http_fleet::capacity,
         crate::http_fleet::list_desktops,
         crate::http_fleet::gpu_info,
+        crate::http_exec::screenshot,
+        crate::http_exec::input,
         crate::http_exec::exec,
         crate::http_exec::logs
     ),

@@ -11,6 +11,13 @@
 //!   bytes (default 64 KiB, at most 16 MiB) of the desktop's output as
 //!   `application/octet-stream`.
 //!
+//! - `GET /api/v1/desktops/{id}/screenshot` answers the desktop's current
+//!   frame as `image/png`, read from gpud on its node.
+//! - `POST /api/v1/desktops/{id}/input` with one control request (a JSON
+//!   object: `{"op":"text","text":"ls\n"}`, `{"op":"key","name":"Return"}`,
+//!   ... — the compositor's control socket protocol) answers the
+//!   compositor's `{"ok":true,...}`, or 400 `input_refused` with its error.
+//!
 //! Sessions ride the node agent's tunnel to the leader ([`crate::tunnel`]);
 //! a follower forwards the request to the leader and streams its answer.
 
@@ -46,6 +53,165 @@ pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
     Router::new()
         .route("/api/v1/desktops/{id}/exec", post(exec))
         .route("/api/v1/desktops/{id}/logs", get(logs))
+        .route("/api/v1/desktops/{id}/screenshot", get(screenshot))
+        .route("/api/v1/desktops/{id}/input", post(input))
+}
+
+/// Most bytes of a screenshot or an input answer collected from a node.
+const MAX_COLLECTED: usize = 64 << 20;
+/// Most bytes of one input request.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// Runs `request` on `node_id` and collects its stdout; the node's error
+/// (before or during) is `code`.
+async fn collect(
+    control: &ControlPlane,
+    node_id: &str,
+    request: Request,
+    code: &'static str,
+) -> Result<Vec<u8>, ApiError> {
+    let mut session = control.tunnels.open(node_id, request)?;
+    let mut out = Vec::new();
+    while let Some(event) = session.next().await {
+        match event {
+            SessionEvent::Stdout(bytes) => {
+                if out.len() + bytes.len() > MAX_COLLECTED {
+                    return Err(ApiError::new(
+                        ErrorKind::FailedPrecondition,
+                        code,
+                        "the node's answer is too large",
+                    ));
+                }
+                out.extend_from_slice(&bytes);
+            }
+            SessionEvent::Stderr(_) => {}
+            SessionEvent::Exit(_) => return Ok(out),
+            SessionEvent::Error(message) => {
+                return Err(ApiError::new(ErrorKind::FailedPrecondition, code, message))
+            }
+        }
+    }
+    Err(ApiError::unavailable("the node's tunnel closed; retry"))
+}
+
+/// The desktop's current frame as a PNG.
+#[utoipa::path(
+    get,
+    path = "/api/v1/desktops/{id}/screenshot",
+    responses(
+        (status = 200, description = "the frame", content_type = "image/png"),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn screenshot(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (node_id, generation) = running_desktop(&control, &id).await?;
+    if !control.is_leader() {
+        let path = format!("/api/v1/desktops/{id}/screenshot");
+        return forward(&control, Method::GET, &path, &headers, Bytes::new()).await;
+    }
+    let png = collect(
+        &control,
+        &node_id,
+        Request::Screenshot {
+            desktop_id: id,
+            generation,
+        },
+        "screenshot_unavailable",
+    )
+    .await?;
+    let mut response = Response::new(Body::from(png));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    Ok(response)
+}
+
+/// Sends one input request to the desktop's compositor.
+#[utoipa::path(
+    post,
+    path = "/api/v1/desktops/{id}/input",
+    request_body(content = String, content_type = "application/json", description = "one control request, e.g. {\"op\":\"text\",\"text\":\"ls\\n\"}"),
+    responses(
+        (status = 200, description = "the compositor's answer"),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn input(
+    State(control): State<Arc<ControlPlane>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "send the request as application/json",
+        ));
+    }
+    if body.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("an input request is at most {MAX_INPUT_BYTES} bytes"),
+        ));
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
+    if !request.get("op").is_some_and(|op| op.is_string()) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "an input request is a JSON object with an \"op\"",
+        ));
+    }
+    let (node_id, generation) = running_desktop(&control, &id).await?;
+    if !control.is_leader() {
+        let path = format!("/api/v1/desktops/{id}/input");
+        return forward(&control, Method::POST, &path, &headers, body).await;
+    }
+    let answer = collect(
+        &control,
+        &node_id,
+        Request::Input {
+            desktop_id: id,
+            generation,
+            // One line: serde_json writes no newlines.
+            request: request.to_string(),
+        },
+        "input_unavailable",
+    )
+    .await?;
+    // The compositor runs inside the (untrusted) desktop: its answer must
+    // be one JSON object, and only its error text is passed on.
+    let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
+        ApiError::new(
+            ErrorKind::FailedPrecondition,
+            "input_unavailable",
+            "the desktop's compositor answered something that is not JSON",
+        )
+    })?;
+    if answer.get("ok") == Some(&serde_json::Value::Bool(true)) {
+        return Ok(axum::Json(answer).into_response());
+    }
+    let message: String = answer
+        .get("error")
+        .and_then(|error| error.as_str())
+        .unwrap_or("refused")
+        .chars()
+        .take(500)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    Err(ApiError::bad_request("input_refused", message))
 }
 
 /// What to run.

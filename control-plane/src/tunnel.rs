@@ -66,6 +66,15 @@ pub enum Request {
         generation: u64,
         tail_bytes: u64,
     },
+    Screenshot {
+        desktop_id: String,
+        generation: u64,
+    },
+    Input {
+        desktop_id: String,
+        generation: u64,
+        request: String,
+    },
 }
 
 impl Tunnels {
@@ -195,6 +204,22 @@ impl Tunnels {
                 desktop_id,
                 generation,
                 tail_bytes,
+            }),
+            Request::Screenshot {
+                desktop_id,
+                generation,
+            } => pb::tunnel_down::Request::Screenshot(pb::ScreenshotRequest {
+                desktop_id,
+                generation,
+            }),
+            Request::Input {
+                desktop_id,
+                generation,
+                request,
+            } => pb::tunnel_down::Request::Input(pb::InputRequest {
+                desktop_id,
+                generation,
+                request,
             }),
         };
         let session = Session {

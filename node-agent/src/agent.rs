@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +63,11 @@ pub struct AgentOptions {
     pub display_gpu_memory: u64,
     /// The display size gpud offers each desktop.
     pub display_size: (u32, u32),
+    /// Run each sandboxed desktop's session (compositor + apps) instead of
+    /// `desktop_command`.
+    pub desktop_session: bool,
+    /// The session's apps (program and arguments, split at spaces).
+    pub desktop_apps: Vec<String>,
     /// Limit each desktop with a cgroup (needs root and cgroup controllers).
     pub cgroups: bool,
     /// Most processes in one desktop.
@@ -109,6 +114,11 @@ impl AgentOptions {
             gpud: true,
             display_gpu_memory: 64 << 20,
             display_size: (1280, 800),
+            desktop_session: false,
+            desktop_apps: vec![
+                "foot".to_owned(),
+                "chromium --ozone-platform=wayland --no-first-run --no-sandbox".to_owned(),
+            ],
             cgroups: true,
             pids_limit: 4096,
             sandbox: true,
@@ -273,17 +283,38 @@ pub async fn run(
         gpus = registration.gpus.len(),
         "node agent starting"
     );
-    let runtime = ProcessRuntime::new(
-        &options.name,
-        &data_dir.path,
-        options.desktop_command.clone(),
-        options.stop_grace,
-    )
-    .context("set up the desktop runtime")?;
+    let sandboxed = sandboxes_possible(&options);
+    // The desktop session (compositor + apps) runs from a copy of this
+    // binary that every sandbox can reach.
+    let session_exe = if options.desktop_session && sandboxed && options.gpud {
+        Some(session_binary(&data_dir.path).context("prepare the desktop session's binary")?)
+    } else {
+        if options.desktop_session {
+            tracing::warn!(
+                "--desktop-session needs sandboxes and gpud: desktops run --desktop-command"
+            );
+        }
+        None
+    };
+    let command = match &session_exe {
+        Some(_) => {
+            let mut command = vec![
+                crate::sandbox::SESSION_EXE.to_owned(),
+                "desktop-session".to_owned(),
+            ];
+            for app in &options.desktop_apps {
+                command.push("--app".to_owned());
+                command.push(app.clone());
+            }
+            command
+        }
+        None => options.desktop_command.clone(),
+    };
+    let runtime = ProcessRuntime::new(&options.name, &data_dir.path, command, options.stop_grace)
+        .context("set up the desktop runtime")?;
     let lease_file = data_dir.path.join(LEASE_FILE);
     // Sandboxes first: they adopt what an earlier run left running, and
     // the cgroups and network keep what those use.
-    let sandboxed = sandboxes_possible(&options);
     let runtime = if sandboxed {
         let settings = crate::runtime::SandboxSettings {
             exe: std::env::current_exe().context("find the flotilla binary for sandbox-init")?,
@@ -297,6 +328,17 @@ pub async fn run(
                 .then(|| data_dir.path.join("kept")),
             zygote: true,
             fail_at_step: None,
+            session_exe: session_exe.clone(),
+            // The session's apps need the host's font configuration.
+            etc_binds: if session_exe.is_some() {
+                ["/etc/fonts"]
+                    .iter()
+                    .map(PathBuf::from)
+                    .filter(|path| path.is_dir())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         tracing::info!(
             "desktops run in namespace sandboxes (user, pid, mount, uts, ipc, net, cgroup)"
@@ -368,6 +410,7 @@ pub async fn run(
         node_id: identity.node_id.clone(),
         exe: std::env::current_exe().context("find the flotilla binary for sandbox-exec")?,
         desktops_dir: sandboxed.then(|| data_dir.path.join("desktops")),
+        gpu: gpu_service.clone(),
     };
     let tunnel = tokio::spawn(tunnel_loop(shared.clone(), Arc::new(operator)));
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel();
@@ -503,6 +546,27 @@ fn unprivileged_user_namespaces() -> bool {
             && libc::WIFEXITED(status)
             && libc::WEXITSTATUS(status) == 0
     }
+}
+
+/// A copy (or hard link) of this binary at `<data>/bin/flotilla`, readable
+/// and executable by every sandbox's unprivileged uids, whatever the
+/// permissions on the path to the original.
+fn session_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().context("find the flotilla binary")?;
+    let dir = data_dir.join("bin");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    let target = dir.join("flotilla");
+    let temporary = dir.join("flotilla.new");
+    let _ = std::fs::remove_file(&temporary);
+    if std::fs::hard_link(&exe, &temporary).is_err() {
+        std::fs::copy(&exe, &temporary)
+            .with_context(|| format!("copy {} to {}", exe.display(), temporary.display()))?;
+    }
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&temporary, &target)?;
+    Ok(target)
 }
 
 /// The host's GPUs (none when `--no-gpus` or without Vulkan).

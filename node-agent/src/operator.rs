@@ -22,13 +22,15 @@ const MAX_TAIL: u64 = 16 << 20;
 const MAX_ARGS: usize = 256;
 
 /// What sessions need from the agent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OperatorSettings {
     pub node_id: String,
     /// The `flotilla` binary (it runs `sandbox-exec`).
     pub exe: PathBuf,
     /// Where sandboxed desktops' directories are; `None` without sandboxes.
     pub desktops_dir: Option<PathBuf>,
+    /// gpud, which holds every desktop's frame; `None` without gpud.
+    pub gpu: Option<std::sync::Arc<flotilla_gpu::service::GpuService>>,
 }
 
 /// Runs session `session` and sends its output and end up `up`.
@@ -50,6 +52,12 @@ pub async fn run(
     let outcome = match request {
         pb::tunnel_down::Request::Exec(exec) => run_exec(settings, session, exec, up).await,
         pb::tunnel_down::Request::Logs(logs) => send_logs(settings, session, logs, up).await,
+        pb::tunnel_down::Request::Screenshot(request) => {
+            send_screenshot(settings, session, request, up).await
+        }
+        pb::tunnel_down::Request::Input(request) => {
+            send_input(settings, session, request, up).await
+        }
         pb::tunnel_down::Request::Cancel(_) => return,
     };
     match outcome {
@@ -176,9 +184,123 @@ async fn send_logs(
     Ok(0)
 }
 
+async fn send_stdout(
+    settings: &OperatorSettings,
+    session: u64,
+    bytes: &[u8],
+    up: &mpsc::Sender<pb::TunnelUp>,
+) -> Result<(), String> {
+    for chunk in bytes.chunks(CHUNK) {
+        let message = pb::TunnelUp {
+            node_id: settings.node_id.clone(),
+            session,
+            event: Some(pb::tunnel_up::Event::Stdout(chunk.to_vec())),
+        };
+        if up.send(message).await.is_err() {
+            return Err("the tunnel closed".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// BGRA rows to a PNG (opaque RGB).
+pub fn png(width: u32, height: u32, bgra: &[u8]) -> Result<Vec<u8>, String> {
+    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+    for pixel in bgra.chunks_exact(4) {
+        rgb.extend_from_slice(&[pixel[2], pixel[1], pixel[0]]);
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(&rgb).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The desktop's current frame, from gpud, as a PNG.
+async fn send_screenshot(
+    settings: &OperatorSettings,
+    session: u64,
+    request: pb::ScreenshotRequest,
+    up: &mpsc::Sender<pb::TunnelUp>,
+) -> Result<i32, String> {
+    desktop_dir(settings, &request.desktop_id, request.generation)?;
+    let gpu = settings
+        .gpu
+        .clone()
+        .ok_or("this node runs without gpud: no frames to show")?;
+    let id = request.desktop_id.clone();
+    let png = tokio::task::spawn_blocking(move || {
+        let (width, height, pixels) = gpu.scanout(&id).ok_or_else(|| {
+            format!("desktop {id} shows nothing yet (its compositor has not set up a display)")
+        })?;
+        png(width, height, &pixels)
+    })
+    .await
+    .map_err(|error| error.to_string())??;
+    send_stdout(settings, session, &png, up).await?;
+    Ok(0)
+}
+
+/// Passes one request line to the desktop compositor's control socket
+/// (inside the untrusted desktop: its answer is bounded in size and time)
+/// and sends its answer line back.
+async fn send_input(
+    settings: &OperatorSettings,
+    session: u64,
+    request: pb::InputRequest,
+    up: &mpsc::Sender<pb::TunnelUp>,
+) -> Result<i32, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = desktop_dir(settings, &request.desktop_id, request.generation)?;
+    if request.request.contains('\n') || request.request.len() > 64 * 1024 {
+        return Err("an input request is one line of at most 64 KiB".to_owned());
+    }
+    let socket = dir.join("gpu").join("control.sock");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|error| format!("the desktop's compositor is not reachable: {error}"))?;
+        let (reader, mut writer) = stream.into_split();
+        writer
+            .write_all(format!("{}\n", request.request).as_bytes())
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut line = Vec::new();
+        let mut reader = tokio::io::BufReader::new(reader).take(64 * 1024);
+        reader
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok::<_, String>(line)
+    })
+    .await
+    .map_err(|_| "the desktop's compositor did not answer in 30 s".to_owned())??;
+    if answer.last() != Some(&b'\n') {
+        return Err("the desktop's compositor gave no answer".to_owned());
+    }
+    send_stdout(settings, session, &answer, up).await?;
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn screenshots_are_pngs_of_the_frame() {
+        // 2×1: blue then red (BGRA), as RGB.
+        let png = png(2, 1, &[255, 0, 0, 255, 0, 0, 255, 255]).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(png));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        reader.next_frame(&mut pixels).unwrap();
+        assert_eq!(pixels, [0, 0, 255, 255, 0, 0]);
+    }
 
     #[test]
     fn desktop_ids_cannot_leave_the_desktops_directory() {
@@ -187,6 +309,7 @@ mod tests {
             node_id: "n".to_owned(),
             exe: PathBuf::from("/nonexistent"),
             desktops_dir: Some(dir.path().to_owned()),
+            gpu: None,
         };
         for id in ["../x", "a/b", "", ".", "a b", &"x".repeat(129)] {
             let error = desktop_dir(&settings, id, 1).unwrap_err();

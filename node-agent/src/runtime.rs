@@ -280,6 +280,11 @@ pub struct SandboxSettings {
     /// Tests only: which setup call (if any) a desktop's sandbox fails on
     /// purpose (`SandboxSpec::fail_at_step`). `None` in the agent.
     pub fail_at_step: Option<fn(&DesktopSpec) -> Option<usize>>,
+    /// The `flotilla` binary bound into each sandbox for the desktop
+    /// session (a copy under the data directory every sandbox can reach).
+    pub session_exe: Option<PathBuf>,
+    /// Host directories under `/etc` every sandbox sees read-only.
+    pub etc_binds: Vec<PathBuf>,
 }
 
 /// Runs each desktop as `command` in its own process group, with the
@@ -552,6 +557,8 @@ impl ProcessRuntime {
             base_image: settings.base_image.clone(),
             devices: settings.devices.clone(),
             gpu_dir: gpu.as_ref().map(|_| dir.join("gpu")),
+            session_exe: settings.session_exe.clone(),
+            etc_binds: settings.etc_binds.clone(),
             fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join("spec.json");

@@ -40,6 +40,8 @@ fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
         base_image: None,
         devices: Vec::new(),
         gpu_dir: None,
+        session_exe: None,
+        etc_binds: Vec::new(),
         fail_at_step: None,
     }
 }
@@ -233,6 +235,8 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
             kept_dir: None,
             zygote: true,
             fail_at_step: Some(fail_at),
+            session_exe: None,
+            etc_binds: Vec::new(),
         })?;
     let mut runtime = match &scope {
         Some(scope) => runtime.with_cgroups(scope.clone(), 64),
@@ -439,6 +443,8 @@ fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> 
             kept_dir: None,
             zygote: false,
             fail_at_step: None,
+            session_exe: None,
+            etc_binds: Vec::new(),
         })?;
     let mut spec = desktop("dt-hog", 1);
     spec.memory_bytes = 48 << 20;
@@ -587,6 +593,8 @@ fn a_base_image_a_granted_device_and_kept_files() -> anyhow::Result<()> {
             kept_dir: Some(data.path().join("kept")),
             zygote: false,
             fail_at_step: None,
+            session_exe: None,
+            etc_binds: Vec::new(),
         })?;
     runtime
         .start(&desktop("dt-img", 1))

@@ -141,6 +141,8 @@ fn runtime_with_network(
             kept_dir: None,
             zygote: true,
             fail_at_step: None,
+            session_exe: None,
+            etc_binds: Vec::new(),
         })
         .unwrap();
     runtime.add_network(settings.clone()).unwrap();

@@ -400,6 +400,15 @@ fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResu
         &etc.join("nsswitch.conf"),
         "passwd: files\ngroup: files\nhosts: files dns\n",
     )?;
+    // Host configuration the desktop's apps read (fonts), read-only.
+    for host in &spec.etc_binds {
+        let Ok(relative) = host.strip_prefix("/etc") else {
+            continue;
+        };
+        let target = etc.join(relative);
+        sys.mkdir(&target)?;
+        bind(sys, host, &target, true)?;
+    }
     // Writable home and workspace, kept on the host's disk.
     let home = new_root.join("home").join(&spec.user);
     sys.mkdir(&home)?;
@@ -427,6 +436,14 @@ fn build_root(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysResu
         let target = new_root.join("run/flotilla");
         sys.mkdir(&target)?;
         bind(sys, gpu_dir, &target, false)?;
+    }
+    // The flotilla binary, read-only, for the desktop session.
+    if let Some(exe) = &spec.session_exe {
+        let dir = new_root.join("run/flotilla-bin");
+        sys.mkdir(&dir)?;
+        let target = dir.join("flotilla");
+        sys.write_file(&target, "")?;
+        bind(sys, exe, &target, true)?;
     }
     // A minimal /dev: bind the harmless host nodes (a user namespace cannot
     // mknod), a private devpts, shm.
@@ -937,6 +954,8 @@ mod tests {
             base_image: None,
             devices: Vec::new(),
             gpu_dir: None,
+            session_exe: None,
+            etc_binds: Vec::new(),
             fail_at_step: None,
         }
     }

@@ -72,11 +72,23 @@ pub struct SandboxSpec {
     /// `/run/flotilla` (the socket: `/run/flotilla/gpu.sock`).
     #[serde(default)]
     pub gpu_dir: Option<PathBuf>,
+    /// Host directories under `/etc` bound read-only at the same path in
+    /// the generated `/etc` (`/etc/fonts` for a desktop session's apps).
+    #[serde(default)]
+    pub etc_binds: Vec<PathBuf>,
+    /// The `flotilla` binary, bound read-only at
+    /// `/run/flotilla-bin/flotilla` (the desktop session runs it).
+    #[serde(default)]
+    pub session_exe: Option<PathBuf>,
     /// Tests only: fail setup call number N on purpose (see
     /// [`sys::FailingSys`]); the agent never sets it.
     #[serde(default)]
     pub fail_at_step: Option<usize>,
 }
+
+/// Where a sandbox finds the `flotilla` binary (see
+/// [`SandboxSpec::session_exe`]).
+pub const SESSION_EXE: &str = "/run/flotilla-bin/flotilla";
 
 /// The host's merged-/usr links among `/bin`, `/sbin`, `/lib*`.
 pub fn host_usr_links() -> Vec<(String, String)> {

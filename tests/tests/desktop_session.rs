@@ -1,0 +1,243 @@
+//! A desktop as the product runs it, as root (CI runs it): a real server
+//! and a real node agent with `--desktop-session`. A task moved to
+//! planning gets a sandbox whose session starts the compositor (on the
+//! agent's gpud, lavapipe here) and foot; `flotilla desktop screenshot`
+//! shows foot's window, `flotilla desktop input --text` types into its
+//! shell (checked with `desktop exec`), and done tears it all down.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::{flotilla_bin, netns, ServerFlags, TestCluster};
+use serde_json::{json, Value};
+
+struct Agent {
+    child: Child,
+    bridge: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let settings = flotilla_node_agent::sandbox::net::NetworkSettings {
+            bridge: self.bridge.clone(),
+            ..Default::default()
+        };
+        let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&settings);
+    }
+}
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// RGB of pixel (x, y) of a PNG.
+fn pixel(png: &[u8], x: u32, y: u32) -> Option<[u8; 3]> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().ok()?;
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).ok()?;
+    if x >= info.width || y >= info.height || info.color_type != png::ColorType::Rgb {
+        return None;
+    }
+    let at = ((y * info.width + x) * 3) as usize;
+    Some([pixels[at], pixels[at + 1], pixels[at + 2]])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<()> {
+    if !netns::available()? {
+        return Ok(());
+    }
+    if !have("foot") || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+        assert!(
+            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+            "foot and a Vulkan device are needed (apt-get install foot mesa-vulkan-drivers)"
+        );
+        return Ok(());
+    }
+    let cluster = TestCluster::start(1, ServerFlags(vec![])).await?;
+    let addr = cluster.servers[0].addr.clone();
+    let data = cluster.root.path().join("agent");
+    let log = cluster.root.path().join("agent.log");
+    let id = std::process::id() % 10_000;
+    let bridge = format!("fs{id}");
+    let child = Command::new(flotilla_bin())
+        .args(["node-agent", "--join", &addr, "--token-file"])
+        .arg(cluster.servers[0].data_dir.join("node-join.token"))
+        .args(["--name", "session-node", "--data-dir"])
+        .arg(&data)
+        .args(["--stop-grace", "2s", "--netns-pool", "1"])
+        .args(["--desktop-bridge", &bridge])
+        .args(["--desktop-subnet", &format!("10.{}.0.0/16", 100 + id % 50)])
+        .args(["--display-size", "640x480", "--desktop-session"])
+        .args(["--desktop-app", "foot"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(
+            cluster.root.path().join("agent.err"),
+        )?)
+        .spawn()?;
+    let agent = Agent { child, bridge };
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let cli = |args: &[&str]| -> Output {
+        Command::new(flotilla_bin())
+            .args(args)
+            .env("FLOTILLA_ADDR", &addr)
+            .env("FLOTILLA_TOKEN", &cluster.token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flotilla")
+    };
+    let created = cli(&[
+        "task", "create", "--title", "session", "--column", "planning", "--output", "json",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let task: Value = serde_json::from_slice(&created.stdout)?;
+    let task_id = task["id"].as_str().unwrap_or_default().to_owned();
+
+    // The desktop runs and shows foot's window: its background fills the
+    // maximised window.
+    let shot: PathBuf = cluster.root.path().join("screen.png");
+    let started = Instant::now();
+    let mut desktop_id = String::new();
+    let mut last = String::new();
+    loop {
+        if desktop_id.is_empty() {
+            let shown = cli(&["task", "show", &task_id, "--output", "json"]);
+            let task: Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+            if task["desktop"]["state"] == "running" {
+                desktop_id = task["desktop"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        } else {
+            let output = cli(&[
+                "desktop",
+                "screenshot",
+                &desktop_id,
+                "-o",
+                shot.to_str().unwrap(),
+            ]);
+            if output.status.success() {
+                let png = std::fs::read(&shot)?;
+                // foot's background fills the maximised window: the centre
+                // and the corners are one colour, not the compositor's.
+                let found = pixel(&png, 320, 240);
+                let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
+                let compositor = [background[2], background[1], background[0]];
+                if found.is_some_and(|centre| centre != compositor)
+                    && found == pixel(&png, 1, 470)
+                    && found == pixel(&png, 638, 478)
+                {
+                    break;
+                }
+                last = format!(
+                    "the screen's centre is {found:?}; corners {:?} {:?}; (5,5) {:?}",
+                    pixel(&png, 1, 1),
+                    pixel(&png, 638, 478),
+                    pixel(&png, 5, 5)
+                );
+            } else {
+                last = String::from_utf8_lossy(&output.stderr).into_owned();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let logs = cli(&["desktop", "logs", &desktop_id]);
+            panic!(
+                "no foot window in 90 s (desktop {desktop_id:?}): {last}\ndesktop log:\n{}\nagent:\n{}",
+                String::from_utf8_lossy(&logs.stdout),
+                agent_log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "foot's window shown {:?} after the task was created",
+        started.elapsed()
+    );
+
+    // foot is the focused window; typing reaches its shell.
+    let windows = cli(&[
+        "desktop",
+        "input",
+        &desktop_id,
+        "--windows",
+        "--output",
+        "json",
+    ]);
+    let windows: Value = serde_json::from_slice(&windows.stdout)?;
+    assert_eq!(windows["windows"][0]["app_id"], "foot", "{windows}");
+    let typed = cli(&[
+        "desktop",
+        "input",
+        &desktop_id,
+        "--text",
+        r"printf 'typed:%s' $((6*7)) > /tmp/typed\n",
+    ]);
+    assert!(typed.status.success(), "{typed:?}");
+    let started = Instant::now();
+    loop {
+        let read = cli(&["desktop", "exec", &desktop_id, "--", "cat", "/tmp/typed"]);
+        if String::from_utf8_lossy(&read.stdout) == "typed:42" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the typed command never ran: {read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Input the keymap cannot type, and unknown keys: clear errors.
+    let refused = cli(&["desktop", "input", &desktop_id, "--text", "caf\u{e9}"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot type"),
+        "{refused:?}"
+    );
+    let refused = cli(&["desktop", "input", &desktop_id, "--key", "NoSuchKey"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let response = cluster
+        .http
+        .post(format!("http://{addr}/api/v1/desktops/{desktop_id}/input"))
+        .bearer_auth(&cluster.token)
+        .json(&json!({"no_op": 1}))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+
+    // Done: the desktop goes, and with it its frames.
+    let moved = cli(&["task", "move", &task_id, "--to", "done"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let started = Instant::now();
+    loop {
+        let output = cli(&[
+            "desktop",
+            "screenshot",
+            &desktop_id,
+            "-o",
+            shot.to_str().unwrap(),
+        ]);
+        if !output.status.success() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still showing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    while std::fs::read_dir(data.join("desktops"))?.next().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the desktop's directory stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+    Ok(())
+}
