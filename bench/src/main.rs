@@ -7,6 +7,7 @@
 //! keep-alive client: Flotilla's `POST /api/v1/tasks`, etcd's gRPC-gateway
 //! `POST /v3/kv/put`. Writes go to each system's leader.
 
+mod compositor;
 mod etcd;
 mod gpu;
 mod gpu_check;
@@ -37,6 +38,9 @@ enum Bench {
     /// On a machine with a real GPU: capabilities, dma-buf, composition at
     /// two sizes for 1 and 8 desktops, memory per desktop (bench/gpu-check.sh).
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// An idle desktop's compositor (RSS, PSS, idle CPU) and time to foot's
+    /// first frame, beside weston's headless backend.
+    Compositor(compositor::CompositorArgs),
 }
 
 #[derive(clap::Args)]
@@ -389,5 +393,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Sandbox(args) => sandbox::run(args),
         Bench::Gpu(args) => gpu::run(args),
         Bench::GpuCheck(args) => gpu_check::run(args),
+        Bench::Compositor(args) => compositor::run(args),
     }
 }

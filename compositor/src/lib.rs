@@ -90,6 +90,7 @@ pub struct State {
     seat: Seat<State>,
     gpu: GpuOutput,
     keys: Keys,
+    clock: FrameClock,
     /// The newest toplevel, focused once it has drawn.
     pending_focus: Option<WlSurface>,
     /// Window ids for the control socket, by toplevel surface.
@@ -103,6 +104,16 @@ pub struct State {
     /// gpud failed: the compositor ends with this.
     gpu_failed: Option<anyhow::Error>,
     signal: smithay::reexports::calloop::LoopSignal,
+}
+
+/// Frames happen on the output's refresh boundaries, and only when
+/// something asked for one (a commit, a window gone): an idle desktop
+/// wakes nobody.
+struct FrameClock {
+    handle: smithay::reexports::calloop::LoopHandle<'static, State>,
+    period: Duration,
+    armed: bool,
+    last: Instant,
 }
 
 #[derive(Default)]
@@ -156,7 +167,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("the keyboard's keymap: {error:?}"))?;
     seat.add_pointer();
 
+    let clock = FrameClock {
+        handle: event_loop.handle(),
+        period: Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000))),
+        armed: false,
+        last: Instant::now(),
+    };
     let mut state = State {
+        clock,
         display: handle.clone(),
         started: Instant::now(),
         space,
@@ -220,14 +238,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             })
             .map_err(|error| anyhow::anyhow!("watch the control socket: {error}"))?;
     }
-    let frame_time =
-        Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000)));
-    loop_handle
-        .insert_source(Timer::from_duration(frame_time), move |_, _, state| {
-            state.frame();
-            TimeoutAction::ToDuration(frame_time)
-        })
-        .map_err(|error| anyhow::anyhow!("start the frame clock: {error}"))?;
+    state.schedule_frame();
     eprintln!(
         "compositor: {}×{} on WAYLAND_DISPLAY={}",
         width, height, options.socket_name
@@ -258,6 +269,27 @@ struct Keys {
 }
 
 impl State {
+    /// Makes sure a frame happens at the next refresh boundary.
+    fn schedule_frame(&mut self) {
+        if self.clock.armed {
+            return;
+        }
+        let delay = (self.clock.last + self.clock.period).saturating_duration_since(Instant::now());
+        let inserted =
+            self.clock
+                .handle
+                .insert_source(Timer::from_duration(delay), |_, _, state| {
+                    state.clock.armed = false;
+                    state.clock.last = Instant::now();
+                    state.frame();
+                    TimeoutAction::Drop
+                });
+        match inserted {
+            Ok(_) => self.clock.armed = true,
+            Err(error) => tracing::error!(%error, "cannot schedule a frame"),
+        }
+    }
+
     /// One tick of the output clock: compose what changed, then let
     /// clients draw their next frame.
     fn frame(&mut self) {
@@ -461,6 +493,7 @@ impl CompositorHandler for State {
 
     fn commit(&mut self, surface: &WlSurface) {
         on_commit_buffer_handler::<Self>(surface);
+        self.schedule_frame();
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -549,6 +582,10 @@ impl XdgShellHandler for State {
 
     fn grab(&mut self, _surface: PopupSurface, _seat: wl_seat::WlSeat, _serial: Serial) {}
 
+    fn popup_destroyed(&mut self, _surface: PopupSurface) {
+        self.schedule_frame();
+    }
+
     fn reposition_request(
         &mut self,
         surface: PopupSurface,
@@ -572,6 +609,7 @@ impl XdgShellHandler for State {
         for window in gone {
             self.space.unmap_elem(&window);
         }
+        self.schedule_frame();
     }
 }
 

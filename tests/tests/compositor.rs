@@ -360,3 +360,177 @@ fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
     control.ok(serde_json::json!({"op": "scroll", "dy": 15.0}));
     control.ok(serde_json::json!({"op": "release_all"}));
 }
+
+/// A Wayland client written by hand, to misbehave in ways real toolkits
+/// never would.
+struct RawClient {
+    stream: std::os::unix::net::UnixStream,
+    received: Vec<u8>,
+}
+
+impl RawClient {
+    fn connect(desktop: &Desktop) -> RawClient {
+        let stream =
+            std::os::unix::net::UnixStream::connect(desktop.runtime_dir.join("wayland-test"))
+                .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient {
+            stream,
+            received: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, object: u32, opcode: u16, args: &[u8], fds: &[i32]) {
+        let mut message = object.to_le_bytes().to_vec();
+        message.extend_from_slice(
+            &((((8 + args.len()) as u32) << 16) | u32::from(opcode)).to_le_bytes(),
+        );
+        message.extend_from_slice(args);
+        flotilla_gpu::wire::send_message(
+            std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+            &message,
+            fds,
+        )
+        .unwrap();
+    }
+
+    fn string(text: &str) -> Vec<u8> {
+        let mut out = ((text.len() + 1) as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(text.as_bytes());
+        out.push(0);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+        out
+    }
+
+    /// Reads until the connection ends; returns the events as (object,
+    /// opcode, args).
+    fn events_until_closed(&mut self) -> Vec<(u32, u16, Vec<u8>)> {
+        use std::io::Read;
+        let mut buffer = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.received.extend_from_slice(&buffer[..n]),
+            }
+        }
+        parse_events(&self.received)
+    }
+
+    /// Reads until the event (object, opcode) arrives.
+    fn events_until(&mut self, object: u32, opcode: u16) -> Vec<(u32, u16, Vec<u8>)> {
+        use std::io::Read;
+        let mut buffer = [0u8; 4096];
+        loop {
+            let events = parse_events(&self.received);
+            if events.iter().any(|e| e.0 == object && e.1 == opcode) {
+                return events;
+            }
+            let n = self.stream.read(&mut buffer).expect("read events");
+            assert!(n > 0, "the compositor closed the connection");
+            self.received.extend_from_slice(&buffer[..n]);
+        }
+    }
+}
+
+fn parse_events(bytes: &[u8]) -> Vec<(u32, u16, Vec<u8>)> {
+    let mut events = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let object = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let word = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let size = (word >> 16) as usize;
+        if size < 8 || at + size > bytes.len() {
+            break;
+        }
+        events.push((
+            object,
+            (word & 0xffff) as u16,
+            bytes[at + 8..at + size].to_vec(),
+        ));
+        at += size;
+    }
+    events
+}
+
+#[test]
+fn misbehaving_clients_are_disconnected_and_the_rest_carry_on() {
+    if !have("weston-simple-shm") {
+        assert!(
+            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+            "weston-simple-shm is missing (apt-get install weston)"
+        );
+        return;
+    }
+    let mut desktop = Desktop::start(640, 480);
+    let _good = desktop.client("weston-simple-shm", &[]);
+    desktop.wait("simple-shm's window", |d| {
+        d.screen()
+            .is_some_and(|s| pixel(&s, 5, 5) == [0xff, 0xff, 0xff, 0xff])
+    });
+
+    // Garbage bytes; a request to an object that does not exist; a buffer
+    // larger than its pool. Each gets a protocol error and is cut off.
+    let mut garbage = RawClient::connect(&desktop);
+    std::io::Write::write_all(&mut garbage.stream, &[0xff; 64]).unwrap();
+    garbage.events_until_closed();
+
+    // (wayland-server cuts these two off without an error event.)
+    let mut unknown = RawClient::connect(&desktop);
+    unknown.send(77, 0, &[], &[]);
+    unknown.events_until_closed();
+
+    let mut liar = RawClient::connect(&desktop);
+    liar.send(1, 1, &2u32.to_le_bytes(), &[]); // get_registry → 2
+    liar.send(1, 0, &3u32.to_le_bytes(), &[]); // sync → 3
+    let events = liar.events_until(3, 0);
+    let shm = events
+        .iter()
+        .filter(|e| e.0 == 2 && e.1 == 0)
+        .find(|e| e.2.len() > 8 && e.2[8..].starts_with(b"wl_shm\0"))
+        .map(|e| u32::from_le_bytes(e.2[0..4].try_into().unwrap()))
+        .expect("a wl_shm global");
+    let mut bind = shm.to_le_bytes().to_vec();
+    bind.extend_from_slice(&RawClient::string("wl_shm"));
+    bind.extend_from_slice(&1u32.to_le_bytes());
+    bind.extend_from_slice(&4u32.to_le_bytes());
+    liar.send(2, 0, &bind, &[]); // bind wl_shm → 4
+                                 // SAFETY: a fresh memfd, owned below.
+    let pool = unsafe {
+        let fd = libc::memfd_create(c"pool".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        assert_eq!(libc::ftruncate(fd, 16), 0);
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let mut create_pool = 5u32.to_le_bytes().to_vec();
+    create_pool.extend_from_slice(&16u32.to_le_bytes());
+    liar.send(
+        4,
+        0,
+        &create_pool,
+        &[std::os::fd::AsRawFd::as_raw_fd(&pool)],
+    ); // a 16-byte pool → 5
+    let mut create_buffer = Vec::new();
+    for value in [6u32, 0, 100, 100, 400, 0] {
+        create_buffer.extend_from_slice(&value.to_le_bytes());
+    }
+    liar.send(5, 0, &create_buffer, &[]); // 100×100 in 16 bytes
+    let events = liar.events_until_closed();
+    assert!(
+        events.iter().any(|e| e.0 == 1 && e.1 == 0),
+        "no wl_display.error: {events:?}"
+    );
+
+    // The compositor and the good client carry on.
+    assert!(
+        desktop.compositor.0.try_wait().unwrap().is_none(),
+        "the compositor died"
+    );
+    let before = pixel(&desktop.screen().unwrap(), 125, 125);
+    desktop.wait("simple-shm to keep drawing", |d| {
+        d.screen().is_some_and(|s| pixel(&s, 125, 125) != before)
+    });
+}

@@ -637,6 +637,14 @@ fn a_base_image_a_granted_device_and_kept_files() -> anyhow::Result<()> {
     expected.push(granted);
     expected.sort();
     assert_eq!(lines[3].trim(), expected.join(" "), "{seen}");
+    // The script writes its home file after `seen`: wait for it before
+    // stopping the desktop (a loaded machine may not be there yet).
+    let home_file = data.path().join("desktops/dt-img-1/home/file");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&home_file).ok().as_deref() != Some("mine\n") {
+        assert!(Instant::now() < deadline, "the home file never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     runtime.stop("dt-img");
     wait_phase(&mut runtime, "dt-img", "stopped");
     runtime.forget("dt-img");

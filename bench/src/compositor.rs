@@ -1,0 +1,261 @@
+//! `flotilla-bench compositor`: an idle desktop's cost and how fast it
+//! shows its terminal, Flotilla's compositor beside weston's headless
+//! backend (pixman), both hosting foot at the same size in the same run.
+//!
+//! For each of `--runs` runs, per compositor: start it, start foot, and
+//! (Flotilla only: gpud holds its frames) time compositor start → foot's
+//! first composed frame; then after foot settles, RSS and PSS of the
+//! compositor process (and, for Flotilla, of the whole bench process that
+//! hosts gpud, as its share) and the CPU both burn over `--idle` seconds
+//! with nothing happening. Needs foot and weston (Debian packages) and a
+//! Vulkan device (lavapipe here).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_gpu::service::GpuService;
+
+use crate::{millis, percentile};
+
+#[derive(clap::Args)]
+pub struct CompositorArgs {
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Seconds of idleness measured per run.
+    #[arg(long, default_value_t = 3)]
+    idle: u64,
+    #[arg(long, default_value_t = 1280)]
+    width: u32,
+    #[arg(long, default_value_t = 800)]
+    height: u32,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `field` of /proc/PID/status or smaps_rollup, in KiB.
+fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
+        return 0;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+struct Sample {
+    first_frame: Option<Duration>,
+    rss_kib: u64,
+    pss_kib: u64,
+    /// CPU milliseconds per idle second.
+    idle_cpu_ms: f64,
+}
+
+fn wait_for(path: &Path, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+fn foot(runtime: &Path, socket: &str) -> anyhow::Result<Killed> {
+    Ok(Killed(
+        Command::new("foot")
+            .args(["sh", "-c", "sleep 1000"])
+            .env("XDG_RUNTIME_DIR", runtime)
+            .env("WAYLAND_DISPLAY", socket)
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+fn idle(pid: u32, seconds: u64) -> f64 {
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(seconds));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (cpu_ticks(pid) - before) as f64 * 1000.0 / hz / seconds as f64
+}
+
+fn flotilla_run(
+    args: &CompositorArgs,
+    exe: &Path,
+    gpus: &[flotilla_gpu::GpuInfo],
+) -> anyhow::Result<Sample> {
+    let root = tempfile::tempdir()?;
+    let runtime: PathBuf = root.path().join("run");
+    std::fs::create_dir(&runtime)?;
+    let service = GpuService::open(gpus, args.width, args.height);
+    let gpu = service.attach("bench", None, 256 << 20, &root.path().join("gpu"), None)?;
+    let started = Instant::now();
+    let compositor = Killed(
+        Command::new(exe)
+            .args([
+                "compositor",
+                "--socket-name",
+                "wayland-bench",
+                "--gpu-socket",
+            ])
+            .arg(&gpu.socket)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(&runtime.join("wayland-bench"), Duration::from_secs(10))?;
+    let _foot = foot(&runtime, "wayland-bench")?;
+    // foot's first frame: its background where ours was.
+    let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
+    let (cx, cy) = (args.width / 2, args.height / 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first_frame = loop {
+        if let Some((width, _, pixels)) = service.scanout("bench") {
+            let at = ((cy * width + cx) * 4) as usize;
+            if pixels.get(at..at + 4).is_some_and(|p| p != background) {
+                break started.elapsed();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "foot never showed");
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = compositor.0.id();
+    let idle_cpu_ms = idle(pid, args.idle);
+    Ok(Sample {
+        first_frame: Some(first_frame),
+        rss_kib: proc_kib(pid, "status", "VmRSS:"),
+        pss_kib: proc_kib(pid, "smaps_rollup", "Pss:"),
+        idle_cpu_ms,
+    })
+}
+
+fn weston_run(args: &CompositorArgs) -> anyhow::Result<Sample> {
+    let root = tempfile::tempdir()?;
+    let runtime: PathBuf = root.path().join("run");
+    std::fs::create_dir(&runtime)?;
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let weston = Killed(
+        Command::new("weston")
+            .args([
+                "--backend=headless-backend.so",
+                "--socket=wayland-weston",
+                "--idle-time=0",
+                &format!("--width={}", args.width),
+                &format!("--height={}", args.height),
+            ])
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(&runtime.join("wayland-weston"), Duration::from_secs(10))?;
+    let _foot = foot(&runtime, "wayland-weston")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = weston.0.id();
+    let idle_cpu_ms = idle(pid, args.idle);
+    Ok(Sample {
+        first_frame: None,
+        rss_kib: proc_kib(pid, "status", "VmRSS:"),
+        pss_kib: proc_kib(pid, "smaps_rollup", "Pss:"),
+        idle_cpu_ms,
+    })
+}
+
+fn report(name: &str, samples: &[Sample]) -> (f64, f64) {
+    let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+    let mut pss: Vec<u64> = samples.iter().map(|s| s.pss_kib).collect();
+    let mut cpu: Vec<f64> = samples.iter().map(|s| s.idle_cpu_ms).collect();
+    rss.sort_unstable();
+    pss.sort_unstable();
+    cpu.sort_by(f64::total_cmp);
+    let pss_mib = pss[pss.len() / 2] as f64 / 1024.0;
+    let cpu_ms = cpu[cpu.len() / 2];
+    println!(
+        "{name:<28} RSS p50 {:>6.1} MiB  PSS p50 {:>6.1} MiB  idle CPU p50 {:>6.2} ms/s",
+        rss[rss.len() / 2] as f64 / 1024.0,
+        pss_mib,
+        cpu_ms
+    );
+    let mut frames: Vec<Duration> = samples.iter().filter_map(|s| s.first_frame).collect();
+    if !frames.is_empty() {
+        frames.sort_unstable();
+        println!(
+            "{name:<28} start → foot's first composed frame p50 {} ms, p99 {} ms",
+            millis(percentile(&frames, 0.5)),
+            millis(percentile(&frames, 0.99))
+        );
+    }
+    (pss_mib, cpu_ms)
+}
+
+pub fn run(args: CompositorArgs) -> anyhow::Result<()> {
+    let exe = std::env::var_os("FLOTILLA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/flotilla"));
+    anyhow::ensure!(
+        exe.is_file(),
+        "no flotilla binary at {} (set FLOTILLA_BIN)",
+        exe.display()
+    );
+    let gpus = flotilla_gpu::enumerate().map_err(anyhow::Error::msg)?;
+    println!(
+        "# {} runs, {}×{}, foot as the client, {} s idle each; gpud on {}",
+        args.runs,
+        args.width,
+        args.height,
+        args.idle,
+        gpus.first().map_or("the CPU", |gpu| gpu.name.as_str())
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        ours.push(flotilla_run(&args, &exe, &gpus)?);
+        theirs.push(weston_run(&args)?);
+    }
+    let (our_pss, our_cpu) = report("flotilla compositor", &ours);
+    let (their_pss, their_cpu) = report("weston headless (pixman)", &theirs);
+    println!(
+        "flotilla / weston: PSS {:.2}×, idle CPU {:.2} vs {:.2} ms/s",
+        our_pss / their_pss.max(0.001),
+        our_cpu,
+        their_cpu
+    );
+    println!("(gpud runs in the node agent, shared by every desktop; not in these figures)");
+    Ok(())
+}
