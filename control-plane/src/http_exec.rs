@@ -57,6 +57,22 @@ pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
         .route("/api/v1/desktops/{id}/input", post(input))
 }
 
+/// Refuses a body that is not `application/json`.
+fn require_json(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::UnsupportedMediaType,
+        "unsupported_media_type",
+        format!("send {what} as application/json"),
+    ))
+}
+
 /// Most bytes of a screenshot or an input answer collected from a node.
 const MAX_COLLECTED: usize = 64 << 20;
 /// Most bytes of one input request.
@@ -149,17 +165,7 @@ pub(crate) async fn input(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            ErrorKind::UnsupportedMediaType,
-            "unsupported_media_type",
-            "send the request as application/json",
-        ));
-    }
+    require_json(&headers, "the request")?;
     if body.len() > MAX_INPUT_BYTES {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -361,17 +367,7 @@ pub(crate) async fn exec(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            ErrorKind::UnsupportedMediaType,
-            "unsupported_media_type",
-            "send the command as application/json",
-        ));
-    }
+    require_json(&headers, "the command")?;
     let parsed: ExecBody = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
     validate_command(&parsed.command)?;

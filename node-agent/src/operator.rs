@@ -171,16 +171,7 @@ async fn send_logs(
         .await
         .map_err(|error| error.to_string())?
         .map_err(|error| format!("read the desktop's log: {error}"))?;
-    for chunk in bytes.chunks(CHUNK) {
-        let message = pb::TunnelUp {
-            node_id: settings.node_id.clone(),
-            session,
-            event: Some(pb::tunnel_up::Event::Stdout(chunk.to_vec())),
-        };
-        if up.send(message).await.is_err() {
-            return Err("the tunnel closed".to_owned());
-        }
-    }
+    send_stdout(settings, session, &bytes, up).await?;
     Ok(0)
 }
 

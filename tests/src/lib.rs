@@ -514,3 +514,24 @@ pub fn wait_phase(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A node agent process with a desktop bridge of its own: on drop it is
+/// stopped (SIGTERM, as an operator would) and the bridge and nftables
+/// table it made are removed.
+pub struct AgentProcess {
+    pub child: Child,
+    pub bridge: String,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let settings = flotilla_node_agent::sandbox::net::NetworkSettings {
+            bridge: self.bridge.clone(),
+            ..Default::default()
+        };
+        let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&settings);
+    }
+}

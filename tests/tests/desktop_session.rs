@@ -6,29 +6,11 @@
 //! shell (checked with `desktop exec`), and done tears it all down.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{flotilla_bin, netns, ServerFlags, TestCluster};
+use flotilla_tests::{flotilla_bin, netns, AgentProcess, ServerFlags, TestCluster};
 use serde_json::{json, Value};
-
-struct Agent {
-    child: Child,
-    bridge: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let settings = flotilla_node_agent::sandbox::net::NetworkSettings {
-            bridge: self.bridge.clone(),
-            ..Default::default()
-        };
-        let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&settings);
-    }
-}
 
 fn have(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -83,7 +65,7 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
             cluster.root.path().join("agent.err"),
         )?)
         .spawn()?;
-    let agent = Agent { child, bridge };
+    let agent = AgentProcess { child, bridge };
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let cli = |args: &[&str]| -> Output {
         Command::new(flotilla_bin())

@@ -7,31 +7,11 @@
 //! bytes charged to that desktop against its budget; when the desktop
 //! stops, its socket and its charge are gone.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_tests::{flotilla_bin, netns, wait_for, ServerFlags, TestCluster};
+use flotilla_tests::{flotilla_bin, netns, wait_for, AgentProcess, ServerFlags, TestCluster};
 use serde_json::{json, Value};
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    bridge: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let settings = flotilla_node_agent::sandbox::net::NetworkSettings {
-            bridge: self.bridge.clone(),
-            ..Default::default()
-        };
-        let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&settings);
-    }
-}
 
 /// The guest: GET_DISPLAY_INFO, then a 256×256 resource (262,144 bytes),
 /// answers printed; then it holds the connection.
@@ -98,8 +78,8 @@ async fn a_desktop_reaches_gpud_and_gpu_info_shows_its_charge() -> anyhow::Resul
             cluster.root.path().join("agent.err"),
         )?)
         .spawn()?;
-    let agent = Agent { child, log, bridge };
-    let agent_log = || std::fs::read_to_string(&agent.log).unwrap_or_default();
+    let agent = AgentProcess { child, bridge };
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let base = format!("http://{addr}/api/v1");
     let http = &cluster.http;
     let token = &cluster.token;
