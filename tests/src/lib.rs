@@ -535,3 +535,35 @@ impl Drop for AgentProcess {
         let _ = flotilla_node_agent::sandbox::net::Network::remove_host_setup(&settings);
     }
 }
+
+/// Waits until task `task_id` (at `base`, the `/api/v1` URL) has a running
+/// desktop; returns the desktop's id.
+pub async fn wait_for_running_desktop(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    task_id: &str,
+) -> anyhow::Result<String> {
+    let found = std::sync::Mutex::new(String::new());
+    wait_for("a running desktop", Duration::from_secs(60), || async {
+        let Ok(response) = http
+            .get(format!("{base}/tasks/{task_id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let task: serde_json::Value = response.json().await.unwrap_or_default();
+        if task["desktop"]["state"] == "running" {
+            *found.lock().unwrap_or_else(|p| p.into_inner()) = task["desktop"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            return true;
+        }
+        false
+    })
+    .await?;
+    Ok(found.into_inner().unwrap_or_else(|p| p.into_inner()))
+}

@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_tests::{flotilla_bin, netns, wait_for, AgentProcess, ServerFlags, TestCluster};
+use flotilla_tests::{flotilla_bin, netns, AgentProcess, ServerFlags, TestCluster};
 use serde_json::{json, Value};
 
 fn cli(addr: &str, token: &str, args: &[&str]) -> std::process::Output {
@@ -75,29 +75,9 @@ async fn exec_and_logs_reach_a_desktop_through_any_server() -> anyhow::Result<()
         .json()
         .await?;
     let task_id = task["id"].as_str().unwrap_or_default().to_owned();
-    let found = std::sync::Mutex::new(String::new());
-    wait_for("a running desktop", Duration::from_secs(60), || async {
-        let Ok(response) = http
-            .get(format!("{base}/tasks/{task_id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-        else {
-            return false;
-        };
-        let task: Value = response.json().await.unwrap_or_default();
-        if task["desktop"]["state"] == "running" {
-            *found.lock().unwrap() = task["desktop"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            return true;
-        }
-        false
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}\n{}", agent_log(), cluster.logs()))?;
-    let desktop_id = found.into_inner().unwrap();
+    let desktop_id = flotilla_tests::wait_for_running_desktop(http, &base, token, &task_id)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}\n{}\n{}", agent_log(), cluster.logs()))?;
 
     // The agent's tunnel may still be opening (the CLI retries a 503 only
     // three times): try for up to ten seconds.

@@ -92,29 +92,9 @@ async fn a_desktop_reaches_gpud_and_gpu_info_shows_its_charge() -> anyhow::Resul
         .json()
         .await?;
     let task_id = task["id"].as_str().unwrap_or_default().to_owned();
-    let found = std::sync::Mutex::new(String::new());
-    wait_for("a running desktop", Duration::from_secs(60), || async {
-        let Ok(response) = http
-            .get(format!("{base}/tasks/{task_id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-        else {
-            return false;
-        };
-        let task: Value = response.json().await.unwrap_or_default();
-        if task["desktop"]["state"] == "running" {
-            *found.lock().unwrap() = task["desktop"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            return true;
-        }
-        false
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}\n{}\n{}", agent_log(), cluster.logs()))?;
-    let desktop_id = found.into_inner().unwrap();
+    let desktop_id = flotilla_tests::wait_for_running_desktop(http, &base, token, &task_id)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}\n{}\n{}", agent_log(), cluster.logs()))?;
 
     // The guest spoke to gpud from inside its sandbox: the display it was
     // offered, a resource within its budget, one past it refused.
