@@ -354,6 +354,27 @@ fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
     desktop.wait("the line after Ctrl+U", |_| {
         std::fs::read_to_string(&combo).is_ok_and(|text| text == "right\n")
     });
+    // Key repeat is the client's (wl_keyboard.repeat_info: 400 ms, 30/s):
+    // a key held for a second types it many times, and its release stops
+    // it.
+    let repeated = out.path().join("repeated");
+    control.ok(serde_json::json!({"op": "text", "text": "echo "}));
+    control.ok(serde_json::json!({"op": "key", "name": "x", "state": "press"}));
+    std::thread::sleep(Duration::from_millis(1000));
+    control.ok(serde_json::json!({"op": "key", "name": "x", "state": "release"}));
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!(" > {}\n", repeated.display()),
+    }));
+    desktop.wait("the repeated key's line", |_| {
+        std::fs::read_to_string(&repeated).is_ok_and(|text| text.ends_with('\n'))
+    });
+    let text = std::fs::read_to_string(&repeated).unwrap();
+    let xs = text.trim_end();
+    assert!(
+        xs.len() >= 2 && xs.chars().all(|c| c == 'x'),
+        "held x typed {text:?}"
+    );
     // Pointer: motion, a click (focus follows it), a scroll.
     control.ok(serde_json::json!({"op": "motion", "x": 100.0, "y": 100.0}));
     control.ok(serde_json::json!({"op": "button", "button": 272}));
