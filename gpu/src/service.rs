@@ -69,6 +69,9 @@ pub struct DesktopGpu {
     /// closed.
     connection: Arc<Mutex<Connection>>,
     attached: Attached,
+    /// The serving thread, joined on drop: what it holds (the session, its
+    /// GPU buffers, the renderer) is released before the drop returns.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -91,6 +94,9 @@ impl Drop for DesktopGpu {
             if let Some(current) = &connection.current {
                 libc::shutdown(current.as_raw_fd(), libc::SHUT_RDWR);
             }
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
         let _ = std::fs::remove_file(&self.socket);
         self.attached
@@ -203,7 +209,7 @@ impl GpuService {
         let desktop_name = desktop.to_owned();
         let current = connection.clone();
         let live = self.live.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("gpud-{desktop}"))
             .spawn(move || {
                 for stream in listener.incoming() {
@@ -243,6 +249,7 @@ impl GpuService {
             listener: listener_fd,
             connection,
             attached: self.attached.clone(),
+            thread: Some(thread),
         })
     }
 

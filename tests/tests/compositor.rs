@@ -27,10 +27,13 @@ fn have(program: &str) -> bool {
 }
 
 /// gpud (lavapipe when there is a Vulkan device) and a compositor on it.
+/// Fields drop in order: the compositor, then its gpud socket (whose
+/// thread is joined), then gpud itself — no thread still holds the
+/// Vulkan device when the process exits.
 struct Desktop {
-    service: GpuService,
-    _gpu: flotilla_gpu::service::DesktopGpu,
     compositor: Killed,
+    _gpu: flotilla_gpu::service::DesktopGpu,
+    service: GpuService,
     runtime_dir: PathBuf,
     _root: tempfile::TempDir,
 }
