@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where the session's tools live in a sandbox.
+/// The compositor's Wayland socket in `$XDG_RUNTIME_DIR` (the apps'
+/// `WAYLAND_DISPLAY`).
 pub const WAYLAND_SOCKET: &str = "wayland-1";
 
 pub struct SessionOptions {

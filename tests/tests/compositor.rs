@@ -21,6 +21,18 @@ impl Drop for Killed {
     }
 }
 
+/// Whether the client `program` (Debian package `package`) is installed;
+/// in CI (FLOTILLA_REQUIRE_VULKAN set) it must be: the test fails rather
+/// than skip.
+fn client_available(program: &str, package: &str) -> bool {
+    let found = have(program);
+    assert!(
+        found || std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+        "{program} is missing (apt-get install {package})"
+    );
+    found
+}
+
 fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
@@ -172,11 +184,7 @@ fn save(screen: &(u32, u32, Vec<u8>), path: &Path) {
 
 #[test]
 fn weston_simple_shm_shows_its_pattern_at_the_top_left() {
-    if !have("weston-simple-shm") {
-        assert!(
-            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "weston-simple-shm is missing (apt-get install weston)"
-        );
+    if !client_available("weston-simple-shm", "weston") {
         return;
     }
     let desktop = Desktop::start(640, 480);
@@ -231,11 +239,7 @@ fn weston_simple_shm_shows_its_pattern_at_the_top_left() {
 
 #[test]
 fn foot_renders_into_its_maximised_window() {
-    if !have("foot") {
-        assert!(
-            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "foot is missing (apt-get install foot)"
-        );
+    if !client_available("foot", "foot") {
         return;
     }
     let desktop = Desktop::start(640, 480);
@@ -268,11 +272,7 @@ fn foot_renders_into_its_maximised_window() {
 
 #[test]
 fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
-    if !have("foot") {
-        assert!(
-            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "foot is missing (apt-get install foot)"
-        );
+    if !client_available("foot", "foot") {
         return;
     }
     let desktop = Desktop::start(640, 480);
@@ -482,11 +482,7 @@ fn parse_events(bytes: &[u8]) -> Vec<(u32, u16, Vec<u8>)> {
 
 #[test]
 fn misbehaving_clients_are_disconnected_and_the_rest_carry_on() {
-    if !have("weston-simple-shm") {
-        assert!(
-            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "weston-simple-shm is missing (apt-get install weston)"
-        );
+    if !client_available("weston-simple-shm", "weston") {
         return;
     }
     let mut desktop = Desktop::start(640, 480);
