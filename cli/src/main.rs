@@ -137,6 +137,26 @@ struct DesktopSessionArgs {
     /// An app to run (program and arguments, split at spaces); repeatable.
     #[arg(long = "app")]
     apps: Vec<String>,
+    /// How the apps' windows share the output.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Tiled)]
+    layout: LayoutArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LayoutArg {
+    /// Every window fills the output.
+    Maximized,
+    /// Side by side when there are two (the oldest on the left).
+    Tiled,
+}
+
+impl From<LayoutArg> for flotilla_compositor::Layout {
+    fn from(layout: LayoutArg) -> Self {
+        match layout {
+            LayoutArg::Maximized => flotilla_compositor::Layout::Maximized,
+            LayoutArg::Tiled => flotilla_compositor::Layout::Tiled,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -153,6 +173,9 @@ struct CompositorArgs {
     /// The control socket (input, windows, focus) for the node agent.
     #[arg(long)]
     control: Option<PathBuf>,
+    /// How toplevels share the output.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Maximized)]
+    layout: LayoutArg,
 }
 
 #[derive(Subcommand)]
@@ -603,6 +626,7 @@ fn run_compositor(args: &CompositorArgs) -> ExitCode {
         gpu_socket: args.gpu_socket.clone(),
         refresh_mhz: args.refresh * 1000,
         control: args.control.clone(),
+        layout: args.layout.into(),
     };
     match flotilla_compositor::run(&options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -651,6 +675,10 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|app| app.split_whitespace().map(str::to_owned).collect())
                 .collect(),
+            layout: match args.layout {
+                LayoutArg::Maximized => "maximized",
+                LayoutArg::Tiled => "tiled",
+            },
         };
         let status = flotilla_compositor::session::run(&options);
         return ExitCode::from(u8::try_from(status).unwrap_or(1));

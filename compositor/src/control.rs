@@ -2,7 +2,7 @@
 //! socket, one request per line, one answer per line:
 //!
 //! ```text
-//! {"op":"windows"}                              → {"ok":true,"windows":[{"id","title","app_id","x","y","width","height","focused"}]}
+//! {"op":"windows"}                              → {"ok":true,"output":{"width","height"},"windows":[{"id","title","app_id","x","y","width","height","focused","popups":[{"x","y","width","height"}]}]}
 //! {"op":"focus","id":2}                         → {"ok":true}
 //! {"op":"key","code":28,"state":"press"}        evdev code (1-767); state press|release|tap (default tap)
 //! {"op":"key","name":"Return"}                  an xkb keysym name, tapped
@@ -11,6 +11,7 @@
 //! {"op":"button","button":272,"state":"press"}  evdev BTN_LEFT..BTN_TASK (272-279)
 //! {"op":"scroll","dx":0,"dy":15}                pixels
 //! {"op":"release_all"}                          every held key and button up
+//! {"op":"output","width":1920,"height":1080}   resize the output (even, 64×64 to 7680×4320)
 //! ```
 //!
 //! Errors: `{"ok":false,"error":"..."}` — malformed JSON, unknown ops or
@@ -76,6 +77,10 @@ pub enum Request {
         dy: f64,
     },
     ReleaseAll,
+    Output {
+        width: u32,
+        height: u32,
+    },
 }
 
 impl Request {
@@ -94,6 +99,19 @@ impl Request {
             }
             Request::Motion { x, y } if !x.is_finite() || !y.is_finite() => {
                 Err("a position must be a finite number".to_owned())
+            }
+            Request::Output { width, height }
+                if !(crate::MIN_OUTPUT..=crate::MAX_OUTPUT.0).contains(width)
+                    || !(crate::MIN_OUTPUT..=crate::MAX_OUTPUT.1).contains(height)
+                    || width % 2 != 0
+                    || height % 2 != 0 =>
+            {
+                Err(format!(
+                    "an output of {width}×{height}: sizes are even, {min}×{min} to {}×{}",
+                    crate::MAX_OUTPUT.0,
+                    crate::MAX_OUTPUT.1,
+                    min = crate::MIN_OUTPUT
+                ))
             }
             Request::Button { button, .. } if !(272..=279).contains(button) => Err(format!(
                 "button {button} is not a mouse button (272-279, BTN_LEFT..BTN_TASK)"
@@ -136,6 +154,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         Some("motion") => &["x", "y"],
         Some("button") => &["button", "state"],
         Some("scroll") => &["dx", "dy"],
+        Some("output") => &["width", "height"],
         Some(op) => return Err(format!("unknown op {op:?}")),
         None => return Err("a request needs an \"op\"".to_owned()),
     };

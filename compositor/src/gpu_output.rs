@@ -129,6 +129,53 @@ fn call(guest: &mut Guest, command: &[u8], fds: &[i32], what: &str) -> anyhow::R
     Ok(())
 }
 
+/// Makes the scanout and the background (filled and uploaded) at
+/// `width`×`height` and points scanout 0 at it; returns the background's
+/// backing.
+fn screen(guest: &mut Guest, width: u32, height: u32) -> anyhow::Result<Staging> {
+    let len = width as usize * height as usize * 4;
+    let mut background = Staging::new(len)?;
+    for pixel in background.bytes().chunks_exact_mut(4) {
+        pixel.copy_from_slice(&BACKGROUND_BGRX);
+    }
+    let entry = [MemEntry {
+        offset: 0,
+        length: len as u32,
+    }];
+    let screen = rect(0, 0, width, height);
+    call(
+        guest,
+        &build::resource_create_2d(SCANOUT, Format::B8G8R8A8, width, height),
+        &[],
+        "create the scanout",
+    )?;
+    call(
+        guest,
+        &build::resource_create_2d(BACKGROUND, Format::B8G8R8X8, width, height),
+        &[],
+        "create the background",
+    )?;
+    call(
+        guest,
+        &build::attach_backing(BACKGROUND, &entry),
+        &[background.fd.as_raw_fd()],
+        "back the background",
+    )?;
+    call(
+        guest,
+        &build::transfer_to_host_2d(screen, 0, BACKGROUND),
+        &[],
+        "upload the background",
+    )?;
+    call(
+        guest,
+        &build::set_scanout(screen, 0, SCANOUT),
+        &[],
+        "set the scanout",
+    )?;
+    Ok(background)
+}
+
 fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
     Rect {
         x,
@@ -150,52 +197,13 @@ impl GpuOutput {
         }
         let width = u32::from_le_bytes(info[32..36].try_into()?);
         let height = u32::from_le_bytes(info[36..40].try_into()?);
-        let len = width as usize * height as usize * 4;
-        let mut background = Staging::new(len)?;
-        for pixel in background.bytes().chunks_exact_mut(4) {
-            pixel.copy_from_slice(&BACKGROUND_BGRX);
-        }
-        let entry = [MemEntry {
-            offset: 0,
-            length: len as u32,
-        }];
-        let screen = rect(0, 0, width, height);
-        call(
-            &mut guest,
-            &build::resource_create_2d(SCANOUT, Format::B8G8R8A8, width, height),
-            &[],
-            "create the scanout",
-        )?;
-        call(
-            &mut guest,
-            &build::resource_create_2d(BACKGROUND, Format::B8G8R8X8, width, height),
-            &[],
-            "create the background",
-        )?;
-        call(
-            &mut guest,
-            &build::attach_backing(BACKGROUND, &entry),
-            &[background.fd.as_raw_fd()],
-            "back the background",
-        )?;
-        call(
-            &mut guest,
-            &build::transfer_to_host_2d(screen, 0, BACKGROUND),
-            &[],
-            "upload the background",
-        )?;
         call(
             &mut guest,
             &build::ctx_create(CONTEXT, CAPSET_COMPOSE, "compositor"),
             &[],
             "create the composition context",
         )?;
-        call(
-            &mut guest,
-            &build::set_scanout(screen, 0, SCANOUT),
-            &[],
-            "set the scanout",
-        )?;
+        let background = screen(&mut guest, width, height)?;
         let mut output = GpuOutput {
             guest,
             width,
@@ -206,8 +214,26 @@ impl GpuOutput {
             _background: background,
             frames: 0,
         };
-        output.compose(&[], vec![screen])?;
+        output.compose(&[], vec![rect(0, 0, width, height)])?;
         Ok(output)
+    }
+
+    /// Remakes the scanout and background at `width`×`height` and shows
+    /// the background; the next [`render`](Self::render) redraws all.
+    pub fn resize(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
+        // Unreferencing the scanout's resource turns the scanout off.
+        // After a failed resize either may be gone already: the answer
+        // does not matter, only that gpud is still there.
+        for id in [SCANOUT, BACKGROUND] {
+            self.guest
+                .call(&build::resource_unref(id), &[])
+                .context("gpud: unref the old screen")?;
+        }
+        self._background = screen(&mut self.guest, width, height)?;
+        self.width = width;
+        self.height = height;
+        self.layout.clear();
+        self.compose(&[], vec![rect(0, 0, width, height)])
     }
 
     /// The resource for `surface`, made (or remade at a new size or

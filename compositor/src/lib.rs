@@ -2,14 +2,13 @@
 //! desktop's sandbox: smithay's Wayland frontend with no renderer of its
 //! own — every frame is composed by gpud ([`gpu_output`]).
 //!
-//! Built so far (issue 6, first part): compositor, subcompositor,
-//! xdg-shell (toplevels maximised to the output, popups tracked),
-//! server-side xdg-decoration, wl_shm, a seat with keyboard and pointer,
-//! data device (clipboard), wl_output with xdg-output; rendering only on
-//! damage, frame callbacks after each composed frame (or, with nothing to
-//! draw, at the output's refresh). Not yet: input and the control socket,
-//! primary selection, viewporter, presentation-time, fractional scale,
-//! tiling, linux-dmabuf, the desktop session and node-agent wiring.
+//! Globals: compositor, subcompositor, xdg-shell (toplevels maximised or
+//! tiled, see [`Layout`]; popups kept inside the output), server-side
+//! xdg-decoration, wl_shm, a seat with keyboard and pointer, data device
+//! and primary selection, wl_output with xdg-output, fractional scale
+//! (1.0) and presentation-time. Rendering only on damage; frame callbacks
+//! and presentation feedback after each composed frame. The control
+//! socket ([`control`]) drives input, focus and the output's size.
 
 pub mod control;
 pub mod gpu_output;
@@ -41,7 +40,14 @@ use smithay::wayland::compositor::{
     get_parent, is_sync_subsurface, with_surface_tree_downward, CompositorClientState,
     CompositorHandler, CompositorState, TraversalAction,
 };
+use smithay::wayland::fractional_scale::{
+    with_fractional_scale, FractionalScaleHandler, FractionalScaleManagerState,
+};
 use smithay::wayland::output::{OutputHandler, OutputManagerState};
+use smithay::wayland::presentation::{PresentationState, Refresh};
+use smithay::wayland::selection::primary_selection::{
+    set_primary_focus, PrimarySelectionHandler, PrimarySelectionState,
+};
 use smithay::wayland::selection::data_device::{
     set_data_device_focus, ClientDndGrabHandler, DataDeviceHandler, DataDeviceState,
     ServerDndGrabHandler,
@@ -54,7 +60,8 @@ use smithay::wayland::shell::xdg::{
 use smithay::wayland::shm::{with_buffer_contents, ShmHandler, ShmState};
 use smithay::wayland::socket::ListeningSocketSource;
 use smithay::{
-    delegate_compositor, delegate_data_device, delegate_output, delegate_seat, delegate_shm,
+    delegate_compositor, delegate_data_device, delegate_fractional_scale, delegate_output,
+    delegate_presentation, delegate_primary_selection, delegate_seat, delegate_shm,
     delegate_xdg_decoration, delegate_xdg_shell,
 };
 
@@ -72,12 +79,33 @@ pub struct Options {
     pub refresh_mhz: u32,
     /// The control socket (input, windows, focus); none without.
     pub control: Option<PathBuf>,
+    /// How toplevels share the output.
+    pub layout: Layout,
 }
+
+/// How toplevels share the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Every toplevel fills the output; the focused one is on top.
+    #[default]
+    Maximized,
+    /// One toplevel fills the output; with two they sit side by side;
+    /// with more, the oldest keeps the left half and the others share the
+    /// right half top to bottom.
+    Tiled,
+}
+
+/// The output sizes the control socket accepts (even, for I420).
+pub const MIN_OUTPUT: u32 = 64;
+pub const MAX_OUTPUT: (u32, u32) = (7680, 4320);
 
 pub struct State {
     display: DisplayHandle,
     started: Instant,
     space: Space<Window>,
+    /// Toplevels in the order they appeared (the layout's order).
+    order: Vec<Window>,
+    layout: Layout,
     popups: PopupManager,
     output: Output,
     compositor_state: CompositorState,
@@ -87,6 +115,12 @@ pub struct State {
     _output_manager_state: OutputManagerState,
     seat_state: SeatState<State>,
     data_device_state: DataDeviceState,
+    _primary_selection_state: PrimarySelectionState,
+    _fractional_scale_state: FractionalScaleManagerState,
+    _presentation_state: PresentationState,
+    clock_monotonic: smithay::utils::Clock<smithay::utils::Monotonic>,
+    /// Frames shown, for presentation feedback's sequence.
+    presented: u64,
     seat: Seat<State>,
     gpu: GpuOutput,
     keys: Keys,
@@ -178,6 +212,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         display: handle.clone(),
         started: Instant::now(),
         space,
+        order: Vec::new(),
+        layout: options.layout,
         popups: PopupManager::default(),
         output,
         compositor_state: CompositorState::new::<State>(&handle),
@@ -187,6 +223,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         _output_manager_state: OutputManagerState::new_with_xdg_output::<State>(&handle),
         seat_state,
         data_device_state: DataDeviceState::new::<State>(&handle),
+        _primary_selection_state: PrimarySelectionState::new::<State>(&handle),
+        _fractional_scale_state: FractionalScaleManagerState::new::<State>(&handle),
+        _presentation_state: PresentationState::new::<State>(&handle, libc::CLOCK_MONOTONIC as u32),
+        clock_monotonic: smithay::utils::Clock::new(),
+        presented: 0,
         seat,
         gpu,
         keys: Keys::default(),
@@ -290,6 +331,108 @@ impl State {
         }
     }
 
+    /// Places every toplevel by the layout and tells each its size.
+    fn arrange(&mut self) {
+        let (width, height) = (self.gpu.width as i32, self.gpu.height as i32);
+        let count = self.order.len();
+        let tiled = self.layout == Layout::Tiled && count > 1;
+        let left = width / 2;
+        for (index, window) in self.order.clone().iter().enumerate() {
+            let (x, y, w, h) = if !tiled {
+                (0, 0, width, height)
+            } else if index == 0 {
+                (0, 0, left, height)
+            } else {
+                // The rest share the right half, top to bottom.
+                let rows = (count - 1) as i32;
+                let row = index as i32 - 1;
+                let top = height * row / rows;
+                let bottom = height * (row + 1) / rows;
+                (left, top, width - left, bottom - top)
+            };
+            let Some(toplevel) = window.toplevel() else {
+                continue;
+            };
+            toplevel.with_pending_state(|state| {
+                state.size = Some((w, h).into());
+                if tiled {
+                    state.states.unset(xdg_toplevel::State::Maximized);
+                    for edge in [
+                        xdg_toplevel::State::TiledLeft,
+                        xdg_toplevel::State::TiledRight,
+                        xdg_toplevel::State::TiledTop,
+                        xdg_toplevel::State::TiledBottom,
+                    ] {
+                        state.states.set(edge);
+                    }
+                } else {
+                    state.states.set(xdg_toplevel::State::Maximized);
+                    for edge in [
+                        xdg_toplevel::State::TiledLeft,
+                        xdg_toplevel::State::TiledRight,
+                        xdg_toplevel::State::TiledTop,
+                        xdg_toplevel::State::TiledBottom,
+                    ] {
+                        state.states.unset(edge);
+                    }
+                }
+            });
+            if toplevel.is_initial_configure_sent() {
+                toplevel.send_pending_configure();
+            }
+            self.space.map_element(window.clone(), (x, y), false);
+        }
+        self.schedule_frame();
+    }
+
+    /// Keeps a popup inside the output: the positioner's constraint
+    /// adjustments (slide, flip, resize) against the output's rectangle,
+    /// in the popup's parent's coordinates.
+    fn unconstrain(&self, popup: &PopupSurface) {
+        let kind = PopupKind::Xdg(popup.clone());
+        let Ok(root) = smithay::desktop::find_popup_root_surface(&kind) else {
+            return;
+        };
+        let Some(window) = self
+            .space
+            .elements()
+            .find(|w| w.toplevel().is_some_and(|t| t.wl_surface() == &root))
+        else {
+            return;
+        };
+        let Some(location) = self.space.element_location(window) else {
+            return;
+        };
+        let mut target = smithay::utils::Rectangle::<i32, smithay::utils::Logical>::new(
+            (0, 0).into(),
+            (self.gpu.width as i32, self.gpu.height as i32).into(),
+        );
+        target.loc -= location;
+        target.loc -= smithay::desktop::get_popup_toplevel_coords(&kind);
+        popup.with_pending_state(|state| {
+            state.geometry = state.positioner.get_unconstrained_geometry(target);
+        });
+    }
+
+    /// Changes the output's size: gpud's scanout is remade, the output's
+    /// mode changes (clients get wl_output events) and windows are
+    /// arranged again.
+    fn resize_output(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.gpu.resize(width, height)?;
+        let mode = OutputMode {
+            size: (width as i32, height as i32).into(),
+            refresh: self
+                .output
+                .current_mode()
+                .map_or(60_000, |mode| mode.refresh),
+        };
+        self.output
+            .change_current_state(Some(mode), None, None, None);
+        self.output.set_preferred(mode);
+        self.arrange();
+        Ok(())
+    }
+
     /// One tick of the output clock: compose what changed, then let
     /// clients draw their next frame.
     fn frame(&mut self) {
@@ -352,11 +495,26 @@ impl State {
         }
         let elapsed = self.started.elapsed();
         let output = self.output.clone();
+        // Everything composed is on this one output; gpud holds the frame
+        // from now on, so it counts as presented now.
+        let mut feedback = smithay::desktop::utils::OutputPresentationFeedback::new(&output);
         for window in self.space.elements() {
+            window.take_presentation_feedback(
+                &mut feedback,
+                |_, _| Some(output.clone()),
+                |_, _| smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback::Kind::empty(),
+            );
             window.send_frame(&output, elapsed, Some(Duration::ZERO), |_, _| {
                 Some(output.clone())
             });
         }
+        self.presented += 1;
+        feedback.presented(
+            self.clock_monotonic.now(),
+            Refresh::fixed(self.clock.period),
+            self.presented,
+            smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback::Kind::empty(),
+        );
     }
 }
 
@@ -552,12 +710,7 @@ impl XdgShellHandler for State {
     }
 
     fn new_toplevel(&mut self, surface: ToplevelSurface) {
-        // Maximised to the output: an agent's desktop shows one app at a
-        // time, full size.
-        let (width, height) = (self.gpu.width as i32, self.gpu.height as i32);
         surface.with_pending_state(|state| {
-            state.size = Some((width, height).into());
-            state.states.set(xdg_toplevel::State::Maximized);
             state.states.set(xdg_toplevel::State::Activated);
             state.decoration_mode = Some(DecorationMode::ServerSide);
         });
@@ -568,13 +721,17 @@ impl XdgShellHandler for State {
             .insert(surface.wl_surface().id(), self.next_window_id);
         self.next_window_id += 1;
         let window = Window::new_wayland_window(surface);
+        self.order.push(window.clone());
         self.space.map_element(window, (0, 0), true);
+        self.arrange();
     }
 
     fn new_popup(&mut self, surface: PopupSurface, positioner: PositionerState) {
         surface.with_pending_state(|state| {
             state.geometry = positioner.get_geometry();
+            state.positioner = positioner;
         });
+        self.unconstrain(&surface);
         if let Err(error) = self.popups.track_popup(PopupKind::Xdg(surface)) {
             tracing::warn!(%error, "cannot track a popup");
         }
@@ -596,6 +753,7 @@ impl XdgShellHandler for State {
             state.geometry = positioner.get_geometry();
             state.positioner = positioner;
         });
+        self.unconstrain(&surface);
         surface.send_repositioned(token);
     }
 
@@ -609,6 +767,10 @@ impl XdgShellHandler for State {
         for window in gone {
             self.space.unmap_elem(&window);
         }
+        self.order
+            .retain(|w| w.toplevel().is_some_and(|t| t != &surface));
+        self.window_ids.remove(&surface.wl_surface().id());
+        self.arrange();
         self.schedule_frame();
     }
 }
@@ -648,7 +810,8 @@ impl SeatHandler for State {
 
     fn focus_changed(&mut self, seat: &Seat<Self>, focused: Option<&WlSurface>) {
         let client = focused.and_then(|surface| self.display.get_client(surface.id()).ok());
-        set_data_device_focus(&self.display, seat, client);
+        set_data_device_focus(&self.display, seat, client.clone());
+        set_primary_focus(&self.display, seat, client);
     }
 }
 
@@ -659,6 +822,21 @@ impl SelectionHandler for State {
 impl DataDeviceHandler for State {
     fn data_device_state(&self) -> &DataDeviceState {
         &self.data_device_state
+    }
+}
+
+impl PrimarySelectionHandler for State {
+    fn primary_selection_state(&self) -> &PrimarySelectionState {
+        &self._primary_selection_state
+    }
+}
+
+impl FractionalScaleHandler for State {
+    fn new_fractional_scale(&mut self, surface: WlSurface) {
+        // One output at scale 1: clients draw at the output's pixels.
+        smithay::wayland::compositor::with_states(&surface, |states| {
+            with_fractional_scale(states, |scale| scale.set_preferred_scale(1.0));
+        });
     }
 }
 
@@ -673,6 +851,9 @@ delegate_xdg_decoration!(State);
 delegate_seat!(State);
 delegate_data_device!(State);
 delegate_output!(State);
+delegate_primary_selection!(State);
+delegate_fractional_scale!(State);
+delegate_presentation!(State);
 
 /// The control socket's requests, executed on the compositor's loop.
 impl State {
@@ -773,6 +954,18 @@ impl State {
                     });
                 let location = self.space.element_location(window)?;
                 let geometry = window.geometry();
+                let popups: Vec<serde_json::Value> =
+                    PopupManager::popups_for_surface(toplevel.wl_surface())
+                        .map(|(popup, offset)| {
+                            let size = popup.geometry().size;
+                            serde_json::json!({
+                                "x": location.x + offset.x,
+                                "y": location.y + offset.y,
+                                "width": size.w,
+                                "height": size.h,
+                            })
+                        })
+                        .collect();
                 Some(serde_json::json!({
                     "id": self.window_id(window)?,
                     "title": title.unwrap_or_default(),
@@ -782,10 +975,15 @@ impl State {
                     "width": geometry.size.w,
                     "height": geometry.size.h,
                     "focused": focused.as_ref() == Some(toplevel.wl_surface()),
+                    "popups": popups,
                 }))
             })
             .collect();
-        serde_json::json!({"ok": true, "windows": windows})
+        serde_json::json!({
+            "ok": true,
+            "output": {"width": self.gpu.width, "height": self.gpu.height},
+            "windows": windows,
+        })
     }
 
     fn execute(&mut self, request: control::Request, connection: u64) -> serde_json::Value {
@@ -908,6 +1106,21 @@ impl State {
                     pointer.frame(self);
                 }
                 ok
+            }
+            Request::Output { width, height } => {
+                let (old_width, old_height) = (self.gpu.width, self.gpu.height);
+                match self.resize_output(width, height) {
+                    Ok(()) => ok,
+                    Err(error) => {
+                        // gpud refused (its budget): back to the old size.
+                        if let Err(again) = self.resize_output(old_width, old_height) {
+                            tracing::error!(%again, "gpud failed");
+                            self.gpu_failed = Some(again);
+                            self.signal.stop();
+                        }
+                        fail(format!("cannot resize the output: {error:#}"))
+                    }
+                }
             }
             Request::ReleaseAll => {
                 let (keys, buttons) = self.held.remove(&connection).unwrap_or_default();

@@ -21,6 +21,8 @@ pub struct SessionOptions {
     pub gpu_socket: PathBuf,
     /// Each app's program and arguments.
     pub apps: Vec<Vec<String>>,
+    /// The compositor's `--layout`.
+    pub layout: &'static str,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -72,6 +74,7 @@ pub fn run(options: &SessionOptions) -> i32 {
         .arg(&options.gpu_socket)
         .arg("--control")
         .arg(&control)
+        .args(["--layout", options.layout])
         .stdin(Stdio::null())
         .spawn()
     {

@@ -329,9 +329,10 @@ pub async fn run(
             zygote: true,
             fail_at_step: None,
             session_exe: session_exe.clone(),
-            // The session's apps need the host's font configuration.
+            // The session's apps need the host's font configuration, and
+            // Debian's chromium wrapper its flag directories.
             etc_binds: if session_exe.is_some() {
-                ["/etc/fonts"]
+                ["/etc/fonts", "/etc/chromium", "/etc/chromium.d"]
                     .iter()
                     .map(PathBuf::from)
                     .filter(|path| path.is_dir())

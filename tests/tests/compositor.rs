@@ -52,6 +52,11 @@ struct Desktop {
 
 impl Desktop {
     fn start(width: u32, height: u32) -> Desktop {
+        Desktop::start_with(width, height, &[])
+    }
+
+    /// A desktop whose compositor gets `extra` arguments.
+    fn start_with(width: u32, height: u32, extra: &[&str]) -> Desktop {
         let gpus = flotilla_gpu::enumerate().unwrap_or_default();
         let service = GpuService::open(&gpus, width, height);
         let root = tempfile::tempdir().unwrap();
@@ -76,6 +81,7 @@ impl Desktop {
             .arg(&gpu.socket)
             .arg("--control")
             .arg(runtime_dir.join("control.sock"))
+            .args(extra)
             .env("XDG_RUNTIME_DIR", &runtime_dir)
             .stdin(Stdio::null());
         // SERVER_DEBUG=1 traces the compositor's side of the protocol.
@@ -553,4 +559,207 @@ fn misbehaving_clients_are_disconnected_and_the_rest_carry_on() {
     desktop.wait("simple-shm to keep drawing", |d| {
         d.screen().is_some_and(|s| pixel(&s, 125, 125) != before)
     });
+}
+
+/// The geometry (x, y, width, height) of each window the control socket
+/// lists, and its popups'.
+fn geometry(value: &serde_json::Value) -> (i64, i64, i64, i64) {
+    (
+        value["x"].as_i64().unwrap(),
+        value["y"].as_i64().unwrap(),
+        value["width"].as_i64().unwrap(),
+        value["height"].as_i64().unwrap(),
+    )
+}
+
+#[test]
+fn two_windows_tile_side_by_side_and_follow_an_output_resize() {
+    if !client_available("foot", "foot") {
+        return;
+    }
+    let desktop = Desktop::start_with(640, 480, &["--layout", "tiled"]);
+    let mut control = desktop.control();
+    let foot = |colour: &str| {
+        desktop.client(
+            "foot",
+            &[
+                &format!("--override=colors.background={colour}"),
+                "sh",
+                "-c",
+                "sleep 100",
+            ],
+        )
+    };
+    let _left = foot("102030");
+    desktop.wait("the first foot", |d| {
+        d.screen()
+            .is_some_and(|s| pixel(&s, 600, 400)[..3] == [0x30, 0x20, 0x10])
+    });
+    let _right = foot("405060");
+    // The first keeps the left half, the second takes the right.
+    desktop.wait("two windows side by side", |d| {
+        d.screen().is_some_and(|s| {
+            pixel(&s, 100, 400)[..3] == [0x30, 0x20, 0x10]
+                && pixel(&s, 600, 400)[..3] == [0x60, 0x50, 0x40]
+        })
+    });
+    let windows = control.send(r#"{"op":"windows"}"#);
+    let list = windows["windows"].as_array().unwrap();
+    let mut placed: Vec<_> = list.iter().map(geometry).collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        vec![(0, 0, 320, 480), (320, 0, 320, 480)],
+        "{windows}"
+    );
+
+    // A bigger output: gpud's frame and both windows follow.
+    control.ok(serde_json::json!({"op": "output", "width": 1024, "height": 768}));
+    desktop.wait("the resized output", |d| {
+        d.screen().is_some_and(|s| {
+            s.0 == 1024
+                && s.1 == 768
+                && pixel(&s, 100, 700)[..3] == [0x30, 0x20, 0x10]
+                && pixel(&s, 1000, 700)[..3] == [0x60, 0x50, 0x40]
+        })
+    });
+    let windows = control.send(r#"{"op":"windows"}"#);
+    assert_eq!(
+        windows["output"],
+        serde_json::json!({"width": 1024, "height": 768})
+    );
+    let mut placed: Vec<_> = windows["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(geometry)
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        vec![(0, 0, 512, 768), (512, 0, 512, 768)],
+        "{windows}"
+    );
+
+    // Sizes gpud cannot show or the I420 frame cannot hold are refused;
+    // the output keeps its size.
+    for (width, height) in [(0, 480), (641, 480), (8000, 480), (640, 63)] {
+        let answer = control.send(
+            &serde_json::json!({"op": "output", "width": width, "height": height}).to_string(),
+        );
+        assert_eq!(answer["ok"], false, "{width}×{height}: {answer}");
+    }
+    // One bigger than the desktop's GPU memory budget (64 MiB): refused by
+    // gpud, and the output goes back to its size.
+    let answer = control.send(r#"{"op":"output","width":7680,"height":4320}"#);
+    assert_eq!(answer["ok"], false, "{answer}");
+    let windows = control.send(r#"{"op":"windows"}"#);
+    assert_eq!(
+        windows["output"],
+        serde_json::json!({"width": 1024, "height": 768})
+    );
+    desktop.wait("the output back at 1024×768", |d| {
+        d.screen().is_some_and(|s| {
+            s.0 == 1024 && s.1 == 768 && pixel(&s, 1000, 700)[..3] == [0x60, 0x50, 0x40]
+        })
+    });
+    drop(desktop.compositor);
+}
+
+#[test]
+fn chromium_renders_a_page_and_its_menu_stays_inside_the_output() {
+    if !client_available("chromium", "chromium") {
+        return;
+    }
+    let desktop = Desktop::start(800, 600);
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page.html");
+    // A known colour everywhere, a known block at the top left, and a
+    // drop-down at the bottom right whose 40-option list cannot open
+    // downwards inside the output.
+    let options: String = (0..40)
+        .map(|i| format!("<option>option {i}</option>"))
+        .collect();
+    std::fs::write(
+        &page,
+        format!(
+            "<html><body style='margin:0;background:#12ab34'>\
+             <div style='width:200px;height:200px;background:#c81e5a'></div>\
+             <select id=s style='position:fixed;right:20px;bottom:20px;width:160px;height:30px'>\
+             {options}</select></body></html>"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("chromium");
+    command
+        .args([
+            "--ozone-platform=wayland",
+            // Root cannot use chromium's own sandbox; --test-type hides the
+            // bar warning about it.
+            "--no-sandbox",
+            "--test-type",
+            "--no-first-run",
+            "--disable-gpu",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--app=file://{}", page.display()))
+        .env("XDG_RUNTIME_DIR", &desktop.runtime_dir)
+        .env("WAYLAND_DISPLAY", "wayland-test")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _chromium = Killed(command.spawn().expect("start chromium"));
+    // The page's colours where the page puts them: the window fills the
+    // output from its top left.
+    desktop.wait("chromium's page", |d| {
+        d.screen().is_some_and(|s| {
+            pixel(&s, 100, 100)[..3] == [0x5a, 0x1e, 0xc8]
+                && pixel(&s, 400, 300)[..3] == [0x34, 0xab, 0x12]
+        })
+    });
+    let screen = desktop.screen().unwrap();
+    assert_eq!(pixel(&screen, 250, 100)[..3], [0x34, 0xab, 0x12]);
+    assert_eq!(pixel(&screen, 100, 250)[..3], [0x34, 0xab, 0x12]);
+    let mut control = desktop.control();
+    let windows = control.send(r#"{"op":"windows"}"#);
+    assert_eq!(
+        geometry(&windows["windows"][0]),
+        (0, 0, 800, 600),
+        "{windows}"
+    );
+
+    // Open the drop-down: its list is an xdg_popup, which the compositor
+    // keeps inside the output (flipped or slid up).
+    control.ok(serde_json::json!({"op": "motion", "x": 700, "y": 565}));
+    control.ok(serde_json::json!({"op": "button", "button": 272}));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let popup = loop {
+        let windows = control.send(r#"{"op":"windows"}"#);
+        if let Some(popup) = windows["windows"][0]["popups"].get(0) {
+            let popup = geometry(popup);
+            if popup.2 > 1 && popup.3 > 1 {
+                break popup;
+            }
+        }
+        assert!(Instant::now() < deadline, "no menu opened: {windows}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (x, y, width, height) = popup;
+    assert!(
+        x >= 0 && y >= 0 && x + width <= 800 && y + height <= 600,
+        "the menu at {popup:?} leaves the 800×600 output"
+    );
+    assert!(height > 60, "the menu shows options: {popup:?}");
+    // And it is drawn: the screen changes inside the menu's rectangle.
+    desktop.wait("the menu drawn", |d| {
+        d.screen().is_some_and(|s| {
+            let p = pixel(&s, (x + width / 2) as u32, (y + height / 2) as u32);
+            p[..3] != [0x34, 0xab, 0x12]
+        })
+    });
+    drop(desktop.compositor);
 }

@@ -1,9 +1,10 @@
 //! A desktop as the product runs it, as root (CI runs it): a real server
 //! and a real node agent with `--desktop-session`. A task moved to
 //! planning gets a sandbox whose session starts the compositor (on the
-//! agent's gpud, lavapipe here) and foot; `flotilla desktop screenshot`
-//! shows foot's window, `flotilla desktop input --text` types into its
-//! shell (checked with `desktop exec`), and done tears it all down.
+//! agent's gpud, lavapipe here), foot and chromium, tiled side by side;
+//! `flotilla desktop screenshot` shows both windows, `flotilla desktop
+//! input --text` types into foot's shell (checked with `desktop exec`),
+//! and done tears it all down.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -35,10 +36,14 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
     if !netns::available()? {
         return Ok(());
     }
-    if !have("foot") || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+    if !have("foot")
+        || !have("chromium")
+        || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty())
+    {
         assert!(
             std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "foot and a Vulkan device are needed (apt-get install foot mesa-vulkan-drivers)"
+            "foot, chromium and a Vulkan device are needed \
+             (apt-get install foot chromium mesa-vulkan-drivers)"
         );
         return Ok(());
     }
@@ -58,6 +63,12 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         .args(["--desktop-subnet", &format!("10.{}.0.0/16", 100 + id % 50)])
         .args(["--display-size", "640x480", "--desktop-session"])
         .args(["--desktop-app", "foot"])
+        // The browser shows a page of one known colour (#12ab34).
+        .args([
+            "--desktop-app",
+            "chromium --ozone-platform=wayland --no-sandbox --test-type --no-first-run \
+             --app=data:text/html,<body%20style=background:%2312ab34>",
+        ])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log)?)
@@ -83,8 +94,8 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
     let task: Value = serde_json::from_slice(&created.stdout)?;
     let task_id = task["id"].as_str().unwrap_or_default().to_owned();
 
-    // The desktop runs and shows foot's window: its background fills the
-    // maximised window.
+    // The desktop runs and shows foot's window on the left half and the
+    // browser's page on the right.
     let shot: PathBuf = cluster.root.path().join("screen.png");
     let started = Instant::now();
     let mut desktop_id = String::new();
@@ -109,22 +120,25 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
             ]);
             if output.status.success() {
                 let png = std::fs::read(&shot)?;
-                // foot's background fills the maximised window: the centre
-                // and the corners are one colour, not the compositor's.
-                let found = pixel(&png, 320, 240);
+                // foot's background fills the left half: its centre and
+                // corner are one colour, not the compositor's; the page's
+                // colour fills the right half.
+                let found = pixel(&png, 160, 240);
                 let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
                 let compositor = [background[2], background[1], background[0]];
+                let browser = pixel(&png, 480, 400);
                 if found.is_some_and(|centre| centre != compositor)
                     && found == pixel(&png, 1, 470)
-                    && found == pixel(&png, 638, 478)
+                    && found == pixel(&png, 318, 478)
+                    && browser == Some([0x12, 0xab, 0x34])
+                    && pixel(&png, 638, 478) == browser
                 {
                     break;
                 }
                 last = format!(
-                    "the screen's centre is {found:?}; corners {:?} {:?}; (5,5) {:?}",
-                    pixel(&png, 1, 1),
-                    pixel(&png, 638, 478),
-                    pixel(&png, 5, 5)
+                    "foot's half is {found:?}, corners {:?} {:?}; the browser's {browser:?}",
+                    pixel(&png, 1, 470),
+                    pixel(&png, 318, 478),
                 );
             } else {
                 last = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -133,7 +147,7 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         if started.elapsed() > Duration::from_secs(90) {
             let logs = cli(&["desktop", "logs", &desktop_id]);
             panic!(
-                "no foot window in 90 s (desktop {desktop_id:?}): {last}\ndesktop log:\n{}\nagent:\n{}",
+                "no foot and browser windows in 90 s (desktop {desktop_id:?}): {last}\ndesktop log:\n{}\nagent:\n{}",
                 String::from_utf8_lossy(&logs.stdout),
                 agent_log()
             );
@@ -141,11 +155,13 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
-        "foot's window shown {:?} after the task was created",
+        "foot's and the browser's windows shown {:?} after the task was created",
         started.elapsed()
     );
 
-    // foot is the focused window; typing reaches its shell.
+    // foot is the focused window (the browser is, once it draws: focus
+    // goes to the newest window); focus foot, and typing reaches its
+    // shell.
     let windows = cli(&[
         "desktop",
         "input",
@@ -155,7 +171,31 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         "json",
     ]);
     let windows: Value = serde_json::from_slice(&windows.stdout)?;
-    assert_eq!(windows["windows"][0]["app_id"], "foot", "{windows}");
+    let list = windows["windows"].as_array().cloned().unwrap_or_default();
+    let foot = list
+        .iter()
+        .find(|w| w["app_id"] == "foot")
+        .unwrap_or_else(|| panic!("no foot window: {windows}"));
+    assert_eq!(
+        (foot["x"].as_i64(), foot["width"].as_i64()),
+        (Some(0), Some(320))
+    );
+    assert!(
+        // Chromium's app windows are "chrome-<page>-<profile>".
+        list.iter().any(|w| w["app_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chrom"))
+            && w["x"] == 320),
+        "{windows}"
+    );
+    let focused = cli(&[
+        "desktop",
+        "input",
+        &desktop_id,
+        "--json",
+        &json!({"op": "focus", "id": foot["id"]}).to_string(),
+    ]);
+    assert!(focused.status.success(), "{focused:?}");
     let typed = cli(&[
         "desktop",
         "input",
