@@ -63,6 +63,8 @@ pub struct ControlPlane {
     pub fleet: Fleet,
     /// Node agents' tunnels and the operator sessions on them.
     pub tunnels: Arc<crate::tunnel::Tunnels>,
+    /// Live streams (hubs) and cached thumbnails, by desktop.
+    pub streams: crate::http_stream::Streams,
     cluster_secret: String,
     proposer: Proposer,
     /// Becomes true when the server begins shutting down; long-lived
@@ -87,6 +89,7 @@ impl ControlPlane {
             stopping: tokio::sync::watch::Sender::new(false),
             fleet,
             tunnels: Arc::default(),
+            streams: Default::default(),
             proposer: Proposer::start(raft.clone()),
             peer_channels: Mutex::new(HashMap::new()),
             node_id,

@@ -103,6 +103,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::http_fleet::routes())
         .merge(crate::http_exec::routes())
+        .merge(crate::http_stream::routes())
         .layer(axum::middleware::from_fn_with_state(
             control.clone(),
             require_operator,

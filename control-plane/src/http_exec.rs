@@ -80,7 +80,7 @@ pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
 /// Runs `request` on `node_id` and collects its stdout; the node's error
 /// (before or during) is `code`.
-async fn collect(
+pub(crate) async fn collect(
     control: &ControlPlane,
     node_id: &str,
     request: Request,
@@ -275,7 +275,10 @@ fn validate_command(command: &[String]) -> Result<(), ApiError> {
 }
 
 /// The node and generation of running desktop `id`.
-async fn running_desktop(control: &ControlPlane, id: &str) -> Result<(String, u64), ApiError> {
+pub(crate) async fn running_desktop(
+    control: &ControlPlane,
+    id: &str,
+) -> Result<(String, u64), ApiError> {
     validate_id(id)?;
     control
         .read_barrier(crate::http::consistency(false))

@@ -18,8 +18,10 @@ use tonic::Status;
 
 use crate::error::ApiError;
 
-/// Most output bytes one message up may carry (agents send 32 KiB).
-pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Most output bytes one message up may carry (agents send 32 KiB of
+/// command output; a stream's frame message is one message, and gRPC's
+/// 4 MiB message limit bounds it).
+pub const MAX_CHUNK_BYTES: usize = 3 << 20;
 /// Requests queued for one node before new sessions are refused.
 const DOWN_QUEUE: usize = 64;
 /// Output chunks queued for one session (backpressure beyond that).
@@ -74,6 +76,21 @@ pub enum Request {
         desktop_id: String,
         generation: u64,
         request: String,
+    },
+    Stream {
+        desktop_id: String,
+        generation: u64,
+        bitrate_bps: u32,
+        max_fps: u32,
+    },
+    Thumbnail {
+        desktop_id: String,
+        generation: u64,
+        max_width: u32,
+    },
+    InputSession {
+        desktop_id: String,
+        generation: u64,
     },
 }
 
@@ -221,6 +238,33 @@ impl Tunnels {
                 generation,
                 request,
             }),
+            Request::Stream {
+                desktop_id,
+                generation,
+                bitrate_bps,
+                max_fps,
+            } => pb::tunnel_down::Request::Stream(pb::StreamRequest {
+                desktop_id,
+                generation,
+                bitrate_bps,
+                max_fps,
+            }),
+            Request::Thumbnail {
+                desktop_id,
+                generation,
+                max_width,
+            } => pb::tunnel_down::Request::Thumbnail(pb::ThumbnailRequest {
+                desktop_id,
+                generation,
+                max_width,
+            }),
+            Request::InputSession {
+                desktop_id,
+                generation,
+            } => pb::tunnel_down::Request::InputSession(pb::InputSessionRequest {
+                desktop_id,
+                generation,
+            }),
         };
         let session = Session {
             id,
@@ -248,6 +292,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// Sends one line to the running session (a stream's steering, an
+    /// input session's requests).
+    pub fn send_line(&self, line: Vec<u8>) -> Result<(), ApiError> {
+        self.down
+            .try_send(Ok(pb::TunnelDown {
+                session: self.id,
+                request: Some(pb::tunnel_down::Request::Stdin(line)),
+            }))
+            .map_err(|_| ApiError::unavailable("the desktop's node agent is busy; retry"))
+    }
+
     /// The next event; `None` after the last one.
     pub async fn next(&mut self) -> Option<SessionEvent> {
         if self.finished {

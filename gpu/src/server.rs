@@ -77,14 +77,22 @@ impl Gpud {
     /// Runs one guest connection until it closes or breaks the framing.
     pub fn serve_connection(&self, stream: &UnixStream, desktop: &str, budget_bytes: u64) {
         let session = std::sync::Mutex::new(self.session(desktop, budget_bytes));
-        serve_session(stream, &session);
+        serve_session(stream, &session, &|| {});
     }
 }
 
 /// Answers `stream`'s commands with `session` (locked per command, so the
 /// node agent can read its frames between them) until the guest closes
 /// the connection or breaks the framing.
-pub fn serve_session(stream: &UnixStream, session: &std::sync::Mutex<Session>) {
+///
+/// `on_frame` runs after a command that made a new frame (the encoder's
+/// wake-up).
+pub fn serve_session(
+    stream: &UnixStream,
+    session: &std::sync::Mutex<Session>,
+    on_frame: &dyn Fn(),
+) {
+    let mut sequence = None;
     loop {
         let (bytes, fds) = match read_frame(stream) {
             Ok(Some(frame)) => frame,
@@ -95,10 +103,15 @@ pub fn serve_session(stream: &UnixStream, session: &std::sync::Mutex<Session>) {
                 return;
             }
         };
-        let answer = session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .handle(&bytes, fds);
+        let (answer, now) = {
+            let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+            let answer = session.handle(&bytes, fds);
+            (answer, session.frame().map(|frame| frame.3))
+        };
+        if now != sequence {
+            sequence = now;
+            on_frame();
+        }
         if send_frame(stream, &answer, &[]).is_err() {
             return;
         }

@@ -51,10 +51,24 @@ type Attached = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
 /// The sessions being served, by desktop.
 type Live = Arc<Mutex<BTreeMap<String, Arc<Mutex<Session>>>>>;
 
+/// Counts new frames of any desktop; waiters are woken at each.
+type FrameSignal = Arc<(Mutex<u64>, std::sync::Condvar)>;
+
+/// A desktop's current frame as I420.
+#[derive(Debug, Clone)]
+pub struct I420Frame {
+    pub width: u32,
+    pub height: u32,
+    /// gpud's frame number: a new value is a new picture.
+    pub sequence: u64,
+    pub data: Vec<u8>,
+}
+
 pub struct GpuService {
     gpus: Vec<ServedGpu>,
     attached: Attached,
     live: Live,
+    frames: FrameSignal,
 }
 
 /// A desktop's door to gpud: its listening socket and the connection it
@@ -147,6 +161,7 @@ impl GpuService {
             gpus: served,
             attached: Attached::default(),
             live: Live::default(),
+            frames: FrameSignal::default(),
         }
     }
 
@@ -209,6 +224,7 @@ impl GpuService {
         let desktop_name = desktop.to_owned();
         let current = connection.clone();
         let live = self.live.clone();
+        let frames = self.frames.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gpud-{desktop}"))
             .spawn(move || {
@@ -230,7 +246,11 @@ impl GpuService {
                     live.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(desktop_name.clone(), session.clone());
-                    crate::server::serve_session(&stream, &session);
+                    crate::server::serve_session(&stream, &session, &|| {
+                        let (count, woken) = &*frames;
+                        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        woken.notify_all();
+                    });
                     live.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&desktop_name);
@@ -264,6 +284,56 @@ impl GpuService {
             .clone();
         let session = session.lock().unwrap_or_else(|p| p.into_inner());
         session.scanout_bgra()
+    }
+
+    /// `desktop`'s current frame as I420 (None before its guest set a
+    /// scanout, or for an odd-sized one).
+    pub fn frame(&self, desktop: &str) -> Option<I420Frame> {
+        let session = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(desktop)?
+            .clone();
+        let session = session.lock().unwrap_or_else(|p| p.into_inner());
+        let (bytes, width, height, sequence) = session.frame()?;
+        if width % 2 != 0 || height % 2 != 0 {
+            return None;
+        }
+        Some(I420Frame {
+            width,
+            height,
+            sequence,
+            data: bytes.to_vec(),
+        })
+    }
+
+    /// Waits up to `timeout` for `desktop` to show a frame other than
+    /// number `after`; returns it (None on timeout or without a frame).
+    pub fn next_frame(
+        &self,
+        desktop: &str,
+        after: Option<u64>,
+        timeout: std::time::Duration,
+    ) -> Option<I420Frame> {
+        let deadline = std::time::Instant::now() + timeout;
+        let (count, woken) = &*self.frames;
+        loop {
+            let seen = *count.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(frame) = self.frame(desktop) {
+                if Some(frame.sequence) != after {
+                    return Some(frame);
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+            if *guard == seen {
+                let _ = woken.wait_timeout(guard, deadline - now);
+            }
+        }
     }
 
     /// `desktop`'s account: (GPU index, charged now, budget).

@@ -874,7 +874,9 @@ async fn tunnel_loop(shared: Arc<Shared>, operator: Arc<crate::operator::Operato
             }
         };
         tracing::debug!(server = %addr, "operator tunnel open");
-        let mut sessions: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+        // Each session's task, and where lines sent to it later go.
+        let mut sessions: HashMap<u64, (tokio::task::JoinHandle<()>, mpsc::Sender<Vec<u8>>)> =
+            HashMap::new();
         loop {
             let message = match down.message().await {
                 Ok(Some(message)) => message,
@@ -884,13 +886,23 @@ async fn tunnel_loop(shared: Arc<Shared>, operator: Arc<crate::operator::Operato
                     break;
                 }
             };
-            sessions.retain(|_, task| !task.is_finished());
+            sessions.retain(|_, (task, _)| !task.is_finished());
             let session = message.session;
             match message.request {
                 // Aborting drops the session's process (its group is killed).
                 Some(pb::tunnel_down::Request::Cancel(_)) => {
-                    if let Some(task) = sessions.remove(&session) {
+                    if let Some((task, _)) = sessions.remove(&session) {
                         task.abort();
+                    }
+                }
+                Some(pb::tunnel_down::Request::Stdin(line)) => {
+                    if let Some((_, stdin)) = sessions.get(&session) {
+                        if stdin.try_send(line).is_err() {
+                            tracing::warn!(
+                                session,
+                                "a session's input queue is full; dropped a line"
+                            );
+                        }
                     }
                 }
                 Some(request) if session != 0 && !sessions.contains_key(&session) => {
@@ -905,17 +917,21 @@ async fn tunnel_loop(shared: Arc<Shared>, operator: Arc<crate::operator::Operato
                         continue;
                     }
                     let (operator, up) = (operator.clone(), up.clone());
+                    let (stdin, lines) = mpsc::channel(256);
                     sessions.insert(
                         session,
-                        tokio::spawn(async move {
-                            crate::operator::run(&operator, session, request, &up).await
-                        }),
+                        (
+                            tokio::spawn(async move {
+                                crate::operator::run(&operator, session, request, &up, lines).await
+                            }),
+                            stdin,
+                        ),
                     );
                 }
                 _ => tracing::warn!(session, "ignoring a malformed tunnel request"),
             }
         }
-        for task in sessions.values() {
+        for (task, _) in sessions.values() {
             task.abort();
         }
         tokio::time::sleep(RETRY).await;

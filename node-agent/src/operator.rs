@@ -33,12 +33,14 @@ pub struct OperatorSettings {
     pub gpu: Option<std::sync::Arc<flotilla_gpu::service::GpuService>>,
 }
 
-/// Runs session `session` and sends its output and end up `up`.
+/// Runs session `session` and sends its output and end up `up`; `stdin`
+/// carries the lines sent to it later (stream and input sessions).
 pub async fn run(
     settings: &OperatorSettings,
     session: u64,
     request: pb::tunnel_down::Request,
     up: &mpsc::Sender<pb::TunnelUp>,
+    stdin: mpsc::Receiver<Vec<u8>>,
 ) {
     let send = |event| async move {
         let _ = up
@@ -58,7 +60,16 @@ pub async fn run(
         pb::tunnel_down::Request::Input(request) => {
             send_input(settings, session, request, up).await
         }
-        pb::tunnel_down::Request::Cancel(_) => return,
+        pb::tunnel_down::Request::Stream(request) => {
+            run_stream(settings, session, request, up, stdin).await
+        }
+        pb::tunnel_down::Request::Thumbnail(request) => {
+            send_thumbnail(settings, session, request, up).await
+        }
+        pb::tunnel_down::Request::InputSession(request) => {
+            run_input_session(settings, session, request, up, stdin).await
+        }
+        pb::tunnel_down::Request::Cancel(_) | pb::tunnel_down::Request::Stdin(_) => return,
     };
     match outcome {
         Ok(code) => send(pb::tunnel_up::Event::ExitCode(code)).await,
@@ -233,6 +244,289 @@ async fn send_screenshot(
     .await
     .map_err(|error| error.to_string())??;
     send_stdout(settings, session, &png, up).await?;
+    Ok(0)
+}
+
+/// What the control plane asked of a running stream.
+#[derive(Default)]
+struct StreamSteer {
+    keyframe: bool,
+    rate: Option<flotilla_stream::encode::Settings>,
+    stop: bool,
+}
+
+/// Widest thumbnail.
+const MAX_THUMBNAIL: u32 = 1280;
+
+/// Encodes the desktop's frames while the session lasts: one H.264
+/// encoder, fed the newest frame whenever gpud has a new one (at most
+/// `max_fps`), each access unit one stdout message. Frames the tunnel is
+/// not ready for are never encoded (so nothing encoded is ever dropped
+/// and the stream stays decodable).
+async fn run_stream(
+    settings: &OperatorSettings,
+    session: u64,
+    request: pb::StreamRequest,
+    up: &mpsc::Sender<pb::TunnelUp>,
+    mut stdin: mpsc::Receiver<Vec<u8>>,
+) -> Result<i32, String> {
+    use flotilla_stream::encode::Settings;
+    let dir = desktop_dir(settings, &request.desktop_id, request.generation)?;
+    let gpu = settings
+        .gpu
+        .clone()
+        .ok_or("this node runs without gpud: no frames to stream")?;
+    let mut rate = Settings::default();
+    if request.bitrate_bps != 0 {
+        rate.bitrate_bps = request.bitrate_bps.clamp(100_000, 50_000_000);
+    }
+    if request.max_fps != 0 {
+        rate.max_fps = request.max_fps.clamp(1, 60) as f32;
+    }
+    let steer = std::sync::Arc::new(std::sync::Mutex::new(StreamSteer::default()));
+    // However the session ends (an abort drops this future), the encoder
+    // thread stops.
+    struct StopOnDrop(std::sync::Arc<std::sync::Mutex<StreamSteer>>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        }
+    }
+    let _stop = StopOnDrop(steer.clone());
+    let encoder_steer = steer.clone();
+    let desktop = request.desktop_id.clone();
+    let node_id = settings.node_id.clone();
+    let encoder_up = up.clone();
+    let encoder = tokio::task::spawn_blocking(move || {
+        let alive = || dir.join("state.json").is_file();
+        encode_loop(&gpu, &desktop, rate, &encoder_steer, &alive, |message| {
+            encoder_up
+                .blocking_send(pb::TunnelUp {
+                    node_id: node_id.clone(),
+                    session,
+                    event: Some(pb::tunnel_up::Event::Stdout(message)),
+                })
+                .is_ok()
+        })
+    });
+    tokio::pin!(encoder);
+    loop {
+        tokio::select! {
+            line = stdin.recv() => {
+                let Some(line) = line else {
+                    break;
+                };
+                let line = String::from_utf8_lossy(&line);
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let mut steer = steer.lock().unwrap_or_else(|p| p.into_inner());
+                match words.as_slice() {
+                    ["keyframe"] => steer.keyframe = true,
+                    ["rate", bps, fps] => {
+                        if let (Ok(bps), Ok(fps)) = (bps.parse::<u32>(), fps.parse::<u32>()) {
+                            steer.rate = Some(Settings {
+                                bitrate_bps: bps.clamp(100_000, 50_000_000),
+                                max_fps: fps.clamp(1, 60) as f32,
+                            });
+                        }
+                    }
+                    _ => tracing::debug!(%line, "ignoring a stream request"),
+                }
+            }
+            ended = &mut encoder => {
+                return ended.map_err(|e| e.to_string())?.map(|()| 0);
+            }
+        }
+    }
+    steer.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+    encoder.await.map_err(|e| e.to_string())?.map(|()| 0)
+}
+
+/// The encoder's loop (a blocking thread): returns when told to stop, when
+/// `send` fails (the tunnel closed) or with an error.
+fn encode_loop(
+    gpu: &flotilla_gpu::service::GpuService,
+    desktop: &str,
+    mut rate: flotilla_stream::encode::Settings,
+    steer: &std::sync::Mutex<StreamSteer>,
+    alive: &dyn Fn() -> bool,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), String> {
+    use flotilla_stream::encode::H264;
+    use flotilla_stream::frame::{now_us, Header, Kind};
+    use std::time::{Duration, Instant};
+    let mut encoder: Option<H264> = None;
+    let mut last: Option<u64> = None;
+    let mut sent_at: Option<Instant> = None;
+    loop {
+        let keyframe = {
+            let mut steer = steer.lock().unwrap_or_else(|p| p.into_inner());
+            if steer.stop {
+                return Ok(());
+            }
+            if let Some(new) = steer.rate.take() {
+                if new != rate {
+                    rate = new;
+                    encoder = None;
+                }
+            }
+            std::mem::take(&mut steer.keyframe)
+        };
+        // At most max_fps: wait out the rest of this frame's period.
+        let period = Duration::from_secs_f32(1.0 / rate.max_fps.max(1.0));
+        if let Some(at) = sent_at {
+            let since = at.elapsed();
+            if since < period {
+                std::thread::sleep(period - since);
+            }
+        }
+        // A keyframe is wanted: the current picture, even if unchanged.
+        let frame = if keyframe || encoder.is_none() {
+            gpu.frame(desktop)
+                .or_else(|| gpu.next_frame(desktop, None, Duration::from_millis(50)))
+        } else {
+            gpu.next_frame(desktop, last, Duration::from_millis(50))
+        };
+        let Some(frame) = frame else {
+            if !alive() {
+                return Err(format!("desktop {desktop} stopped"));
+            }
+            if keyframe {
+                // Nothing to show yet: ask again next time round.
+                steer.lock().unwrap_or_else(|p| p.into_inner()).keyframe = true;
+            }
+            continue;
+        };
+        let captured_us = now_us();
+        if encoder
+            .as_ref()
+            .is_none_or(|e| e.size() != (frame.width, frame.height))
+        {
+            encoder = Some(H264::new(frame.width, frame.height, rate).map_err(|e| e.to_string())?);
+        }
+        let encoder = encoder.as_mut().expect("made above");
+        if keyframe {
+            encoder.request_keyframe();
+        }
+        let encoded = encoder.encode(&frame.data).map_err(|e| e.to_string())?;
+        last = Some(frame.sequence);
+        if encoded.data.is_empty() {
+            continue;
+        }
+        let message = Header {
+            kind: Kind::H264,
+            keyframe: encoded.keyframe,
+            width: frame.width,
+            height: frame.height,
+            sequence: frame.sequence,
+            captured_us,
+        }
+        .message(&encoded.data);
+        if !send(message) {
+            return Ok(());
+        }
+        sent_at = Some(Instant::now());
+    }
+}
+
+/// A JPEG of the desktop's current frame (one frame message).
+async fn send_thumbnail(
+    settings: &OperatorSettings,
+    session: u64,
+    request: pb::ThumbnailRequest,
+    up: &mpsc::Sender<pb::TunnelUp>,
+) -> Result<i32, String> {
+    use flotilla_stream::frame::{now_us, Header, Kind};
+    desktop_dir(settings, &request.desktop_id, request.generation)?;
+    let gpu = settings
+        .gpu
+        .clone()
+        .ok_or("this node runs without gpud: no frames to show")?;
+    let id = request.desktop_id.clone();
+    let max_width = match request.max_width {
+        0 => 320,
+        width => width.clamp(16, MAX_THUMBNAIL),
+    };
+    let message = tokio::task::spawn_blocking(move || {
+        let frame = gpu.frame(&id).ok_or_else(|| {
+            format!("desktop {id} shows nothing yet (its compositor has not set up a display)")
+        })?;
+        let captured_us = now_us();
+        let (jpeg, width, height) = flotilla_stream::encode::jpeg_thumbnail(
+            &frame.data,
+            frame.width,
+            frame.height,
+            max_width,
+            75,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            Header {
+                kind: Kind::Jpeg,
+                keyframe: true,
+                width,
+                height,
+                sequence: frame.sequence,
+                captured_us,
+            }
+            .message(&jpeg),
+        )
+    })
+    .await
+    .map_err(|error| error.to_string())??;
+    // One message, whatever its size (the control plane reads it whole).
+    if up
+        .send(pb::TunnelUp {
+            node_id: settings.node_id.clone(),
+            session,
+            event: Some(pb::tunnel_up::Event::Stdout(message)),
+        })
+        .await
+        .is_err()
+    {
+        return Err("the tunnel closed".to_owned());
+    }
+    Ok(0)
+}
+
+/// Holds one connection to the compositor's control socket for the
+/// session: each stdin line goes to it, each answer line comes back. The
+/// connection closing (the session ends) releases whatever it held.
+async fn run_input_session(
+    settings: &OperatorSettings,
+    session: u64,
+    request: pb::InputSessionRequest,
+    up: &mpsc::Sender<pb::TunnelUp>,
+    mut stdin: mpsc::Receiver<Vec<u8>>,
+) -> Result<i32, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = desktop_dir(settings, &request.desktop_id, request.generation)?;
+    let socket = dir.join("gpu").join("control.sock");
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|error| format!("the desktop's compositor is not reachable: {error}"))?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(reader);
+    while let Some(line) = stdin.recv().await {
+        if line.contains(&b'\n') || line.len() > 64 * 1024 {
+            return Err("an input request is one line of at most 64 KiB".to_owned());
+        }
+        writer
+            .write_all(&[line.as_slice(), b"\n"].concat())
+            .await
+            .map_err(|error| format!("the compositor went away: {error}"))?;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            (&mut reader).take(64 * 1024).read_until(b'\n', &mut answer),
+        )
+        .await
+        .map_err(|_| "the desktop's compositor did not answer in 10 s".to_owned())?
+        .map_err(|error| error.to_string())?;
+        if read == 0 || answer.last() != Some(&b'\n') {
+            return Err("the desktop's compositor gave no answer".to_owned());
+        }
+        send_stdout(settings, session, &answer, up).await?;
+    }
     Ok(0)
 }
 

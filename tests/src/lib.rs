@@ -567,3 +567,45 @@ pub async fn wait_for_running_desktop(
     .await?;
     Ok(found.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
+
+impl AgentProcess {
+    /// A node agent joined to `cluster`'s first server that runs desktop
+    /// sessions (compositor + `apps`, display `display` like "640x480")
+    /// in sandboxes on a bridge of its own; its stdout goes to `log`.
+    pub fn start_with_sessions(
+        cluster: &TestCluster,
+        name: &str,
+        data: &std::path::Path,
+        log: &std::path::Path,
+        display: &str,
+        apps: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
+        let id = std::process::id() % 10_000;
+        let bridge = format!("fs{id}");
+        let mut command = std::process::Command::new(flotilla_bin());
+        command
+            .args([
+                "node-agent",
+                "--join",
+                &cluster.servers[0].addr,
+                "--token-file",
+            ])
+            .arg(cluster.servers[0].data_dir.join("node-join.token"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data)
+            .args(["--stop-grace", "2s", "--netns-pool", "1"])
+            .args(["--desktop-bridge", &bridge])
+            .args(["--desktop-subnet", &format!("10.{}.0.0/16", 100 + id % 50)])
+            .args(["--display-size", display, "--desktop-session"]);
+        for app in apps {
+            command.args(["--desktop-app", app]);
+        }
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::create(log.with_extension("err"))?)
+            .spawn()?;
+        Ok(AgentProcess { child, bridge })
+    }
+}

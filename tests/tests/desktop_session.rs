@@ -51,32 +51,19 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
     let addr = cluster.servers[0].addr.clone();
     let data = cluster.root.path().join("agent");
     let log = cluster.root.path().join("agent.log");
-    let id = std::process::id() % 10_000;
-    let bridge = format!("fs{id}");
-    let child = Command::new(flotilla_bin())
-        .args(["node-agent", "--join", &addr, "--token-file"])
-        .arg(cluster.servers[0].data_dir.join("node-join.token"))
-        .args(["--name", "session-node", "--data-dir"])
-        .arg(&data)
-        .args(["--stop-grace", "2s", "--netns-pool", "1"])
-        .args(["--desktop-bridge", &bridge])
-        .args(["--desktop-subnet", &format!("10.{}.0.0/16", 100 + id % 50)])
-        .args(["--display-size", "640x480", "--desktop-session"])
-        .args(["--desktop-app", "foot"])
-        // The browser shows a page of one known colour (#12ab34).
-        .args([
-            "--desktop-app",
+    let agent = AgentProcess::start_with_sessions(
+        &cluster,
+        "session-node",
+        &data,
+        &log,
+        "640x480",
+        &[
+            "foot",
+            // The browser shows a page of one known colour (#12ab34).
             "chromium --ozone-platform=wayland --no-sandbox --test-type --no-first-run \
              --app=data:text/html,<body%20style=background:%2312ab34>",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(
-            cluster.root.path().join("agent.err"),
-        )?)
-        .spawn()?;
-    let agent = AgentProcess { child, bridge };
+        ],
+    )?;
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let cli = |args: &[&str]| -> Output {
         Command::new(flotilla_bin())

@@ -1,0 +1,353 @@
+//! Watching and driving a desktop live over the control plane's one port,
+//! as root (CI runs it): a real server and node agent with desktop
+//! sessions (foot on lavapipe), a Rust WebSocket client as the viewer.
+//! The frames are decoded with openh264 and compared with the desktop's
+//! screenshot; typing over the WebSocket runs in foot's shell.
+
+use std::time::{Duration, Instant};
+
+use flotilla_stream::encode::H264Decoder;
+use flotilla_stream::frame::{Header, Kind};
+use flotilla_tests::{flotilla_bin, netns, AgentProcess, ServerFlags, TestCluster};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: &str, token: &str, desktop: &str, name: &str) -> Socket {
+    let mut request = format!("ws://{addr}/api/v1/desktops/{desktop}/stream?name={name}")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("open the stream");
+    socket
+}
+
+/// The next message within 20 s: a frame (header, payload) or an event.
+enum Got {
+    Frame(Header, Vec<u8>),
+    Event(Value),
+}
+
+async fn next(socket: &mut Socket) -> Got {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a message within 20 s")
+            .expect("the stream is open")
+            .expect("a WebSocket message");
+        match message {
+            Message::Binary(bytes) => {
+                let (header, payload) = Header::parse(&bytes).expect("a frame message");
+                return Got::Frame(header, payload.to_vec());
+            }
+            Message::Text(text) => return Got::Event(serde_json::from_str(&text).unwrap()),
+            _ => {}
+        }
+    }
+}
+
+async fn next_frame(socket: &mut Socket) -> (Header, Vec<u8>) {
+    loop {
+        if let Got::Frame(header, payload) = next(socket).await {
+            return (header, payload);
+        }
+    }
+}
+
+async fn next_event(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        if let Got::Event(event) = next(socket).await {
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+}
+
+/// RGB of a PNG's pixels.
+fn decode_png(png: &[u8]) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    pixels.truncate(info.buffer_size());
+    (info.width, info.height, pixels)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() -> anyhow::Result<()>
+{
+    if !netns::available()? {
+        return Ok(());
+    }
+    let have_foot = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
+    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+        assert!(
+            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+            "foot and a Vulkan device are needed (apt-get install foot mesa-vulkan-drivers)"
+        );
+        return Ok(());
+    }
+    let cluster = TestCluster::start(1, ServerFlags(vec![])).await?;
+    let addr = cluster.servers[0].addr.clone();
+    let base = format!("http://{addr}/api/v1");
+    let log = cluster.root.path().join("agent.log");
+    let _agent = AgentProcess::start_with_sessions(
+        &cluster,
+        "stream-node",
+        &cluster.root.path().join("agent"),
+        &log,
+        "640x480",
+        &["foot"],
+    )?;
+    let http = &cluster.http;
+    let token = cluster.token.clone();
+    let task: Value = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "watch me", "column": "planning"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let desktop = flotilla_tests::wait_for_running_desktop(http, &base, &token, &task_id).await?;
+
+    // Wait for foot's window: the compositor's background gone from the
+    // centre of the screenshot.
+    let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
+    let background = [background[2], background[1], background[0]];
+    let screenshot = || async {
+        let response = http
+            .get(format!("{base}/desktops/{desktop}/screenshot"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        Some(decode_png(&response.bytes().await.ok()?))
+    };
+    let started = Instant::now();
+    let screen = loop {
+        let seen = screenshot().await;
+        if let Some(screen) = &seen {
+            let centre = ((240 * screen.0 + 320) * 3) as usize;
+            if screen.2[centre..centre + 3] != background {
+                break seen.unwrap();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "foot never showed: the top left is {:?}\n{}",
+            seen.map(|s| s.2[..3].to_vec()),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // A viewer gets a keyframe first, and it decodes to the screen.
+    let mut alice = connect(&addr, &token, &desktop, "alice").await;
+    let joined = Instant::now();
+    let event = next_event(&mut alice, "control").await;
+    assert_eq!(event["holder"], Value::Null, "{event}");
+    let (header, payload) = next_frame(&mut alice).await;
+    eprintln!("first frame {:?} after joining", joined.elapsed());
+    assert_eq!(header.kind, Kind::H264);
+    assert!(header.keyframe, "the first frame is a keyframe");
+    assert_eq!((header.width, header.height), (640, 480));
+    let mut decoder = H264Decoder::new()?;
+    let (w, h, mut rgb) = decoder.decode_rgb(&payload)?.expect("a picture");
+    assert_eq!((w, h), (screen.0, screen.1));
+    // Lossy, so close rather than equal: the mean difference is small once
+    // the stream and the screenshot show the same moment (foot may still be
+    // drawing: later frames and screenshots are compared until they agree).
+    let started = Instant::now();
+    loop {
+        let now = screenshot().await.expect("a screenshot");
+        let difference: u64 = rgb
+            .iter()
+            .zip(&now.2)
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum::<u64>()
+            / rgb.len() as u64;
+        if difference < 8 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "decoded frames differ from the screen by {difference} per channel on average"
+        );
+        let next = tokio::time::timeout(Duration::from_millis(300), next_frame(&mut alice)).await;
+        if let Ok((_, payload)) = next {
+            if let Some((_, _, decoded)) = decoder.decode_rgb(&payload)? {
+                rgb = decoded;
+            }
+        }
+    }
+
+    // A second viewer joins: it gets a keyframe at once, and sees who
+    // holds control.
+    let mut bob = connect(&addr, &token, &desktop, "bob").await;
+    let (header, _) = next_frame(&mut bob).await;
+    assert!(header.keyframe);
+
+    // Input without control is refused; nothing is typed.
+    bob.send(Message::Text(
+        json!({"type": "paste", "text": "touch /tmp/bob\n"})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    let refused = next_event(&mut bob, "error").await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("take control"),
+        "{refused}"
+    );
+    // Malformed messages: clear errors, the stream carries on.
+    for bad in [
+        "not json".to_owned(),
+        json!({"type": "key", "code": "NoSuchKey", "down": true}).to_string(),
+        json!({"type": "paste", "text": "x".repeat(5000)}).to_string(),
+    ] {
+        bob.send(Message::Text(bad.clone().into())).await?;
+        let error = next_event(&mut bob, "error").await;
+        assert!(error["error"].is_string(), "{bad} → {error}");
+    }
+    bob.send(Message::Binary(vec![1, 2, 3].into())).await?;
+    next_event(&mut bob, "error").await;
+
+    // Alice takes control (bob is told), and types through physical keys.
+    alice
+        .send(Message::Text(
+            json!({"type": "take_control"}).to_string().into(),
+        ))
+        .await?;
+    let told = next_event(&mut bob, "control").await;
+    assert_eq!(told["holder"], "alice", "{told}");
+    let mut keys = Vec::new();
+    for c in "touch /tmp/alice".chars() {
+        let code = match c {
+            ' ' => "Space".to_owned(),
+            '/' => "Slash".to_owned(),
+            c => format!("Key{}", c.to_ascii_uppercase()),
+        };
+        keys.push(code);
+    }
+    keys.push("Enter".to_owned());
+    for code in &keys {
+        for down in [true, false] {
+            alice
+                .send(Message::Text(
+                    json!({"type": "key", "code": code, "down": down})
+                        .to_string()
+                        .into(),
+                ))
+                .await?;
+        }
+    }
+    // And a paste, typed through the keymap.
+    alice
+        .send(Message::Text(
+            json!({"type": "paste", "text": "printf 'pasted:%s' $((6*7)) > /tmp/pasted\n"})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+    let exec = |command: &'static str| {
+        let desktop = desktop.clone();
+        let addr = addr.clone();
+        let token = token.clone();
+        async move {
+            let output = tokio::process::Command::new(flotilla_bin())
+                .args(["desktop", "exec", &desktop, "--", "sh", "-c", command])
+                .env("FLOTILLA_ADDR", &addr)
+                .env("FLOTILLA_TOKEN", &token)
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let started = Instant::now();
+    loop {
+        let seen = exec("ls /tmp/alice; cat /tmp/pasted").await;
+        if seen.contains("/tmp/alice") && seen.contains("pasted:42") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "typed commands never ran: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !exec("ls /tmp/bob").await.contains("bob"),
+        "bob typed without control"
+    );
+    // The typing shows in the stream: frames keep coming to both.
+    let (header, _) = next_frame(&mut alice).await;
+    assert!(header.sequence > 0);
+    next_frame(&mut bob).await;
+
+    // The thumbnail: a JPEG with the frame's revision; unchanged → 304.
+    let response = http
+        .get(format!("{base}/desktops/{desktop}/thumbnail?width=160"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    let etag = response.headers()["etag"].to_str()?.to_owned();
+    let jpeg = response.bytes().await?;
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    let again = http
+        .get(format!("{base}/desktops/{desktop}/thumbnail?width=160"))
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send()
+        .await?;
+    assert_eq!(again.status().as_u16(), 304);
+    for bad in ["width=0", "width=99999", "nope=1"] {
+        let response = http
+            .get(format!("{base}/desktops/{desktop}/thumbnail?{bad}"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 400, "{bad}");
+    }
+    // Unknown desktops and missing tokens are refused before any upgrade.
+    let response = http
+        .get(format!("{base}/desktops/dt-nope/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 404);
+    let response = http
+        .get(format!("{base}/desktops/{desktop}/thumbnail"))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 401);
+
+    // Done: the stream ends with a reason.
+    let moved = http
+        .post(format!("{base}/tasks/{task_id}/move"))
+        .bearer_auth(&token)
+        .json(&json!({"column": "done"}))
+        .send()
+        .await?;
+    assert!(moved.status().is_success(), "{moved:?}");
+    let end = next_event(&mut alice, "end").await;
+    assert!(end["reason"].is_string(), "{end}");
+    Ok(())
+}
