@@ -1004,6 +1004,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 if run_node { " and one node agent" } else { "" },
                 data_dir.display()
             );
+            // The board, with a one-time sign-in code (10 minutes).
+            match std::fs::read_to_string(&token_path) {
+                Ok(token) => println!(
+                    "  board:  http://{addr}/#login={}   (sign-in link, valid once for 10 minutes)",
+                    control.logins.issue(token.trim())
+                ),
+                Err(_) => println!("  board:  http://{addr}/"),
+            }
             println!("  API:    http://{addr}/api/v1   (OpenAPI: /api/v1/openapi.json)");
             println!(
                 "  token:  {} (the CLI finds it by itself)",

@@ -65,6 +65,8 @@ pub struct ControlPlane {
     pub tunnels: Arc<crate::tunnel::Tunnels>,
     /// Live streams (hubs) and cached thumbnails, by desktop.
     pub streams: crate::http_stream::Streams,
+    /// One-time sign-in codes for the board.
+    pub logins: crate::http_session::LoginCodes,
     cluster_secret: String,
     proposer: Proposer,
     /// Becomes true when the server begins shutting down; long-lived
@@ -90,6 +92,7 @@ impl ControlPlane {
             fleet,
             tunnels: Arc::default(),
             streams: Default::default(),
+            logins: Default::default(),
             proposer: Proposer::start(raft.clone()),
             peer_channels: Mutex::new(HashMap::new()),
             node_id,

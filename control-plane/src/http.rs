@@ -20,7 +20,6 @@ use futures::Stream;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::auth::parse_bearer;
 use crate::control::{Access, Consistency, ControlPlane};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::WatchError;
@@ -104,12 +103,14 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .merge(crate::http_fleet::routes())
         .merge(crate::http_exec::routes())
         .merge(crate::http_stream::routes())
+        .merge(crate::http_session::routes())
         .layer(axum::middleware::from_fn_with_state(
             control.clone(),
             require_operator,
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::http_session::static_routes())
         .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
@@ -120,11 +121,8 @@ async fn require_operator(
     request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_bearer);
+    // A bearer token, or the board's session cookie.
+    let token = crate::http_session::session_token(request.headers());
     match control.authorize(token, Access::Operator) {
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),

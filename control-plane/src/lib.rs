@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_exec;
 pub mod http_fleet;
+pub mod http_session;
 pub mod http_stream;
 pub mod network;
 pub mod node_api;

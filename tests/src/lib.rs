@@ -5,6 +5,7 @@
 //! (`target/<profile>/flotilla`); `cargo test --workspace` builds it because
 //! the `cli` package has integration tests of its own.
 
+pub mod cdp;
 pub mod netns;
 
 use std::net::TcpListener;
