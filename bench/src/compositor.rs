@@ -8,7 +8,8 @@
 //! compositor process (and, for Flotilla, of the whole bench process that
 //! hosts gpud, as its share) and the CPU both burn over `--idle` seconds
 //! with nothing happening. Needs foot and weston (Debian packages) and a
-//! Vulkan device (lavapipe here).
+//! Vulkan device (lavapipe here); sway (headless, pixman, as `nobody`)
+//! joins the comparison when installed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,6 +199,63 @@ fn weston_run(args: &CompositorArgs) -> anyhow::Result<Sample> {
     })
 }
 
+/// sway's headless backend (wlroots, pixman renderer), run as `nobody`:
+/// sway refuses to run as root.
+fn sway_run(args: &CompositorArgs) -> anyhow::Result<Sample> {
+    let root = tempfile::tempdir()?;
+    let runtime: PathBuf = root.path().join("run");
+    std::fs::create_dir(&runtime)?;
+    std::os::unix::fs::chown(&runtime, Some(65534), Some(65534))?;
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let config = root.path().join("sway.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "output HEADLESS-1 resolution {}x{}\nxwayland disable\n",
+            args.width, args.height
+        ),
+    )?;
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let sway = Killed(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sway",
+                "-c",
+            ])
+            .arg(&config)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("HOME", root.path())
+            .env("WLR_BACKENDS", "headless")
+            .env("WLR_LIBINPUT_NO_DEVICES", "1")
+            .env("WLR_RENDERER", "pixman")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(&runtime.join("wayland-1"), Duration::from_secs(10))?;
+    let _foot = foot(&runtime, "wayland-1")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = sway.0.id();
+    let idle_cpu_ms = idle(pid, args.idle);
+    Ok(Sample {
+        first_frame: None,
+        rss_kib: proc_kib(pid, "status", "VmRSS:"),
+        pss_kib: proc_kib(pid, "smaps_rollup", "Pss:"),
+        idle_cpu_ms,
+    })
+}
+
 fn report(name: &str, samples: &[Sample]) -> (f64, f64) {
     let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
     let mut pss: Vec<u64> = samples.iter().map(|s| s.pss_kib).collect();
@@ -243,10 +301,15 @@ pub fn run(args: CompositorArgs) -> anyhow::Result<()> {
         args.idle,
         gpus.first().map_or("the CPU", |gpu| gpu.name.as_str())
     );
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let have_sway = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("sway").is_file()));
+    let (mut ours, mut theirs, mut sways) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
         ours.push(flotilla_run(&args, &exe, &gpus)?);
         theirs.push(weston_run(&args)?);
+        if have_sway {
+            sways.push(sway_run(&args)?);
+        }
     }
     let (our_pss, our_cpu) = report("flotilla compositor", &ours);
     let (their_pss, their_cpu) = report("weston headless (pixman)", &theirs);
@@ -256,6 +319,17 @@ pub fn run(args: CompositorArgs) -> anyhow::Result<()> {
         our_cpu,
         their_cpu
     );
+    if have_sway {
+        let (sway_pss, sway_cpu) = report("sway headless (pixman)", &sways);
+        println!(
+            "flotilla / sway: PSS {:.2}×, idle CPU {:.2} vs {:.2} ms/s",
+            our_pss / sway_pss.max(0.001),
+            our_cpu,
+            sway_cpu
+        );
+    } else {
+        println!("(sway is not installed: apt-get install sway for its column)");
+    }
     println!("(gpud runs in the node agent, shared by every desktop; not in these figures)");
     Ok(())
 }

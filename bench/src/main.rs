@@ -14,6 +14,7 @@ mod gpu_check;
 mod placement;
 mod sandbox;
 mod scheduler;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ enum Bench {
     /// An idle desktop's compositor (RSS, PSS, idle CPU) and time to foot's
     /// first frame, beside weston's headless backend.
     Compositor(compositor::CompositorArgs),
+    /// A desktop watched live end to end (root): key → WebSocket, full
+    /// screen frames and bytes per second, encoder CPU, card → first frame.
+    Stream(stream::StreamArgs),
 }
 
 #[derive(clap::Args)]
@@ -394,5 +398,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Gpu(args) => gpu::run(args),
         Bench::GpuCheck(args) => gpu_check::run(args),
         Bench::Compositor(args) => compositor::run(args),
+        Bench::Stream(args) => stream::run(args).await,
     }
 }

@@ -228,11 +228,9 @@ fn measure_zygote(
         cgroup_procs: Vec::new(),
         netns: true,
     };
-    let pid = zygote.spawn(&request, write_end.as_raw_fd(), netns)?;
+    let (pid, pidfd) = zygote.spawn(&request, write_end.as_raw_fd(), netns)?;
     drop(write_end);
     net.netns = None;
-    // SAFETY: pidfd_open of the sandbox just started.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     let mut first = [0u8; 5];
     let mut reader = read_end;
     reader
@@ -244,13 +242,13 @@ fn measure_zygote(
     unsafe {
         libc::kill(-pid, libc::SIGTERM);
         let mut poll = libc::pollfd {
-            fd: pidfd,
+            fd: pidfd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         libc::poll(&mut poll, 1, 10_000);
-        libc::close(pidfd);
     }
+    drop(pidfd);
     network.release(&net.record());
     Ok(Sample {
         start,

@@ -218,6 +218,12 @@ impl GpuOutput {
         Ok(output)
     }
 
+    /// A duplicate of the connection to gpud, to watch: between calls
+    /// nothing arrives, so readable means gpud closed it.
+    pub fn watch(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+        self.guest.stream().try_clone()
+    }
+
     /// Remakes the scanout and background at `width`×`height` and shows
     /// the background; the next [`render`](Self::render) redraws all.
     pub fn resize(&mut self, width: u32, height: u32) -> anyhow::Result<()> {

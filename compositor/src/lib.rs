@@ -95,6 +95,9 @@ pub enum Layout {
     Tiled,
 }
 
+/// How long the compositor waits for gpud to come back.
+pub const GPU_RECONNECT: Duration = Duration::from_secs(60);
+
 /// The output sizes the control socket accepts (even, for I420).
 pub const MIN_OUTPUT: u32 = 64;
 pub const MAX_OUTPUT: (u32, u32) = (7680, 4320);
@@ -137,6 +140,10 @@ pub struct State {
     pointer_at: (f64, f64),
     /// gpud failed: the compositor ends with this.
     gpu_failed: Option<anyhow::Error>,
+    /// gpud's socket (reconnected to when gpud goes away).
+    gpu_socket: PathBuf,
+    /// Since when gpud has been gone (frames wait until it is back).
+    gpu_lost: Option<Instant>,
     signal: smithay::reexports::calloop::LoopSignal,
 }
 
@@ -238,6 +245,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         keymap: keymap::Keymap::new()?,
         pointer_at: (0.0, 0.0),
         gpu_failed: None,
+        gpu_socket: options.gpu_socket.clone(),
+        gpu_lost: None,
         signal: event_loop.get_signal(),
     };
 
@@ -279,6 +288,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             })
             .map_err(|error| anyhow::anyhow!("watch the control socket: {error}"))?;
     }
+    state.watch_gpu();
     state.schedule_frame();
     eprintln!(
         "compositor: {}×{} on WAYLAND_DISPLAY={}",
@@ -433,9 +443,93 @@ impl State {
         Ok(())
     }
 
+    /// Notices gpud closing the connection while nothing is drawn (an
+    /// idle desktop would otherwise find out only at its next frame).
+    fn watch_gpu(&mut self) {
+        let watched = self
+            .gpu
+            .watch()
+            .map_err(anyhow::Error::from)
+            .and_then(|stream| {
+                self.clock
+                    .handle
+                    .insert_source(
+                        Generic::new(stream, Interest::READ, Mode::Level),
+                        |_, _, state| {
+                            if state.gpu_lost.is_none() {
+                                state.lose_gpu(anyhow::anyhow!("gpud closed the connection"));
+                            }
+                            Ok(PostAction::Remove)
+                        },
+                    )
+                    .map_err(|error| anyhow::anyhow!("watch gpud's connection: {error}"))
+            });
+        if let Err(error) = watched {
+            tracing::warn!(%error, "gpud's connection is not watched");
+        }
+    }
+
+    /// gpud went away (the node agent restarting, say): keep the clients
+    /// and try its socket again every 100 ms; give up (and end the
+    /// desktop) after [`GPU_RECONNECT`].
+    fn lose_gpu(&mut self, error: anyhow::Error) {
+        if self.gpu_lost.is_none() {
+            eprintln!("compositor: gpud went away ({error:#}); reconnecting");
+            self.gpu_lost = Some(Instant::now());
+        }
+        let retry = self.clock.handle.insert_source(
+            Timer::from_duration(Duration::from_millis(100)),
+            |_, _, state| {
+                state.reconnect_gpu();
+                TimeoutAction::Drop
+            },
+        );
+        if let Err(error) = retry {
+            self.gpu_failed = Some(anyhow::anyhow!("cannot schedule a gpud reconnect: {error}"));
+            self.signal.stop();
+        }
+    }
+
+    fn reconnect_gpu(&mut self) {
+        let (width, height) = (self.gpu.width, self.gpu.height);
+        let connected = GpuOutput::connect(&self.gpu_socket).and_then(|mut gpu| {
+            if (gpu.width, gpu.height) != (width, height) {
+                gpu.resize(width, height)?;
+            }
+            Ok(gpu)
+        });
+        match connected {
+            Ok(gpu) => {
+                eprintln!("compositor: gpud is back");
+                self.gpu = gpu;
+                self.gpu_lost = None;
+                self.watch_gpu();
+                // Every surface is new to this gpud: all of it is uploaded.
+                self.schedule_frame();
+            }
+            Err(error) => {
+                if self
+                    .gpu_lost
+                    .is_some_and(|since| since.elapsed() > GPU_RECONNECT)
+                {
+                    self.gpu_failed = Some(error.context(format!(
+                        "gpud did not come back in {} s",
+                        GPU_RECONNECT.as_secs()
+                    )));
+                    self.signal.stop();
+                } else {
+                    self.lose_gpu(error);
+                }
+            }
+        }
+    }
+
     /// One tick of the output clock: compose what changed, then let
     /// clients draw their next frame.
     fn frame(&mut self) {
+        if self.gpu_lost.is_some() {
+            return;
+        }
         self.space.refresh();
         self.popups.cleanup();
         let mut surfaces = Vec::new();
@@ -487,9 +581,7 @@ impl State {
         match self.gpu.render(&mut surfaces, &mut copy) {
             Ok(_) => {}
             Err(error) => {
-                tracing::error!(%error, "gpud failed");
-                self.gpu_failed = Some(error);
-                self.signal.stop();
+                self.lose_gpu(error);
                 return;
             }
         }

@@ -875,21 +875,11 @@ impl DesktopRuntime for ProcessRuntime {
                     cgroup_procs: procs_paths.clone(),
                     netns: netns_fd.is_some(),
                 };
+                // The zygote opened the pidfd before it could reap the
+                // sandbox: one that ended at once is still watched.
                 zygote
                     .spawn(&request, log.as_raw_fd(), netns_fd)
-                    .and_then(|pid| {
-                        // SAFETY: pidfd_open of the pid just forked; the
-                        // zygote reaps it only after it ended, and an
-                        // ended process still has a readable pidfd.
-                        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-                        if fd < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        use std::os::fd::FromRawFd;
-                        // SAFETY: a fresh descriptor nobody else owns.
-                        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-                        Ok(Handle::Adopted { pid, pidfd })
-                    })
+                    .map(|(pid, pidfd)| Handle::Adopted { pid, pidfd })
             }
             _ => command.spawn().map(Handle::Child),
         };

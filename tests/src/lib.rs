@@ -581,7 +581,28 @@ impl AgentProcess {
         display: &str,
         apps: &[&str],
     ) -> anyhow::Result<AgentProcess> {
-        let id = std::process::id() % 10_000;
+        AgentProcess::start_with_sessions_and(cluster, name, data, log, display, apps, &[])
+    }
+
+    /// As [`AgentProcess::start_with_sessions`], with `extra` agent flags.
+    pub fn start_with_sessions_and(
+        cluster: &TestCluster,
+        name: &str,
+        data: &std::path::Path,
+        log: &std::path::Path,
+        display: &str,
+        apps: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
+        // Tests of one process run at once: each data directory its own
+        // bridge and subnet (the same again when an agent restarts on it).
+        let id = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut hasher);
+            std::process::id().hash(&mut hasher);
+            (hasher.finish() % 10_000) as u32
+        };
         let bridge = format!("fs{id}");
         let mut command = std::process::Command::new(flotilla_bin());
         command
@@ -601,6 +622,7 @@ impl AgentProcess {
         for app in apps {
             command.args(["--desktop-app", app]);
         }
+        command.args(extra);
         let child = command
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())

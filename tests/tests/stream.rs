@@ -351,3 +351,164 @@ async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() 
     assert!(end["reason"].is_string(), "{end}");
     Ok(())
 }
+
+/// The centre pixel of a decoded frame is not the compositor's background:
+/// the desktop's terminal is in it.
+fn shows_terminal(width: u32, height: u32, rgb: &[u8]) -> bool {
+    let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
+    let at = (((height / 2) * width + width / 2) * 3) as usize;
+    rgb[at..at + 3]
+        .iter()
+        .zip([background[2], background[1], background[0]])
+        .any(|(a, b)| a.abs_diff(b) > 16)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_comes_back_after_the_node_agent_restarts() -> anyhow::Result<()> {
+    if !netns::available()? {
+        return Ok(());
+    }
+    let have_foot = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
+    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+        assert!(std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none());
+        return Ok(());
+    }
+    let cluster = TestCluster::start(1, ServerFlags(vec![])).await?;
+    let addr = cluster.servers[0].addr.clone();
+    let base = format!("http://{addr}/api/v1");
+    let data = cluster.root.path().join("agent");
+    let log = cluster.root.path().join("agent.log");
+    let start = || {
+        AgentProcess::start_with_sessions_and(
+            &cluster,
+            "restart-node",
+            &data,
+            &log,
+            "640x480",
+            &["foot"],
+            &["--leave-desktops-running"],
+        )
+    };
+    let mut agent = start()?;
+    let token = cluster.token.clone();
+    let task: Value = cluster
+        .http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "survive", "column": "planning"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let desktop =
+        flotilla_tests::wait_for_running_desktop(&cluster.http, &base, &token, &task_id).await?;
+
+    // Watch until the terminal is in the picture.
+    let watch = |what: &'static str| {
+        let (addr, token, desktop) = (addr.clone(), token.clone(), desktop.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: no terminal in the stream"
+                );
+                let mut request = format!("ws://{addr}/api/v1/desktops/{desktop}/stream")
+                    .into_client_request()
+                    .unwrap();
+                request
+                    .headers_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let mut decoder = H264Decoder::new().unwrap();
+                let seen = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        let (_, payload) = next_frame(&mut socket).await;
+                        if let Ok(Some((w, h, rgb))) = decoder.decode_rgb(&payload) {
+                            if shows_terminal(w, h, &rgb) {
+                                return;
+                            }
+                        }
+                    }
+                })
+                .await;
+                if seen.is_ok() {
+                    return socket;
+                }
+            }
+        }
+    };
+    let mut socket = watch("before the restart").await;
+
+    // The agent stops (leaving the desktop running): the stream ends with
+    // a reason.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(agent.child.id() as libc::pid_t, libc::SIGTERM) };
+    agent.child.wait()?;
+    let end = next_event(&mut socket, "end").await;
+    assert!(end["reason"].is_string(), "{end}");
+
+    // A new agent adopts the desktop; its compositor reconnects to the new
+    // gpud, and a viewer sees the terminal again.
+    let mut restarted = start()?;
+    std::mem::swap(&mut agent.child, &mut restarted.child);
+    // `restarted` now holds the old, reaped child: forget it (dropping it
+    // would remove the bridge the adopted desktop uses).
+    std::mem::forget(restarted);
+    let mut socket = watch("after the restart").await;
+    // Input works too: the compositor is alive on the new gpud.
+    socket
+        .send(Message::Text(
+            json!({"type": "take_control"}).to_string().into(),
+        ))
+        .await?;
+    socket
+        .send(Message::Text(
+            json!({"type": "paste", "text": "touch /tmp/survived\n"})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+    let started = Instant::now();
+    loop {
+        let output = tokio::process::Command::new(flotilla_bin())
+            .args(["desktop", "exec", &desktop, "--", "ls", "/tmp/survived"])
+            .env("FLOTILLA_ADDR", &addr)
+            .env("FLOTILLA_TOKEN", &token)
+            .output()
+            .await?;
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "typing after the restart failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Done: the desktop is removed before the agent goes (it would leave
+    // it running).
+    cluster
+        .http
+        .post(format!("{base}/tasks/{task_id}/move"))
+        .bearer_auth(&token)
+        .json(&json!({"column": "done"}))
+        .send()
+        .await?;
+    let started = Instant::now();
+    while std::fs::read_dir(data.join("desktops"))?.next().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the desktop stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+    Ok(())
+}

@@ -98,17 +98,37 @@ pub fn zygote_main() -> i32 {
                 return 1;
             }
         };
+        // The answer carries a pidfd of the new sandbox, opened here
+        // before this loop can reap it: a sandbox that ends at once is
+        // still the agent's to watch (its pid alone could be gone, or
+        // reused, by the time the agent looked).
+        let mut pidfd = None;
         let answer: i64 = match serde_json::from_slice::<Request>(&bytes) {
             Ok(request) if !fds.is_empty() && (fds.len() == 2) == request.netns => {
                 match fork_sandbox(&request, &fds) {
-                    Ok(pid) => i64::from(pid),
+                    Ok(pid) => {
+                        // SAFETY: pidfd_open of our unreaped child.
+                        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                        if fd >= 0 {
+                            // SAFETY: a fresh descriptor nobody else owns.
+                            pidfd = Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+                            i64::from(pid)
+                        } else {
+                            -i64::from(
+                                io::Error::last_os_error()
+                                    .raw_os_error()
+                                    .unwrap_or(libc::EIO),
+                            )
+                        }
+                    }
                     Err(error) => -i64::from(error.raw_os_error().unwrap_or(libc::EIO)),
                 }
             }
             _ => -i64::from(libc::EINVAL),
         };
         drop(fds);
-        if send_with_fds(SOCKET_FD, &answer.to_le_bytes(), &[]).is_err() {
+        let passed: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
+        if send_with_fds(SOCKET_FD, &answer.to_le_bytes(), &passed).is_err() {
             return 0;
         }
     }
@@ -245,19 +265,25 @@ impl Zygote {
         request: &Request,
         log: RawFd,
         netns: Option<RawFd>,
-    ) -> io::Result<libc::pid_t> {
+    ) -> io::Result<(libc::pid_t, OwnedFd)> {
         let bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
         let mut fds = vec![log];
         fds.extend(netns);
         send_with_fds(self.socket.as_raw_fd(), &bytes, &fds)?;
-        let (answer, _) = receive_with_fds(self.socket.as_raw_fd())?
+        let (answer, mut pidfds) = receive_with_fds(self.socket.as_raw_fd())?
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the zygote went away"))?;
         let answer: [u8; 8] = answer
             .as_slice()
             .try_into()
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a malformed zygote answer"))?;
         match i64::from_le_bytes(answer) {
-            pid if pid > 0 => Ok(pid as libc::pid_t),
+            pid if pid > 0 && pidfds.len() == 1 => {
+                Ok((pid as libc::pid_t, pidfds.pop().expect("one")))
+            }
+            pid if pid > 0 => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the zygote's answer has no pidfd",
+            )),
             error => Err(io::Error::from_raw_os_error((-error) as i32)),
         }
     }
