@@ -7,8 +7,9 @@
 //!   after it (foot's reaction, composition, I420, encode, tunnel, hub,
 //!   WebSocket); "capture → WebSocket" is from gpud's frame being read by
 //!   the encoder (the frame header's timestamp, same clock) to arrival.
-//! - **full screen**: foot running `yes` (the whole terminal scrolls every
-//!   frame) watched for `--seconds`: frames and bytes per second per
+//! - **full screen**: foot running `--full-screen` (default `base64
+//!   /dev/urandom`: the whole terminal scrolls and every glyph changes every
+//!   frame, the encoder's worst case; `yes` would scroll identical lines) watched for `--seconds`: frames and bytes per second per
 //!   viewer, capture → WebSocket, and the node agent's CPU per second
 //!   while streaming minus while idle (the encoder's cost).
 //! - **card → first frame**: `--runs` tasks created in Planning; from the
@@ -40,8 +41,11 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Tasks created for card → first frame.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// The full-screen workload: the program foot runs (split on spaces).
+    #[arg(long, default_value = "base64 /dev/urandom")]
+    full_screen: String,
 }
 
 type Socket =
@@ -104,6 +108,11 @@ async fn fleet(app: &str) -> anyhow::Result<Fleet> {
 impl Fleet {
     /// A task in Planning; its running desktop's id.
     async fn desktop(&self, title: &str) -> anyhow::Result<String> {
+        Ok(self.task_desktop(title).await?.1)
+    }
+
+    /// A task in Planning: its id and its running desktop's id.
+    async fn task_desktop(&self, title: &str) -> anyhow::Result<(String, String)> {
         let task: Value = self
             .cluster
             .http
@@ -115,13 +124,32 @@ impl Fleet {
             .json()
             .await?;
         let id = task["id"].as_str().unwrap_or_default().to_owned();
-        flotilla_tests::wait_for_running_desktop(
+        let desktop = flotilla_tests::wait_for_running_desktop(
             &self.cluster.http,
             &self.base,
             &self.cluster.token,
             &id,
         )
-        .await
+        .await?;
+        Ok((id, desktop))
+    }
+
+    /// Moves a task to Done, so its desktop gives back its capacity.
+    async fn done(&self, task: &str) -> anyhow::Result<()> {
+        let moved = self
+            .cluster
+            .http
+            .post(format!("{}/tasks/{task}/move", self.base))
+            .bearer_auth(&self.cluster.token)
+            .json(&json!({"column": "done"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            moved.status().is_success(),
+            "move to done: {}",
+            moved.status()
+        );
+        Ok(())
     }
 }
 
@@ -193,7 +221,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
     let mut card = Vec::new();
     for run in 0..args.runs {
         let started = Instant::now();
-        let desktop = typing.desktop(&format!("card {run}")).await?;
+        let (task, desktop) = typing.task_desktop(&format!("card {run}")).await?;
         let mut socket = viewer(&addr, &token, &desktop).await?;
         let mut decoder = H264Decoder::new()?;
         loop {
@@ -205,13 +233,17 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
             }
         }
         card.push(started.elapsed());
+        drop(socket);
+        typing.done(&task).await?;
+        // Let the desktop leave before the next one is timed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("## card → first decoded frame ({} runs)", args.runs);
     summary("task created in Planning → first frame decoded", &mut card);
     drop(typing);
 
     // Full screen.
-    let full = fleet("foot yes").await?;
+    let full = fleet(&format!("foot {}", args.full_screen)).await?;
     let addr = full.cluster.servers[0].addr.clone();
     let token = full.cluster.token.clone();
     let desktop = full.desktop("full screen").await?;
@@ -248,7 +280,10 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let streaming_ms_per_s = (ticks(full.agent_pid) - start_ticks) / hz * 1000.0 / seconds;
-    println!("## full screen (foot running yes), {seconds:.1} s");
+    println!(
+        "## full screen (foot running {}), {seconds:.1} s",
+        args.full_screen
+    );
     println!(
         "frames per second {:.1}, bytes per second per viewer {:.0} ({:.2} Mbit/s)",
         frames as f64 / seconds,

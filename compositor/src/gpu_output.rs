@@ -33,6 +33,10 @@ struct Staging {
     len: usize,
 }
 
+// SAFETY: the mapping is owned by the value alone (like a Vec's buffer);
+// nothing else refers to it, so moving it to another thread is sound.
+unsafe impl Send for Staging {}
+
 impl Staging {
     fn new(len: usize) -> anyhow::Result<Staging> {
         // SAFETY: memfd_create/ftruncate/mmap with checked results; the
@@ -105,15 +109,23 @@ pub struct SurfaceFrame {
 /// Copies `rect` of the client's buffer into `out` (rows of `width` × 4).
 pub type CopyFn<'a> = dyn FnMut(u64, &Rect, &mut [u8]) -> bool + 'a;
 
+/// gpud's set-up (context, screen, the background shown), done on a
+/// thread while the compositor already serves its clients.
+type Setup = std::thread::JoinHandle<anyhow::Result<(Guest, Staging)>>;
+
 pub struct GpuOutput {
-    guest: Guest,
+    /// None while [`setup`](Self::setup) holds the connection.
+    guest: Option<Guest>,
+    setup: Option<Setup>,
+    /// A duplicate of the connection, to watch (see [`watch`](Self::watch)).
+    watched: std::os::unix::net::UnixStream,
     pub width: u32,
     pub height: u32,
     next_id: u32,
     surfaces: HashMap<u64, SurfaceResource>,
     /// Last frame's layout: (key, x, y, width, height) back to front.
     layout: Vec<(u64, i32, i32, u32, u32)>,
-    _background: Staging,
+    _background: Option<Staging>,
     /// Frames composed so far.
     pub frames: u64,
 }
@@ -186,8 +198,12 @@ fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
 }
 
 impl GpuOutput {
-    /// Connects to gpud at `socket`, takes the display size it offers and
-    /// shows the background.
+    /// Connects to gpud at `socket` and takes the display size it offers;
+    /// the rest of the set-up (the composition context, the screen, the
+    /// background shown) goes on on a thread, and the first call that
+    /// needs gpud waits for it. The compositor serves its clients
+    /// meanwhile: on lavapipe that set-up is ≈ 50 ms that an app's own
+    /// start-up now hides.
     pub fn connect(socket: &Path) -> anyhow::Result<GpuOutput> {
         let mut guest = Guest::connect(socket)
             .with_context(|| format!("connect to gpud at {}", socket.display()))?;
@@ -197,31 +213,67 @@ impl GpuOutput {
         }
         let width = u32::from_le_bytes(info[32..36].try_into()?);
         let height = u32::from_le_bytes(info[36..40].try_into()?);
-        call(
-            &mut guest,
-            &build::ctx_create(CONTEXT, CAPSET_COMPOSE, "compositor"),
-            &[],
-            "create the composition context",
-        )?;
-        let background = screen(&mut guest, width, height)?;
-        let mut output = GpuOutput {
-            guest,
+        let watched = guest.stream().try_clone()?;
+        let setup = std::thread::Builder::new()
+            .name("gpud-setup".to_owned())
+            .spawn(move || {
+                call(
+                    &mut guest,
+                    &build::ctx_create(CONTEXT, CAPSET_COMPOSE, "compositor"),
+                    &[],
+                    "create the composition context",
+                )?;
+                let background = screen(&mut guest, width, height)?;
+                let screen = rect(0, 0, width, height);
+                compose_list(&mut guest, screen, &[], vec![screen])?;
+                Ok((guest, background))
+            })
+            .context("start gpud's set-up")?;
+        Ok(GpuOutput {
+            guest: None,
+            setup: Some(setup),
+            watched,
             width,
             height,
             next_id: 16,
             surfaces: HashMap::new(),
             layout: Vec::new(),
-            _background: background,
+            _background: None,
             frames: 0,
-        };
-        output.compose(&[], vec![rect(0, 0, width, height)])?;
-        Ok(output)
+        })
+    }
+
+    /// Whether gpud's set-up is still going on.
+    pub fn setting_up(&self) -> bool {
+        self.setup
+            .as_ref()
+            .is_some_and(|setup| !setup.is_finished())
+    }
+
+    /// Waits for gpud's set-up; its error if it failed.
+    pub fn ready(&mut self) -> anyhow::Result<()> {
+        self.guest().map(|_| ())
+    }
+
+    /// The connection, once the set-up is done (waiting for it if needed).
+    fn guest(&mut self) -> anyhow::Result<&mut Guest> {
+        if let Some(setup) = self.setup.take() {
+            let (guest, background) = setup
+                .join()
+                .map_err(|_| anyhow::anyhow!("gpud's set-up panicked"))??;
+            self.guest = Some(guest);
+            self._background = Some(background);
+            self.frames += 1;
+        }
+        self.guest
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("gpud's set-up failed before"))
     }
 
     /// A duplicate of the connection to gpud, to watch: between calls
     /// nothing arrives, so readable means gpud closed it.
     pub fn watch(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
-        self.guest.stream().try_clone()
+        self.watched.try_clone()
     }
 
     /// Remakes the scanout and background at `width`×`height` and shows
@@ -231,11 +283,11 @@ impl GpuOutput {
         // After a failed resize either may be gone already: the answer
         // does not matter, only that gpud is still there.
         for id in [SCANOUT, BACKGROUND] {
-            self.guest
+            self.guest()?
                 .call(&build::resource_unref(id), &[])
                 .context("gpud: unref the old screen")?;
         }
-        self._background = screen(&mut self.guest, width, height)?;
+        self._background = Some(screen(self.guest()?, width, height)?);
         self.width = width;
         self.height = height;
         self.layout.clear();
@@ -256,7 +308,7 @@ impl GpuOutput {
             let id = existing.id;
             self.surfaces.remove(&surface.key);
             call(
-                &mut self.guest,
+                self.guest()?,
                 &build::resource_unref(id),
                 &[],
                 "unref a surface",
@@ -267,13 +319,13 @@ impl GpuOutput {
         let len = surface.width as usize * surface.height as usize * 4;
         let staging = Staging::new(len)?;
         call(
-            &mut self.guest,
+            self.guest()?,
             &build::resource_create_2d(id, surface.format, surface.width, surface.height),
             &[],
             "create a surface",
         )?;
         call(
-            &mut self.guest,
+            self.guest()?,
             &build::attach_backing(
                 id,
                 &[MemEntry {
@@ -304,6 +356,7 @@ impl GpuOutput {
         surfaces: &mut [SurfaceFrame],
         copy: &mut CopyFn,
     ) -> anyhow::Result<bool> {
+        self.guest()?;
         let mut damage: Vec<Rect> = Vec::new();
         for surface in surfaces.iter_mut() {
             if surface.width == 0 || surface.height == 0 {
@@ -323,8 +376,10 @@ impl GpuOutput {
                     continue;
                 }
                 let offset = area.y as u64 * stride as u64 + area.x as u64 * 4;
+                // Disjoint from `self.surfaces` (borrowed above).
+                let guest = self.guest.as_mut().context("gpud's set-up failed")?;
                 call(
-                    &mut self.guest,
+                    guest,
                     &build::transfer_to_host_2d(area, offset, resource.id),
                     &[],
                     "upload damage",
@@ -361,7 +416,7 @@ impl GpuOutput {
         for key in gone {
             if let Some(resource) = self.surfaces.remove(&key) {
                 call(
-                    &mut self.guest,
+                    self.guest()?,
                     &build::resource_unref(resource.id),
                     &[],
                     "unref a surface",
@@ -385,51 +440,58 @@ impl GpuOutput {
     fn compose(
         &mut self,
         surfaces: &[(u32, i32, i32, u32, u32)],
-        mut damage: Vec<Rect>,
+        damage: Vec<Rect>,
     ) -> anyhow::Result<()> {
         let screen = rect(0, 0, self.width, self.height);
-        if damage.len() > MAX_DAMAGE as usize {
-            damage = vec![bounding(&damage)];
-        }
-        let mut draws = vec![Draw {
-            resource_id: BACKGROUND,
-            source: screen,
-            x: 0,
-            y: 0,
-            opacity: 255,
-            clip: screen,
-        }];
-        for &(id, x, y, width, height) in surfaces.iter().take(MAX_DRAWS as usize - 1) {
-            draws.push(Draw {
-                resource_id: id,
-                source: rect(0, 0, width, height),
-                x,
-                y,
-                opacity: 255,
-                clip: screen,
-            });
-        }
-        let flush = bounding(&damage);
-        let list = CompositionList {
-            target: SCANOUT,
-            damage,
-            draws,
-        };
-        call(
-            &mut self.guest,
-            &build::submit_3d(CONTEXT, None, &list.encode()),
-            &[],
-            "compose",
-        )?;
-        call(
-            &mut self.guest,
-            &build::resource_flush(flush, SCANOUT),
-            &[],
-            "flush",
-        )?;
+        compose_list(self.guest()?, screen, surfaces, damage)?;
         self.frames += 1;
         Ok(())
     }
+}
+
+/// One frame: the background and `surfaces` (resource, x, y, width,
+/// height; back to front) composed into the scanout where `damage` says,
+/// then flushed.
+fn compose_list(
+    guest: &mut Guest,
+    screen: Rect,
+    surfaces: &[(u32, i32, i32, u32, u32)],
+    mut damage: Vec<Rect>,
+) -> anyhow::Result<()> {
+    if damage.len() > MAX_DAMAGE as usize {
+        damage = vec![bounding(&damage)];
+    }
+    let mut draws = vec![Draw {
+        resource_id: BACKGROUND,
+        source: screen,
+        x: 0,
+        y: 0,
+        opacity: 255,
+        clip: screen,
+    }];
+    for &(id, x, y, width, height) in surfaces.iter().take(MAX_DRAWS as usize - 1) {
+        draws.push(Draw {
+            resource_id: id,
+            source: rect(0, 0, width, height),
+            x,
+            y,
+            opacity: 255,
+            clip: screen,
+        });
+    }
+    let flush = bounding(&damage);
+    let list = CompositionList {
+        target: SCANOUT,
+        damage,
+        draws,
+    };
+    call(
+        guest,
+        &build::submit_3d(CONTEXT, None, &list.encode()),
+        &[],
+        "compose",
+    )?;
+    call(guest, &build::resource_flush(flush, SCANOUT), &[], "flush")
 }
 
 fn clip(area: &Rect, width: u32, height: u32) -> Option<Rect> {

@@ -174,7 +174,24 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut event_loop: EventLoop<State> = EventLoop::try_new().context("create the event loop")?;
     let display: Display<State> = Display::new().context("create the Wayland display")?;
     let handle = display.handle();
+    // The socket first: the session starts its apps as soon as it is
+    // there, and their start-up (fonts, mostly) overlaps ours; a client
+    // that connects early waits in the backlog until the loop runs.
+    let socket = ListeningSocketSource::with_name(&options.socket_name)
+        .with_context(|| format!("bind the Wayland socket {}", options.socket_name))?;
+    // Compiling an xkb keymap takes milliseconds: the text keymap's on a
+    // thread while the seat's compiles here (and gpud sets up on its own
+    // thread: see GpuOutput::connect).
+    let text_keymap = std::thread::spawn(keymap::Keymap::new);
     let gpu = GpuOutput::connect(&options.gpu_socket)?;
+    let mut seat_state = SeatState::new();
+    let mut seat = seat_state.new_wl_seat(&handle, "seat0");
+    seat.add_keyboard(Default::default(), 400, 30)
+        .map_err(|error| anyhow::anyhow!("the keyboard's keymap: {error:?}"))?;
+    seat.add_pointer();
+    let text_keymap = text_keymap
+        .join()
+        .map_err(|_| anyhow::anyhow!("the keymap's set-up panicked"))??;
     let (width, height) = (gpu.width as i32, gpu.height as i32);
 
     let output = Output::new(
@@ -201,12 +218,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     output.set_preferred(mode);
     let mut space = Space::default();
     space.map_output(&output, (0, 0));
-
-    let mut seat_state = SeatState::new();
-    let mut seat = seat_state.new_wl_seat(&handle, "seat0");
-    seat.add_keyboard(Default::default(), 400, 30)
-        .map_err(|error| anyhow::anyhow!("the keyboard's keymap: {error:?}"))?;
-    seat.add_pointer();
 
     let clock = FrameClock {
         handle: event_loop.handle(),
@@ -242,7 +253,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         window_ids: std::collections::HashMap::new(),
         next_window_id: 1,
         held: std::collections::HashMap::new(),
-        keymap: keymap::Keymap::new()?,
+        keymap: text_keymap,
         pointer_at: (0.0, 0.0),
         gpu_failed: None,
         gpu_socket: options.gpu_socket.clone(),
@@ -250,8 +261,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         signal: event_loop.get_signal(),
     };
 
-    let socket = ListeningSocketSource::with_name(&options.socket_name)
-        .with_context(|| format!("bind the Wayland socket {}", options.socket_name))?;
     let loop_handle = event_loop.handle();
     loop_handle
         .insert_source(socket, |stream, _, state| {
@@ -288,8 +297,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             })
             .map_err(|error| anyhow::anyhow!("watch the control socket: {error}"))?;
     }
-    state.watch_gpu();
-    state.schedule_frame();
+    // No frame yet: gpud's set-up shows the background, and a frame now
+    // would only wait for it, holding up the first clients' configures.
+    state.watch_gpu_when_ready();
     eprintln!(
         "compositor: {}×{} on WAYLAND_DISPLAY={}",
         width, height, options.socket_name
@@ -330,6 +340,11 @@ impl State {
             self.clock
                 .handle
                 .insert_source(Timer::from_duration(delay), |_, _, state| {
+                    // Until gpud's set-up is over a frame would block the
+                    // loop waiting for it: look again shortly.
+                    if state.gpu.setting_up() {
+                        return TimeoutAction::ToDuration(Duration::from_millis(2));
+                    }
                     state.clock.armed = false;
                     state.clock.last = Instant::now();
                     state.frame();
@@ -443,6 +458,32 @@ impl State {
         Ok(())
     }
 
+    /// Watches gpud's connection once its set-up (on a thread, talking on
+    /// that connection) is over.
+    fn watch_gpu_when_ready(&mut self) {
+        let poll = Duration::from_millis(5);
+        let timer =
+            self.clock
+                .handle
+                .insert_source(Timer::from_duration(poll), move |_, _, state| {
+                    if state.gpu_lost.is_some() {
+                        // A reconnect watches its own connection.
+                        return TimeoutAction::Drop;
+                    }
+                    if state.gpu.setting_up() {
+                        return TimeoutAction::ToDuration(poll);
+                    }
+                    match state.gpu.ready() {
+                        Ok(()) => state.watch_gpu(),
+                        Err(error) => state.lose_gpu(error),
+                    }
+                    TimeoutAction::Drop
+                });
+        if let Err(error) = timer {
+            tracing::warn!(%error, "gpud's connection is not watched");
+        }
+    }
+
     /// Notices gpud closing the connection while nothing is drawn (an
     /// idle desktop would otherwise find out only at its next frame).
     fn watch_gpu(&mut self) {
@@ -503,7 +544,7 @@ impl State {
                 eprintln!("compositor: gpud is back");
                 self.gpu = gpu;
                 self.gpu_lost = None;
-                self.watch_gpu();
+                self.watch_gpu_when_ready();
                 // Every surface is new to this gpud: all of it is uploaded.
                 self.schedule_frame();
             }
