@@ -140,6 +140,12 @@ struct DesktopSessionArgs {
     /// How the apps' windows share the output.
     #[arg(long, value_enum, default_value_t = LayoutArg::Tiled)]
     layout: LayoutArg,
+    /// The keyboard's xkb layout (us, de, fr, ...; empty: us).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    keyboard_layout: String,
+    /// The xkb layout's variant (dvorak, nodeadkeys, ...; empty: none).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    keyboard_variant: String,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -176,6 +182,12 @@ struct CompositorArgs {
     /// How toplevels share the output.
     #[arg(long, value_enum, default_value_t = LayoutArg::Maximized)]
     layout: LayoutArg,
+    /// The keyboard's xkb layout (us, de, fr, ...; empty: us).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    keyboard_layout: String,
+    /// The xkb layout's variant (dvorak, nodeadkeys, ...; empty: none).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    keyboard_variant: String,
 }
 
 #[derive(Subcommand)]
@@ -302,6 +314,12 @@ struct NodeAgentArgs {
     /// installed).
     #[arg(long = "desktop-app")]
     desktop_apps: Vec<String>,
+    /// The desktops' keyboard: xkb layout (us, de, fr, ...).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    desktop_keyboard_layout: String,
+    /// The desktops' keyboard: xkb variant (dvorak, nodeadkeys, ...).
+    #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
+    desktop_keyboard_variant: String,
     /// Command each desktop runs under the process runtime.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
     desktop_command: Vec<String>,
@@ -627,6 +645,8 @@ fn run_compositor(args: &CompositorArgs) -> ExitCode {
         refresh_mhz: args.refresh * 1000,
         control: args.control.clone(),
         layout: args.layout.into(),
+        keyboard_layout: args.keyboard_layout.clone(),
+        keyboard_variant: args.keyboard_variant.clone(),
     };
     match flotilla_compositor::run(&options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -679,6 +699,8 @@ fn main() -> ExitCode {
                 LayoutArg::Maximized => "maximized",
                 LayoutArg::Tiled => "tiled",
             },
+            keyboard_layout: args.keyboard_layout.clone(),
+            keyboard_variant: args.keyboard_variant.clone(),
         };
         let status = flotilla_compositor::session::run(&options);
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
@@ -854,6 +876,10 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     if !args.desktop_apps.is_empty() {
         options.desktop_apps = args.desktop_apps.clone();
     }
+    options.desktop_keyboard = (
+        args.desktop_keyboard_layout.clone(),
+        args.desktop_keyboard_variant.clone(),
+    );
     options.display_gpu_memory = args.display_gpu_memory;
     options.display_size = args.display_size;
     options.cgroups = !args.no_cgroups;

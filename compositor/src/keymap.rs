@@ -15,19 +15,43 @@ pub struct Keymap {
     by_keysym: HashMap<u32, (u32, bool)>,
 }
 
+/// Checks an xkb layout or variant name from the command line: short,
+/// and only the characters xkb's names use (`us`, `de`, `fr`, `us,de`,
+/// `dvorak`, `nodeadkeys`...); empty means xkb's default.
+pub fn check_name(name: &str) -> Result<String, String> {
+    if name.len() > 64 {
+        return Err("longer than 64 characters".to_owned());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_,-()".contains(*c)))
+    {
+        return Err(format!(
+            "{bad:?} is not in an xkb name (a-z, 0-9, _ , - ( ))"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 impl Keymap {
-    pub fn new() -> anyhow::Result<Keymap> {
+    /// The keymap of xkb `layout` and `variant` (empty: xkb's default,
+    /// `us`), the one the seat gives clients.
+    pub fn new(layout: &str, variant: &str) -> anyhow::Result<Keymap> {
         let context = xkb::Context::new(xkb::CONTEXT_NO_FLAGS);
         let keymap = xkb::Keymap::new_from_names(
             &context,
             "",
             "",
-            "",
-            "",
+            layout,
+            variant,
             None,
             xkb::KEYMAP_COMPILE_NO_FLAGS,
         )
-        .ok_or_else(|| anyhow::anyhow!("no xkb keymap (install xkb-data)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no xkb keymap for layout {layout:?} variant {variant:?} (unknown, or xkb-data is not installed)"
+            )
+        })?;
         let mut by_keysym = HashMap::new();
         let (min, max) = (keymap.min_keycode().raw(), keymap.max_keycode().raw());
         // Level 0 of every key first, then level 1 (Shift): a keysym both
@@ -75,7 +99,7 @@ mod tests {
 
     #[test]
     fn the_default_keymap_types_ascii() {
-        let keymap = Keymap::new().expect("a keymap (xkb-data)");
+        let keymap = Keymap::new("", "").expect("a keymap (xkb-data)");
         assert_eq!(keymap.for_char('a'), Some((30, false)));
         assert_eq!(keymap.for_char('A'), Some((30, true)));
         assert_eq!(keymap.for_char('\n'), Some((28, false)));
@@ -86,5 +110,28 @@ mod tests {
         // Not on a US keyboard; not a keysym at all.
         assert_eq!(keymap.for_char('é'), None);
         assert_eq!(keymap.for_name("NoSuchKey"), None);
+    }
+
+    #[test]
+    fn layouts_are_named_and_checked() {
+        for good in [
+            "",
+            "us",
+            "de",
+            "us,de",
+            "dvorak",
+            "mac_nodeadkeys",
+            "latin9(basic)",
+        ] {
+            assert_eq!(check_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["US", "us;rm -rf", "../x", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        let fr = Keymap::new("fr", "").expect("fr in xkb-data");
+        // AZERTY: the key that is Q on a US keyboard types a.
+        assert_eq!(fr.for_char('a'), Some((16, false)));
+        assert!(fr.for_char('é').is_some());
+        assert!(Keymap::new("nosuchlayout", "").is_err());
     }
 }

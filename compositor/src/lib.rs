@@ -81,6 +81,9 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// How toplevels share the output.
     pub layout: Layout,
+    /// The keyboard's xkb layout and variant (empty: `us`).
+    pub keyboard_layout: String,
+    pub keyboard_variant: String,
 }
 
 /// How toplevels share the output.
@@ -182,12 +185,28 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     // Compiling an xkb keymap takes milliseconds: the text keymap's on a
     // thread while the seat's compiles here (and gpud sets up on its own
     // thread: see GpuOutput::connect).
-    let text_keymap = std::thread::spawn(keymap::Keymap::new);
+    let text_keymap = {
+        let (layout, variant) = (
+            options.keyboard_layout.clone(),
+            options.keyboard_variant.clone(),
+        );
+        std::thread::spawn(move || keymap::Keymap::new(&layout, &variant))
+    };
     let gpu = GpuOutput::connect(&options.gpu_socket)?;
     let mut seat_state = SeatState::new();
     let mut seat = seat_state.new_wl_seat(&handle, "seat0");
-    seat.add_keyboard(Default::default(), 400, 30)
-        .map_err(|error| anyhow::anyhow!("the keyboard's keymap: {error:?}"))?;
+    let xkb = smithay::input::keyboard::XkbConfig {
+        layout: &options.keyboard_layout,
+        variant: &options.keyboard_variant,
+        ..Default::default()
+    };
+    seat.add_keyboard(xkb, 400, 30).map_err(|error| {
+        anyhow::anyhow!(
+            "the keyboard's keymap (layout {:?}, variant {:?}): {error:?}",
+            options.keyboard_layout,
+            options.keyboard_variant
+        )
+    })?;
     seat.add_pointer();
     let text_keymap = text_keymap
         .join()

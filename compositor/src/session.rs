@@ -23,6 +23,9 @@ pub struct SessionOptions {
     pub apps: Vec<Vec<String>>,
     /// The compositor's `--layout`.
     pub layout: &'static str,
+    /// The compositor's `--keyboard-layout` and `--keyboard-variant`.
+    pub keyboard_layout: String,
+    pub keyboard_variant: String,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -64,6 +67,15 @@ pub fn run(options: &SessionOptions) -> i32 {
         .parent()
         .unwrap_or(Path::new("/run/flotilla"))
         .join("control.sock");
+    let mut keyboard = Vec::new();
+    for (flag, value) in [
+        ("--keyboard-layout", &options.keyboard_layout),
+        ("--keyboard-variant", &options.keyboard_variant),
+    ] {
+        if !value.is_empty() {
+            keyboard.extend([flag, value.as_str()]);
+        }
+    }
     let mut compositor = match Command::new(&options.exe)
         .args([
             "compositor",
@@ -75,6 +87,7 @@ pub fn run(options: &SessionOptions) -> i32 {
         .arg("--control")
         .arg(&control)
         .args(["--layout", options.layout])
+        .args(&keyboard)
         .stdin(Stdio::null())
         .spawn()
     {

@@ -68,6 +68,8 @@ pub struct AgentOptions {
     pub desktop_session: bool,
     /// The session's apps (program and arguments, split at spaces).
     pub desktop_apps: Vec<String>,
+    /// The desktops' keyboard: xkb layout and variant (empty: us).
+    pub desktop_keyboard: (String, String),
     /// Limit each desktop with a cgroup (needs root and cgroup controllers).
     pub cgroups: bool,
     /// Most processes in one desktop.
@@ -115,6 +117,7 @@ impl AgentOptions {
             display_gpu_memory: 64 << 20,
             display_size: (1280, 800),
             desktop_session: false,
+            desktop_keyboard: (String::new(), String::new()),
             desktop_apps: vec![
                 "foot".to_owned(),
                 "chromium --ozone-platform=wayland --no-first-run --no-sandbox".to_owned(),
@@ -305,6 +308,16 @@ pub async fn run(
             for app in &options.desktop_apps {
                 command.push("--app".to_owned());
                 command.push(app.clone());
+            }
+            let (layout, variant) = &options.desktop_keyboard;
+            for (flag, value) in [
+                ("--keyboard-layout", layout),
+                ("--keyboard-variant", variant),
+            ] {
+                if !value.is_empty() {
+                    command.push(flag.to_owned());
+                    command.push(value.clone());
+                }
             }
             command
         }

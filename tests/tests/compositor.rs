@@ -96,8 +96,11 @@ impl Desktop {
             runtime_dir,
             _root: root,
         };
-        desktop.wait("the Wayland socket", |d| {
+        // The Wayland socket is bound first, the control socket once the
+        // compositor is set up.
+        desktop.wait("the Wayland and control sockets", |d| {
             d.runtime_dir.join("wayland-test").exists()
+                && d.runtime_dir.join("control.sock").exists()
         });
         desktop
     }
@@ -762,4 +765,72 @@ fn chromium_renders_a_page_and_its_menu_stays_inside_the_output() {
         })
     });
     drop(desktop.compositor);
+}
+
+/// The keyboard's layout comes from `--keyboard-layout`: on `fr`, the
+/// key that is Q on `us` types `a`, and text the `us` keymap cannot type
+/// (`é`) is typed; an unknown layout stops the compositor with a reason.
+#[test]
+fn the_keyboard_layout_is_configurable() {
+    if !client_available("foot", "foot") {
+        return;
+    }
+    let desktop = Desktop::start_with(640, 480, &["--keyboard-layout", "fr"]);
+    let out = tempfile::tempdir().unwrap();
+    let _foot = desktop.client("foot", &["--override=colors.background=102030", "sh"]);
+    let mut control = desktop.control();
+    desktop.wait("foot to have the keyboard", |_| {
+        let windows = control.send(r#"{"op":"windows"}"#);
+        windows["windows"][0]["focused"] == true
+    });
+    let accented = out.path().join("accented");
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!("echo café > {}\n", accented.display()),
+    }));
+    desktop.wait("the accented word", |_| {
+        std::fs::read_to_string(&accented).is_ok_and(|text| text == "café\n")
+    });
+    // KEY_Q (16) is `a` on an AZERTY keyboard.
+    let by_code = out.path().join("by-code");
+    control.ok(serde_json::json!({"op": "text", "text": "echo "}));
+    control.ok(serde_json::json!({"op": "key", "code": 16}));
+    control.ok(serde_json::json!({
+        "op": "text",
+        "text": format!(" > {}\n", by_code.display()),
+    }));
+    desktop.wait("the key typed by its code", |_| {
+        std::fs::read_to_string(&by_code).is_ok_and(|text| text == "a\n")
+    });
+    drop(desktop);
+
+    // An unknown layout: a clear error, not a desktop with a wrong keyboard.
+    let gpus = flotilla_gpu::enumerate().unwrap_or_default();
+    let service = GpuService::open(&gpus, 640, 480);
+    let root = tempfile::tempdir().unwrap();
+    let gpu = service
+        .attach("dt-k", None, 64 << 20, &root.path().join("gpu"), None)
+        .unwrap();
+    let output = Command::new(flotilla_bin())
+        .args([
+            "compositor",
+            "--keyboard-layout",
+            "nosuchlayout",
+            "--gpu-socket",
+        ])
+        .arg(&gpu.socket)
+        .env("XDG_RUNTIME_DIR", root.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nosuchlayout"), "{stderr}");
+    // A name that is not an xkb name at all is refused before anything starts.
+    let output = Command::new(flotilla_bin())
+        .args(["compositor", "--keyboard-layout", "us;rm", "--gpu-socket"])
+        .arg(&gpu.socket)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
 }
