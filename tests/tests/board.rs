@@ -118,6 +118,32 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
         .await?;
     assert_eq!(again.status().as_u16(), 401);
 
+    // A second person's board, signed in with a code of their own: it
+    // sees the first person's changes live.
+    let minted: Value = cluster
+        .http
+        .post(format!("{base}/session/codes"))
+        .bearer_auth(&cluster.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut other = Browser::start(1200, 900).await?;
+    other
+        .navigate(&format!(
+            "http://{addr}{}",
+            minted["link"].as_str().unwrap()
+        ))
+        .await?;
+    let signed_in = other
+        .wait_for(
+            "the second board",
+            "!document.getElementById('board').hidden && document.querySelectorAll('.column').length === 5",
+            Duration::from_secs(20),
+        )
+        .await;
+    step(&mut other, "other-sign-in", signed_in).await?;
+
     // Create a task; it appears in Backlog (through the watch stream).
     browser
         .eval(
@@ -133,6 +159,14 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
         )
         .await;
     step(&mut browser, "create", created).await?;
+    let seen = other
+        .wait_for(
+            "the new card on the other board",
+            &card_in("backlog", "watch the desktop"),
+            Duration::from_secs(10),
+        )
+        .await;
+    step(&mut other, "other-create", seen).await?;
 
     // Drag it to Planning: its desktop is placed, starts, and its card
     // shows a live thumbnail.
@@ -140,6 +174,15 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
     browser
         .eval(&drop_on("planning", "watch the desktop"))
         .await?;
+    let seen = other
+        .wait_for(
+            "the move on the other board",
+            &card_in("planning", "watch the desktop"),
+            Duration::from_secs(10),
+        )
+        .await;
+    step(&mut other, "other-move", seen).await?;
+    drop(other);
     let thumbnail = browser
         .wait_for(
             "the card's thumbnail",
