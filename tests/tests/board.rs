@@ -35,6 +35,40 @@ async fn step<T>(
     }
 }
 
+/// A browser signed in through a one-time link (as `flotilla dev` prints)
+/// and showing the board; the code it used.
+async fn signed_in_browser(
+    cluster: &TestCluster,
+    width: u32,
+    height: u32,
+    name: &str,
+) -> anyhow::Result<(Browser, Value)> {
+    let addr = &cluster.servers[0].addr;
+    let minted: Value = cluster
+        .http
+        .post(format!("http://{addr}/api/v1/session/codes"))
+        .bearer_auth(&cluster.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let link = format!(
+        "http://{addr}{}",
+        minted["link"].as_str().unwrap_or_default()
+    );
+    let mut browser = Browser::start(width, height).await?;
+    browser.navigate(&link).await?;
+    let signed_in = browser
+        .wait_for(
+            "the board",
+            "!document.getElementById('board').hidden && document.querySelectorAll('.column').length === 5",
+            Duration::from_secs(20),
+        )
+        .await;
+    step(&mut browser, name, signed_in).await?;
+    Ok((browser, minted["code"].clone()))
+}
+
 /// A JS expression: the card of the task titled `title` is in `column`.
 fn card_in(column: &str, title: &str) -> String {
     format!(
@@ -88,61 +122,19 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
         "640x480",
         &["foot"],
     )?;
-    // A one-time sign-in link, as `flotilla dev` prints.
-    let minted: Value = cluster
-        .http
-        .post(format!("{base}/session/codes"))
-        .bearer_auth(&cluster.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let link = format!("http://{addr}{}", minted["link"].as_str().unwrap());
-
-    let mut browser = Browser::start(1400, 1000).await?;
-    browser.navigate(&link).await?;
-    let signed_in = browser
-        .wait_for(
-            "the board",
-            "!document.getElementById('board').hidden && document.querySelectorAll('.column').length === 5",
-            Duration::from_secs(20),
-        )
-        .await;
-    step(&mut browser, "sign-in", signed_in).await?;
+    let (mut browser, code) = signed_in_browser(&cluster, 1400, 1000, "sign-in").await?;
     // The code was used: it does not sign in again.
     let again = cluster
         .http
         .post(format!("{base}/session"))
-        .json(&json!({"code": minted["code"]}))
+        .json(&json!({"code": code}))
         .send()
         .await?;
     assert_eq!(again.status().as_u16(), 401);
 
     // A second person's board, signed in with a code of their own: it
     // sees the first person's changes live.
-    let minted: Value = cluster
-        .http
-        .post(format!("{base}/session/codes"))
-        .bearer_auth(&cluster.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let mut other = Browser::start(1200, 900).await?;
-    other
-        .navigate(&format!(
-            "http://{addr}{}",
-            minted["link"].as_str().unwrap()
-        ))
-        .await?;
-    let signed_in = other
-        .wait_for(
-            "the second board",
-            "!document.getElementById('board').hidden && document.querySelectorAll('.column').length === 5",
-            Duration::from_secs(20),
-        )
-        .await;
-    step(&mut other, "other-sign-in", signed_in).await?;
+    let (mut other, _) = signed_in_browser(&cluster, 1200, 900, "other-sign-in").await?;
 
     // Create a task; it appears in Backlog (through the watch stream).
     browser
