@@ -72,6 +72,9 @@ async fn frame(socket: &mut Socket, within: Duration) -> Option<(Header, Vec<u8>
         if let Message::Binary(bytes) = message {
             let arrived = now_us();
             let (header, payload) = Header::parse(&bytes).ok()?;
+            // Acknowledged on arrival, as the board does.
+            let ack = format!(r#"{{"type":"ack","sequence":{}}}"#, header.sequence);
+            socket.send(Message::Text(ack.into())).await.ok()?;
             return Some((header, payload.to_vec(), arrived));
         }
     }

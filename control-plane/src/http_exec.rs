@@ -47,7 +47,7 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub const DEFAULT_TAIL_BYTES: u64 = 64 * 1024;
 pub const MAX_TAIL_BYTES: u64 = 16 << 20;
 /// Marks a request a follower forwarded, so it is never forwarded twice.
-const FORWARDED: &str = "x-flotilla-forwarded";
+pub(crate) const FORWARDED: &str = "x-flotilla-forwarded";
 
 pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
     Router::new()
@@ -311,6 +311,15 @@ pub(crate) async fn running_desktop(
     })
 }
 
+/// The leader's address, to forward a request to; an error on the leader
+/// itself or while there is none.
+pub(crate) fn leader_to_forward_to(control: &ControlPlane) -> Result<String, ApiError> {
+    control
+        .leader_addr()
+        .filter(|addr| *addr != control.advertise_addr)
+        .ok_or_else(|| ApiError::unavailable("no leader; retry"))
+}
+
 /// Sends the request on to the leader and streams its answer back.
 pub(crate) async fn forward(
     control: &ControlPlane,
@@ -324,16 +333,18 @@ pub(crate) async fn forward(
             "forwarded to a server that is not the leader; retry",
         ));
     }
-    let leader = control
-        .leader_addr()
-        .filter(|addr| *addr != control.advertise_addr)
-        .ok_or_else(|| ApiError::unavailable("no leader; retry"))?;
+    let leader = leader_to_forward_to(control)?;
     let client = reqwest::Client::new();
     let mut request = client
         .request(method, format!("http://{leader}{path_and_query}"))
         .header(FORWARDED, "1")
         .body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+    // The caller's credential, from its header or its session cookie
+    // (the cookie is the operator token: every server accepts it).
+    if let Some(token) = crate::http_session::session_token(headers) {
+        request = request.bearer_auth(token);
+    }
+    for name in [header::CONTENT_TYPE, header::IF_NONE_MATCH] {
         if let Some(value) = headers.get(&name) {
             request = request.header(name, value.clone());
         }
@@ -343,8 +354,10 @@ pub(crate) async fn forward(
         .await
         .map_err(|error| ApiError::unavailable(format!("reach the leader: {error}")))?;
     let mut response = Response::builder().status(answer.status().as_u16());
-    if let Some(value) = answer.headers().get(header::CONTENT_TYPE) {
-        response = response.header(header::CONTENT_TYPE, value.as_bytes());
+    for name in [header::CONTENT_TYPE, header::ETAG, header::CACHE_CONTROL] {
+        if let Some(value) = answer.headers().get(&name) {
+            response = response.header(name, value.as_bytes());
+        }
     }
     response
         .body(Body::from_stream(answer.bytes_stream()))

@@ -297,18 +297,34 @@ async fn run_stream(
     let desktop = request.desktop_id.clone();
     let node_id = settings.node_id.clone();
     let encoder_up = up.clone();
-    let encoder = tokio::task::spawn_blocking(move || {
-        let alive = || dir.join("state.json").is_file();
-        encode_loop(&gpu, &desktop, rate, &encoder_steer, &alive, |message| {
-            encoder_up
-                .blocking_send(pb::TunnelUp {
-                    node_id: node_id.clone(),
-                    session,
-                    event: Some(pb::tunnel_up::Event::Stdout(message)),
-                })
-                .is_ok()
+    // A thread of its own (not the blocking pool's: it changes cgroup).
+    let (done, encoder) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("encode-{}", request.desktop_id))
+        .spawn(move || {
+            match charge_thread_to_desktop(&dir) {
+                Ok(0) => tracing::debug!(%desktop, "the encoder's CPU stays the agent's (no cgroup v1 CPU controller for the desktop)"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%desktop, %error, "the encoder's CPU stays the agent's"),
+            }
+            let alive = || dir.join("state.json").is_file();
+            let ended = encode_loop(&gpu, &desktop, rate, &encoder_steer, &alive, |message| {
+                encoder_up
+                    .blocking_send(pb::TunnelUp {
+                        node_id: node_id.clone(),
+                        session,
+                        event: Some(pb::tunnel_up::Event::Stdout(message)),
+                    })
+                    .is_ok()
+            });
+            let _ = done.send(ended);
         })
-    });
+        .map_err(|error| format!("start the encoder: {error}"))?;
+    let encoder = async move {
+        encoder
+            .await
+            .unwrap_or_else(|_| Err("the encoder thread died".to_owned()))
+    };
     tokio::pin!(encoder);
     loop {
         tokio::select! {
@@ -333,12 +349,51 @@ async fn run_stream(
                 }
             }
             ended = &mut encoder => {
-                return ended.map_err(|e| e.to_string())?.map(|()| 0);
+                return ended.map(|()| 0);
             }
         }
     }
     steer.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
-    encoder.await.map_err(|e| e.to_string())?.map(|()| 0)
+    encoder.await.map(|()| 0)
+}
+
+/// Moves the calling thread into the CPU controllers of the desktop's
+/// cgroup, so what it burns (the desktop's encoder) is charged to the
+/// desktop and held to its CPU weight. cgroup v1 takes a thread id in a
+/// controller's `tasks` file. cgroup v2 moves threads only inside
+/// threaded subtrees, which desktops' cgroups are not: there (and without
+/// cgroups) nothing moves and 0 is returned. The state file is the
+/// agent's own, written outside the sandbox.
+fn charge_thread_to_desktop(dir: &std::path::Path) -> Result<usize, String> {
+    let state: serde_json::Value = std::fs::read(dir.join("state.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .map_err(|error| format!("read the desktop's state: {error}"))?;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let mut joined = 0;
+    let procs_files = state["cgroup_procs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for procs in procs_files.iter().filter_map(|p| p.as_str()) {
+        let procs = std::path::Path::new(procs);
+        let cpu = procs.components().any(|part| {
+            part.as_os_str()
+                .to_str()
+                .is_some_and(|name| name.split(',').any(|c| c == "cpu" || c == "cpuacct"))
+        });
+        let Some(tasks) = procs.parent().map(|cgroup| cgroup.join("tasks")) else {
+            continue;
+        };
+        if !cpu || !tasks.is_file() {
+            continue;
+        }
+        std::fs::write(&tasks, tid.to_string())
+            .map_err(|error| format!("join {}: {error}", tasks.display()))?;
+        joined += 1;
+    }
+    Ok(joined)
 }
 
 /// The encoder's loop (a blocking thread): returns when told to stop, when
@@ -366,7 +421,10 @@ fn encode_loop(
             if let Some(new) = steer.rate.take() {
                 if new != rate {
                     rate = new;
-                    encoder = None;
+                    // In place: the stream goes on without an IDR.
+                    if let Some(encoder) = encoder.as_mut() {
+                        encoder.set_rate(rate).map_err(|e| e.to_string())?;
+                    }
                 }
             }
             std::mem::take(&mut steer.keyframe)

@@ -85,6 +85,8 @@ pub struct H264 {
     settings: Settings,
     /// The next frame must be an IDR.
     keyframe_due: bool,
+    /// It encoded a frame (openh264 initialised itself).
+    started: bool,
 }
 
 /// One encoded access unit.
@@ -120,6 +122,7 @@ impl H264 {
             height,
             settings,
             keyframe_due: true,
+            started: false,
         })
     }
 
@@ -129,6 +132,49 @@ impl H264 {
 
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// Changes the target bitrate and frame rate in place: the stream
+    /// goes on without a new IDR.
+    pub fn set_rate(&mut self, settings: Settings) -> Result<(), EncodeError> {
+        if settings == self.settings {
+            return Ok(());
+        }
+        if !self.started {
+            // Not initialised yet (openh264 sets up on the first frame):
+            // a new encoder with the new settings costs nothing.
+            *self = H264::new(self.width, self.height, settings)?;
+            return Ok(());
+        }
+        let mut bitrate = openh264_sys2::SBitrateInfo {
+            iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+            iBitrate: i32::try_from(settings.bitrate_bps).unwrap_or(i32::MAX),
+        };
+        let mut fps = settings.max_fps;
+        // SAFETY: the encoder is initialised (it encoded a frame); both
+        // options take a pointer to the type passed, which outlives the
+        // call. Neither changes the picture size the crate relies on.
+        let (a, b) = unsafe {
+            let api = self.encoder.raw_api();
+            (
+                api.set_option(
+                    openh264_sys2::ENCODER_OPTION_BITRATE,
+                    std::ptr::addr_of_mut!(bitrate).cast(),
+                ),
+                api.set_option(
+                    openh264_sys2::ENCODER_OPTION_FRAME_RATE,
+                    std::ptr::addr_of_mut!(fps).cast(),
+                ),
+            )
+        };
+        if a != 0 || b != 0 {
+            return Err(EncodeError::H264(format!(
+                "changing the rate to {} bps at {} fps: error {a}/{b}",
+                settings.bitrate_bps, settings.max_fps
+            )));
+        }
+        self.settings = settings;
+        Ok(())
     }
 
     /// The next frame will be an IDR.
@@ -153,6 +199,7 @@ impl H264 {
             .map_err(|e| EncodeError::H264(e.to_string()))?;
         // Only an IDR resets the decoder's references (a scene-change I
         // frame does not).
+        self.started = true;
         let keyframe = matches!(stream.frame_type(), FrameType::IDR);
         let data = stream.to_vec();
         if keyframe {
@@ -321,6 +368,69 @@ mod tests {
         // A decoder joining at the IDR decodes from there.
         let mut late = H264Decoder::new().unwrap();
         assert!(late.decode_rgb(&third.data).unwrap().is_some());
+    }
+
+    /// An I420 frame of random 8×8 grey blocks, half of them new in
+    /// each `seed` (a busy screen).
+    fn noise(width: u32, height: u32, seed: u32) -> Vec<u8> {
+        let block = |bx: u32, by: u32| {
+            let fresh = if (bx * 7 + by * 3 + seed).is_multiple_of(2) {
+                seed
+            } else {
+                0
+            };
+            let mut state = by.wrapping_mul(2_654_435_761) ^ bx ^ fresh.wrapping_mul(40_503);
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let mut out = vec![128; i420_len(width, height)];
+        for y in 0..height {
+            for x in 0..width {
+                out[(y * width + x) as usize] = block(x / 8, y / 8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_rate_changes_without_a_keyframe_and_the_bytes_follow() {
+        let high = Settings {
+            bitrate_bps: 4_000_000,
+            max_fps: 30.0,
+        };
+        let mut encoder = H264::new(320, 240, high).unwrap();
+        let mut decoder = H264Decoder::new().unwrap();
+        let mut run = |encoder: &mut H264, seeds: std::ops::Range<u32>| {
+            let (mut bytes, mut keyframes) = (0, 0);
+            for seed in seeds {
+                let encoded = encoder.encode(&noise(320, 240, seed)).unwrap();
+                if encoded.data.is_empty() {
+                    continue;
+                }
+                bytes += encoded.data.len();
+                keyframes += usize::from(encoded.keyframe);
+                decoder.decode_rgb(&encoded.data).unwrap();
+            }
+            (bytes, keyframes)
+        };
+        run(&mut encoder, 0..5);
+        let (at_high, _) = run(&mut encoder, 5..35);
+        encoder
+            .set_rate(Settings {
+                bitrate_bps: 200_000,
+                max_fps: 15.0,
+            })
+            .unwrap();
+        assert_eq!(encoder.settings().bitrate_bps, 200_000);
+        run(&mut encoder, 35..40);
+        let (at_low, keyframes) = run(&mut encoder, 40..70);
+        assert_eq!(keyframes, 0, "a rate change is not an IDR");
+        // 30 frames at 15 per second are 2 s: 50 kB at 200 kbps.
+        assert!(
+            at_low < 75_000 && at_low * 2 < at_high,
+            "at 200 kbps {at_low} bytes, at 4 Mbps {at_high}"
+        );
     }
 
     #[test]

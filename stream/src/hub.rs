@@ -1,33 +1,57 @@
 //! One desktop's fan-out: frames are published once and every viewer
-//! gets them through its own small queue.
+//! gets them through its own small queue, paced by its acknowledgements.
 //!
 //! - A viewer joins waiting for a keyframe (it cannot decode anything
 //!   else first), and joining asks the encoder for one at once.
-//! - A viewer whose queue is full (it reads slower than frames come) has
-//!   its queue emptied and waits for the next keyframe, which is asked
-//!   for: its latency never grows past [`QUEUE`] frames, and the others
-//!   are never held up by it.
-//! - Text events (who has control) go to every viewer, never dropped
-//!   behind frames but bounded too.
+//! - A viewer acknowledges the frames it received (by sequence); at most
+//!   [`WINDOW`] frames are ever sent and not yet acknowledged. TCP's own
+//!   buffers (megabytes on a fast link, seconds of video on a slow one)
+//!   therefore never hold more than that window: a slow link cannot
+//!   build up lag (Helix's 30-45 s).
+//! - Behind the window each viewer has a queue of [`QUEUE`] frames. A
+//!   viewer whose queue is full (it drains slower than frames come) has
+//!   it emptied, is told how many frames it skipped, and waits for the
+//!   next keyframe: its latency never grows past `WINDOW + QUEUE` frames,
+//!   and the others are never held up by it.
+//! - Keyframes cost every viewer bandwidth, so the asks are paced: a
+//!   joining viewer's at most every [`JOIN_KEYFRAME_GAP`], a skipping or
+//!   failing viewer's at most every [`DROP_KEYFRAME_GAP`].
+//! - Text events (who has control, skipped frames, the stream's rate) go
+//!   to every viewer, outside the window, never dropped behind frames but
+//!   bounded too.
 //! - One viewer at a time may hold control (input); taking it is
 //!   announced to everyone.
+//! - [`Hub::stats`] tells the feeder what each viewer drained and lost,
+//!   so it can fit the encoder's rate to the slowest viewer that keeps up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// Frames queued per viewer.
+/// Frames queued per viewer, behind its window.
 pub const QUEUE: usize = 4;
+/// Frames sent to a viewer and not yet acknowledged, at most. Six frames
+/// at 30 per second cover a 200 ms round trip at full rate.
+pub const WINDOW: usize = 6;
 /// Text events queued per viewer.
 const EVENTS: usize = 32;
+/// Shortest time between keyframes asked for by joining viewers.
+pub const JOIN_KEYFRAME_GAP: Duration = Duration::from_millis(100);
+/// Shortest time between keyframes asked for by viewers that skipped
+/// frames or whose decoder failed.
+pub const DROP_KEYFRAME_GAP: Duration = Duration::from_secs(1);
 
 /// What a viewer receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// One frame message ([`crate::frame`]).
-    Frame { data: Arc<Vec<u8>>, keyframe: bool },
+    Frame {
+        data: Arc<Vec<u8>>,
+        keyframe: bool,
+        sequence: u64,
+    },
     /// A JSON event.
     Text(String),
 }
@@ -36,8 +60,12 @@ pub enum Message {
 struct QueueState {
     frames: VecDeque<Message>,
     events: VecDeque<Message>,
+    /// Sent, not yet acknowledged: (sequence, bytes).
+    in_flight: VecDeque<(u64, usize)>,
     waiting_keyframe: bool,
     dropped: u64,
+    acked_frames: u64,
+    acked_bytes: u64,
     closed: bool,
 }
 
@@ -52,13 +80,26 @@ impl Queue {
     }
 }
 
+/// A pending ask for a keyframe and who made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyframeAsk {
+    /// A viewer skipped frames or its decoder failed.
+    Recover,
+    /// A viewer joined.
+    Join,
+}
+
 #[derive(Default)]
 struct Inner {
     viewers: HashMap<u64, (String, Arc<Queue>)>,
     next_id: u64,
     controller: Option<u64>,
-    keyframe_wanted: bool,
+    keyframe_wanted: Option<KeyframeAsk>,
+    /// When a keyframe was last asked of the encoder.
+    keyframe_asked: Option<Instant>,
     last_drop: Option<Instant>,
+    /// Bytes of frames published so far.
+    published_bytes: u64,
     closed: bool,
 }
 
@@ -69,6 +110,15 @@ pub struct Hub {
     /// Wakes whoever feeds the hub: a keyframe is wanted, or the viewers
     /// changed.
     pub changed: Notify,
+}
+
+/// What one viewer has drained and lost since it joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewerStats {
+    pub id: u64,
+    pub acked_frames: u64,
+    pub acked_bytes: u64,
+    pub dropped: u64,
 }
 
 /// A viewer's end. Dropping it leaves the hub (and gives up control).
@@ -102,7 +152,7 @@ impl Hub {
             inner.next_id += 1;
             let id = inner.next_id;
             inner.viewers.insert(id, (name.to_owned(), queue.clone()));
-            inner.keyframe_wanted = true;
+            inner.keyframe_wanted = inner.keyframe_wanted.max(Some(KeyframeAsk::Join));
             let event = control_event(&inner);
             push_event(&queue, event);
             id
@@ -120,15 +170,41 @@ impl Hub {
         self.lock().viewers.len()
     }
 
-    /// Whether a keyframe was asked for since the last call (and forgets
-    /// the ask).
-    pub fn take_keyframe_request(&self) -> bool {
-        std::mem::take(&mut self.lock().keyframe_wanted)
+    /// When the pending keyframe ask may go to the encoder (now or
+    /// later, by the gaps above); None when nothing is asked.
+    pub fn keyframe_due(&self) -> Option<Instant> {
+        let inner = self.lock();
+        let gap = match inner.keyframe_wanted? {
+            KeyframeAsk::Join => JOIN_KEYFRAME_GAP,
+            KeyframeAsk::Recover => DROP_KEYFRAME_GAP,
+        };
+        Some(
+            inner
+                .keyframe_asked
+                .map_or_else(Instant::now, |at| at + gap),
+        )
     }
 
-    /// Asks the feeder for a keyframe (a viewer's decoder failed).
+    /// Whether a keyframe should be asked of the encoder now; if so the
+    /// ask is taken (and the time noted).
+    pub fn take_keyframe_request(&self) -> bool {
+        let due = self.keyframe_due();
+        let mut inner = self.lock();
+        if due.is_none_or(|at| at > Instant::now()) {
+            return false;
+        }
+        inner.keyframe_wanted = None;
+        inner.keyframe_asked = Some(Instant::now());
+        true
+    }
+
+    /// Asks the feeder for a keyframe (a viewer's decoder failed); paced
+    /// by [`DROP_KEYFRAME_GAP`].
     pub fn request_keyframe(&self) {
-        self.lock().keyframe_wanted = true;
+        {
+            let mut inner = self.lock();
+            inner.keyframe_wanted = inner.keyframe_wanted.max(Some(KeyframeAsk::Recover));
+        }
         self.changed.notify_one();
     }
 
@@ -137,9 +213,33 @@ impl Hub {
         self.lock().last_drop
     }
 
+    /// Bytes of frames published so far.
+    pub fn published_bytes(&self) -> u64 {
+        self.lock().published_bytes
+    }
+
+    /// Every viewer's counts.
+    pub fn stats(&self) -> Vec<ViewerStats> {
+        let inner = self.lock();
+        inner
+            .viewers
+            .iter()
+            .map(|(id, (_, queue))| {
+                let state = queue.lock();
+                ViewerStats {
+                    id: *id,
+                    acked_frames: state.acked_frames,
+                    acked_bytes: state.acked_bytes,
+                    dropped: state.dropped,
+                }
+            })
+            .collect()
+    }
+
     /// Sends a frame to every viewer that can use it.
-    pub fn publish(&self, data: Arc<Vec<u8>>, keyframe: bool) {
+    pub fn publish(&self, data: Arc<Vec<u8>>, keyframe: bool, sequence: u64) {
         let mut inner = self.lock();
+        inner.published_bytes += data.len() as u64;
         let mut dropped = false;
         for (_, queue) in inner.viewers.values() {
             let mut state = queue.lock();
@@ -148,12 +248,23 @@ impl Hub {
             }
             if state.frames.len() >= QUEUE {
                 // Behind: what it has is stale. Start again at a keyframe.
-                state.dropped += state.frames.len() as u64;
+                let mut skipped = state.frames.len() as u64;
                 state.frames.clear();
                 dropped = true;
                 if !keyframe {
                     state.waiting_keyframe = true;
-                    state.dropped += 1;
+                    skipped += 1;
+                }
+                state.dropped += skipped;
+                if state.events.len() >= EVENTS {
+                    state.events.pop_front();
+                }
+                state.events.push_back(Message::Text(
+                    serde_json::json!({"type": "skipped", "frames": skipped}).to_string(),
+                ));
+                if !keyframe {
+                    drop(state);
+                    queue.notify.notify_one();
                     continue;
                 }
             }
@@ -161,12 +272,13 @@ impl Hub {
             state.frames.push_back(Message::Frame {
                 data: data.clone(),
                 keyframe,
+                sequence,
             });
             drop(state);
             queue.notify.notify_one();
         }
         if dropped {
-            inner.keyframe_wanted = true;
+            inner.keyframe_wanted = inner.keyframe_wanted.max(Some(KeyframeAsk::Recover));
             inner.last_drop = Some(Instant::now());
             drop(inner);
             self.changed.notify_one();
@@ -232,8 +344,9 @@ impl Viewer {
         self.id
     }
 
-    /// The next message: events first, then frames in order; None once
-    /// the hub closed and everything was read.
+    /// The next message: events first, then frames in order while fewer
+    /// than [`WINDOW`] are unacknowledged; None once the hub closed and
+    /// everything that may be sent was read.
     pub async fn next(&self) -> Option<Message> {
         loop {
             {
@@ -241,8 +354,14 @@ impl Viewer {
                 if let Some(event) = state.events.pop_front() {
                     return Some(event);
                 }
-                if let Some(frame) = state.frames.pop_front() {
-                    return Some(frame);
+                if state.in_flight.len() < WINDOW {
+                    if let Some(frame) = state.frames.pop_front() {
+                        if let Message::Frame { data, sequence, .. } = &frame {
+                            let entry = (*sequence, data.len());
+                            state.in_flight.push_back(entry);
+                        }
+                        return Some(frame);
+                    }
                 }
                 if state.closed {
                     return None;
@@ -250,6 +369,28 @@ impl Viewer {
             }
             self.queue.notify.notified().await;
         }
+    }
+
+    /// The viewer received every frame up to `sequence`: they leave its
+    /// window. Sequences it was never sent change nothing.
+    pub fn ack(&self, sequence: u64) {
+        let mut state = self.queue.lock();
+        let mut freed = false;
+        while state.in_flight.front().is_some_and(|(s, _)| *s <= sequence) {
+            let (_, bytes) = state.in_flight.pop_front().expect("checked");
+            state.acked_frames += 1;
+            state.acked_bytes += bytes as u64;
+            freed = true;
+        }
+        drop(state);
+        if freed {
+            self.queue.notify.notify_one();
+        }
+    }
+
+    /// Frames sent to this viewer and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.queue.lock().in_flight.len()
     }
 
     /// Frames this viewer lost by falling behind.
@@ -306,16 +447,21 @@ impl Drop for Viewer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
-    fn frame(n: u8, keyframe: bool) -> (Arc<Vec<u8>>, bool) {
-        (Arc::new(vec![n]), keyframe)
+    fn publish(hub: &Hub, n: u8, keyframe: bool) {
+        hub.publish(Arc::new(vec![n]), keyframe, u64::from(n));
     }
 
+    /// The next `count` frames' first bytes, each acknowledged.
     async fn frames(viewer: &Viewer, count: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while out.len() < count {
             match viewer.next().await {
-                Some(Message::Frame { data, .. }) => out.push(data[0]),
+                Some(Message::Frame { data, sequence, .. }) => {
+                    out.push(data[0]);
+                    viewer.ack(sequence);
+                }
                 Some(Message::Text(_)) => {}
                 None => break,
             }
@@ -323,44 +469,106 @@ mod tests {
         out
     }
 
+    /// Whatever the viewer may be sent now (not acknowledged).
+    fn ready(viewer: &Viewer) -> (Vec<u8>, Vec<serde_json::Value>) {
+        let (mut frames, mut events) = (Vec::new(), Vec::new());
+        while let Some(Some(message)) = viewer.next().now_or_never() {
+            match message {
+                Message::Frame { data, .. } => frames.push(data[0]),
+                Message::Text(text) => events.push(serde_json::from_str(&text).unwrap()),
+            }
+        }
+        (frames, events)
+    }
+
     #[tokio::test]
     async fn a_joining_viewer_starts_at_a_keyframe_and_a_slow_one_skips_to_the_next() {
         let hub = Hub::new();
         let fast = hub.join("fast");
         assert!(hub.take_keyframe_request(), "joining asks for a keyframe");
-        let (d, k) = frame(1, false);
-        hub.publish(d, k); // not decodable yet: skipped
-        let (d, k) = frame(2, true);
-        hub.publish(d, k);
-        let (d, k) = frame(3, false);
-        hub.publish(d, k);
+        publish(&hub, 1, false); // not decodable yet: skipped
+        publish(&hub, 2, true);
+        publish(&hub, 3, false);
         assert_eq!(frames(&fast, 2).await, vec![2, 3]);
 
         let slow = hub.join("slow");
-        assert!(hub.take_keyframe_request());
-        let (d, k) = frame(4, true);
-        hub.publish(d, k);
+        assert!(hub.keyframe_due().is_some(), "joining asks for a keyframe");
+        publish(&hub, 4, true);
         // The slow viewer reads nothing while frames 5..=12 come; the fast
         // one reads each.
         let mut fast_seen = frames(&fast, 1).await;
         for n in 5..=12 {
-            let (d, k) = frame(n, false);
-            hub.publish(d, k);
+            publish(&hub, n, false);
             fast_seen.extend(frames(&fast, 1).await);
         }
         assert_eq!(fast_seen, (4..=12).collect::<Vec<_>>());
         assert!(slow.dropped() > 0);
-        assert!(hub.take_keyframe_request(), "a drop asks for a keyframe");
         assert!(hub.last_drop().is_some());
-        // It never holds more than QUEUE frames, and resumes at a keyframe.
-        let (d, k) = frame(13, true);
-        hub.publish(d, k);
-        let seen = frames(&slow, 1).await;
+        // It never holds more than QUEUE frames, was told what it
+        // skipped, and resumes at a keyframe.
+        publish(&hub, 13, true);
+        let (seen, events) = ready(&slow);
+        assert!(events.iter().any(|e| e["type"] == "skipped"), "{events:?}");
         assert_eq!(
             seen,
             vec![13],
             "after the drop the slow viewer resumes at the keyframe"
         );
+        assert_eq!(fast.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_that_does_not_acknowledge_gets_a_window_of_frames_then_the_newest() {
+        let hub = Hub::new();
+        let viewer = hub.join("far away");
+        publish(&hub, 1, true);
+        let mut sent = ready(&viewer).0;
+        for n in 2..=20 {
+            publish(&hub, n, false);
+            sent.extend(ready(&viewer).0);
+        }
+        // Only WINDOW frames are sent unacknowledged; the rest waited,
+        // overflowed and were dropped.
+        assert_eq!(sent, (1..=WINDOW as u8).collect::<Vec<_>>());
+        assert_eq!(viewer.in_flight(), WINDOW);
+        assert!(viewer.dropped() > 0);
+        // Acknowledging an unknown (older) sequence frees nothing.
+        viewer.ack(0);
+        assert_eq!(ready(&viewer).0, Vec::<u8>::new());
+        // It catches up: the next thing it gets is the next keyframe, not
+        // the stale frames.
+        viewer.ack(WINDOW as u64);
+        assert_eq!(viewer.in_flight(), 0);
+        publish(&hub, 21, false);
+        publish(&hub, 22, true);
+        publish(&hub, 23, false);
+        assert_eq!(ready(&viewer).0, vec![22, 23]);
+        let stats = hub.stats();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].acked_frames, WINDOW as u64);
+        assert_eq!(stats[0].acked_bytes, WINDOW as u64);
+        // A closed hub ends the viewer even with frames unacknowledged.
+        hub.close();
+        assert_eq!(ready(&viewer).0, Vec::<u8>::new());
+        assert!(viewer.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn keyframe_asks_are_paced() {
+        let hub = Hub::new();
+        let _a = hub.join("a");
+        assert!(hub.take_keyframe_request(), "the first join: at once");
+        assert!(!hub.take_keyframe_request(), "asked once");
+        let _b = hub.join("b");
+        let due = hub.keyframe_due().expect("b's join is pending");
+        assert!(due > Instant::now() && due <= Instant::now() + JOIN_KEYFRAME_GAP);
+        tokio::time::sleep(JOIN_KEYFRAME_GAP).await;
+        assert!(hub.take_keyframe_request());
+        // A decoder failure waits the longer gap.
+        hub.request_keyframe();
+        assert!(!hub.take_keyframe_request());
+        let due = hub.keyframe_due().expect("pending");
+        assert!(due > Instant::now() + DROP_KEYFRAME_GAP / 2);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! {"type":"take_control"}                    take the keyboard and mouse (announced to all)
 //! {"type":"release_control"}                 hand them back (every held key released)
 //! {"type":"keyframe"}                        ask for a keyframe (a decoder error)
+//! {"type":"ack","sequence":N}                 every frame up to sequence N arrived (see below)
 //! {"type":"key","code":"KeyA","down":true}   a physical key (KeyboardEvent.code)
 //! {"type":"motion","x":10,"y":20}            pointer, output pixels
 //! {"type":"button","button":0,"down":true}   MouseEvent.button: 0 left, 1 middle, 2 right, 3 back, 4 forward
@@ -12,6 +13,11 @@
 //! {"type":"paste","text":"..."}              typed through the desktop's keymap (at most 4096 characters)
 //! {"type":"release_all"}                     every held key and button up (sent on blur)
 //! ```
+//!
+//! Acknowledgements pace the stream: the server sends at most
+//! [`crate::hub::WINDOW`] frames that are not yet acknowledged, so a
+//! viewer acknowledges each frame (or every few) as it receives it; one
+//! that never does gets that many frames and then only events.
 //!
 //! Anything else — unknown types or fields, unknown key codes, numbers
 //! out of range, text too long — is refused with a reason and changes
@@ -30,6 +36,9 @@ pub enum ViewerMessage {
     TakeControl,
     ReleaseControl,
     Keyframe,
+    Ack {
+        sequence: u64,
+    },
     Key {
         code: String,
         down: bool,
@@ -91,7 +100,10 @@ impl ViewerMessage {
     pub fn is_input(&self) -> bool {
         !matches!(
             self,
-            ViewerMessage::TakeControl | ViewerMessage::ReleaseControl | ViewerMessage::Keyframe
+            ViewerMessage::TakeControl
+                | ViewerMessage::ReleaseControl
+                | ViewerMessage::Keyframe
+                | ViewerMessage::Ack { .. }
         )
     }
 

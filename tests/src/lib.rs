@@ -604,14 +604,11 @@ impl AgentProcess {
             (hasher.finish() % 10_000) as u32
         };
         let bridge = format!("fs{id}");
+        let join: Vec<&str> = cluster.servers.iter().map(|s| s.addr.as_str()).collect();
+        let join = join.join(",");
         let mut command = std::process::Command::new(flotilla_bin());
         command
-            .args([
-                "node-agent",
-                "--join",
-                &cluster.servers[0].addr,
-                "--token-file",
-            ])
+            .args(["node-agent", "--join", &join, "--token-file"])
             .arg(cluster.servers[0].data_dir.join("node-join.token"))
             .args(["--name", name, "--data-dir"])
             .arg(data)

@@ -4,6 +4,8 @@
 //! The frames are decoded with openh264 and compared with the desktop's
 //! screenshot; typing over the WebSocket runs in foot's shell.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_stream::encode::H264Decoder;
@@ -30,6 +32,18 @@ async fn connect(addr: &str, token: &str, desktop: &str, name: &str) -> Socket {
     socket
 }
 
+/// Tells the server every frame up to `sequence` arrived.
+async fn ack(socket: &mut Socket, sequence: u64) {
+    socket
+        .send(Message::Text(
+            json!({"type": "ack", "sequence": sequence})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("send an ack");
+}
+
 /// The next message within 20 s: a frame (header, payload) or an event.
 enum Got {
     Frame(Header, Vec<u8>),
@@ -46,6 +60,7 @@ async fn next(socket: &mut Socket) -> Got {
         match message {
             Message::Binary(bytes) => {
                 let (header, payload) = Header::parse(&bytes).expect("a frame message");
+                ack(socket, header.sequence).await;
                 return Got::Frame(header, payload.to_vec());
             }
             Message::Text(text) => return Got::Event(serde_json::from_str(&text).unwrap()),
@@ -101,7 +116,7 @@ async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() 
     let addr = cluster.servers[0].addr.clone();
     let base = format!("http://{addr}/api/v1");
     let log = cluster.root.path().join("agent.log");
-    let _agent = AgentProcess::start_with_sessions(
+    let agent = AgentProcess::start_with_sessions(
         &cluster,
         "stream-node",
         &cluster.root.path().join("agent"),
@@ -194,6 +209,19 @@ async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() 
                 rgb = decoded;
             }
         }
+    }
+
+    // The encoder (a thread of the agent) is charged to the desktop's CPU
+    // cgroup, where the host has cgroup v1 (v2 moves whole processes).
+    if let Some(charged) = encoder_threads_in_desktop_cgroup(
+        &cluster.root.path().join("agent"),
+        &desktop,
+        agent.child.id(),
+    ) {
+        assert!(
+            !charged.is_empty(),
+            "no thread of the agent is in the desktop's CPU cgroup"
+        );
     }
 
     // A second viewer joins: it gets a keyframe at once, and sees who
@@ -350,6 +378,36 @@ async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() 
     let end = next_event(&mut alice, "end").await;
     assert!(end["reason"].is_string(), "{end}");
     Ok(())
+}
+
+/// The agent's threads in the desktop's cgroup v1 CPU controller; None
+/// where desktops have none (cgroup v2, no cgroups).
+fn encoder_threads_in_desktop_cgroup(
+    agent_data: &std::path::Path,
+    desktop: &str,
+    agent_pid: u32,
+) -> Option<Vec<String>> {
+    let dir = std::fs::read_dir(agent_data.join("desktops"))
+        .ok()?
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with(desktop))?;
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).ok()?).ok()?;
+    let procs = state["cgroup_procs"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| p.as_str())
+        .find(|p| p.contains("/cpu,") || p.contains("/cpu/"))?
+        .to_owned();
+    let tasks = std::path::Path::new(&procs).parent()?.join("tasks");
+    let tasks = std::fs::read_to_string(tasks).ok()?;
+    Some(
+        tasks
+            .lines()
+            .filter(|tid| std::path::Path::new(&format!("/proc/{agent_pid}/task/{tid}")).exists())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// The centre pixel of a decoded frame is not the compositor's background:
@@ -510,5 +568,202 @@ async fn the_stream_comes_back_after_the_node_agent_restarts() -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(agent);
+    Ok(())
+}
+
+/// What the fast viewer's reader saw.
+#[derive(Default)]
+struct Seen {
+    frames: AtomicU64,
+    latest: AtomicU64,
+    skipped: AtomicU64,
+    /// The lowest frame rate announced (u64::MAX: none).
+    lowest_fps: AtomicU64,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_viewer_skips_ahead_while_another_keeps_full_rate_through_a_follower(
+) -> anyhow::Result<()> {
+    if !netns::available()? {
+        return Ok(());
+    }
+    let have_foot = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
+    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+        assert!(std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none());
+        return Ok(());
+    }
+    let cluster = TestCluster::start(3, ServerFlags(vec![])).await?;
+    let leader_id = cluster.leader().await?;
+    let leader = cluster
+        .servers
+        .iter()
+        .find(|s| s.node_id == leader_id)
+        .expect("the leader")
+        .addr
+        .clone();
+    let follower = cluster
+        .servers
+        .iter()
+        .find(|s| s.node_id != leader_id)
+        .expect("three servers")
+        .addr
+        .clone();
+    let base = format!("http://{follower}/api/v1");
+    let log = cluster.root.path().join("agent.log");
+    let _agent = AgentProcess::start_with_sessions(
+        &cluster,
+        "relay-node",
+        &cluster.root.path().join("agent"),
+        &log,
+        "640x480",
+        &["foot"],
+    )?;
+    let token = cluster.token.clone();
+    let http = &cluster.http;
+    let task: Value = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "busy", "column": "planning"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let desktop = flotilla_tests::wait_for_running_desktop(http, &base, &token, &task_id).await?;
+
+    // Through the follower: an unknown desktop is refused before any
+    // upgrade.
+    let response = http
+        .get(format!("{base}/desktops/dt-nope/stream"))
+        .bearer_auth(&token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 404);
+
+    // The fast viewer watches through the follower (relayed to the
+    // leader) until foot shows, then keeps it busy: a line every 20 ms.
+    let mut fast = connect(&follower, &token, &desktop, "fast").await;
+    let mut decoder = H264Decoder::new()?;
+    let started = Instant::now();
+    loop {
+        let (_, payload) = next_frame(&mut fast).await;
+        if let Ok(Some((w, h, rgb))) = decoder.decode_rgb(&payload) {
+            if shows_terminal(w, h, &rgb) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "foot never showed\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    // A thumbnail, signed in by the board's cookie, comes with its ETag
+    // (304 when asked again), forwarded too.
+    let thumbnail = |etag: Option<String>| {
+        let mut request = http
+            .get(format!("{base}/desktops/{desktop}/thumbnail?width=160"))
+            .header("cookie", format!("flotilla_session={token}"));
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send()
+    };
+    let response = thumbnail(None).await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let etag = response.headers()["etag"].to_str()?.to_owned();
+    assert_eq!(&response.bytes().await?[..2], &[0xff, 0xd8]);
+    assert_eq!(thumbnail(Some(etag)).await?.status().as_u16(), 304);
+
+    for message in [
+        json!({"type": "take_control"}),
+        json!({"type": "paste", "text": "while :; do date +%s.%N; sleep 0.02; done\n"}),
+    ] {
+        fast.send(Message::Text(message.to_string().into())).await?;
+    }
+    let seen = Arc::new(Seen {
+        lowest_fps: AtomicU64::new(u64::MAX),
+        ..Seen::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(message) =
+                    tokio::time::timeout(Duration::from_millis(200), fast.next()).await
+                else {
+                    continue;
+                };
+                match message.expect("the stream is open").expect("a message") {
+                    Message::Binary(bytes) => {
+                        let (header, _) = Header::parse(&bytes).expect("a frame");
+                        ack(&mut fast, header.sequence).await;
+                        seen.frames.fetch_add(1, Ordering::SeqCst);
+                        seen.latest.fetch_max(header.sequence, Ordering::SeqCst);
+                    }
+                    Message::Text(text) => {
+                        let event: Value = serde_json::from_str(&text).unwrap();
+                        match event["type"].as_str() {
+                            Some("skipped") => {
+                                seen.skipped.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Some("rate") => {
+                                seen.lowest_fps
+                                    .fetch_min(event["fps"].as_u64().unwrap(), Ordering::SeqCst);
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            fast
+        })
+    };
+
+    // The stalled viewer, straight to the leader: one frame, then it
+    // reads nothing for four seconds while the screen keeps changing.
+    let mut stalled = connect(&leader, &token, &desktop, "stalled").await;
+    let (header, _) = next_frame(&mut stalled).await;
+    assert!(header.keyframe);
+    let frames_before = seen.frames.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = seen.frames.load(Ordering::SeqCst) - frames_before;
+    let resumed_at = seen.latest.load(Ordering::SeqCst);
+    assert!(during > 10, "the fast viewer got {during} frames in 4 s");
+
+    // Back: it gets at most its window of old frames and its queue before
+    // it is at least where the fast viewer was when it came back, and it
+    // is told what it skipped.
+    let limit = flotilla_stream::hub::WINDOW + flotilla_stream::hub::QUEUE + 1;
+    let (mut stale, mut skipped) = (0, false);
+    loop {
+        match next(&mut stalled).await {
+            Got::Frame(header, _) if header.sequence >= resumed_at => break,
+            Got::Frame(..) => {
+                stale += 1;
+                assert!(stale <= limit, "{stale} stale frames after the stall");
+            }
+            Got::Event(event) => skipped |= event["type"] == "skipped",
+        }
+    }
+    assert!(skipped, "the stalled viewer was not told it skipped frames");
+    eprintln!("{stale} stale frames after a 4 s stall; the fast viewer got {during} meanwhile");
+
+    // The fast viewer lost nothing and its rate was never lowered.
+    stop.store(true, Ordering::SeqCst);
+    let _fast = reader.await?;
+    assert_eq!(seen.skipped.load(Ordering::SeqCst), 0);
+    let lowest = seen.lowest_fps.load(Ordering::SeqCst);
+    assert!(
+        lowest == u64::MAX || lowest == 30,
+        "the rate went down to {lowest} fps"
+    );
     Ok(())
 }

@@ -354,6 +354,12 @@ function onEvent(event) {
     setTimeout(() => { $('desktop-error').textContent = ''; }, 4000);
   } else if (event.type === 'end') {
     $('desktop-state').textContent = 'ended: ' + event.reason;
+  } else if (event.type === 'rate') {
+    $('desktop-state').textContent = event.fps >= 30 && event.bitrate >= 4000000 ? 'live'
+      : 'live · ' + (event.bitrate / 1e6).toFixed(1) + ' Mbit/s, ' + event.fps + ' fps (a viewer\'s link is slow)';
+  } else if (event.type === 'skipped') {
+    $('desktop-error').textContent = 'your connection fell behind: skipped ' + event.frames + ' frames';
+    setTimeout(() => { $('desktop-error').textContent = ''; }, 4000);
   }
 }
 
@@ -387,6 +393,9 @@ function codecOf(payload) {
 
 function onFrame(buffer) {
   const frame = parseFrame(buffer);
+  // The server sends a few frames ahead of these acknowledgements, never
+  // more: a slow link cannot build up lag in its buffers.
+  send({ type: 'ack', sequence: frame.sequence });
   if (frame.kind !== 1 || view.jpegTimer) return;
   if (!('VideoDecoder' in window)) return startJpegFallback();
   if (view.waitingKey && !frame.keyframe) return;

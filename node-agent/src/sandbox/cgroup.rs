@@ -417,8 +417,12 @@ impl Cgroup {
                 let _ = fs::write(&kill, "1");
             }
         }
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() } as u32;
         loop {
-            let pids = self.pids();
+            // Never the agent itself (one of its threads may be charged
+            // here: a desktop's encoder).
+            let pids: Vec<u32> = self.pids().into_iter().filter(|pid| *pid != me).collect();
             if pids.is_empty() {
                 return Ok(());
             }
@@ -442,6 +446,7 @@ impl Cgroup {
         self.kill_all(timeout)?;
         let deadline = Instant::now() + timeout;
         for dir in self.scope.dirs(&self.name) {
+            evict_own_threads(&dir);
             loop {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
@@ -459,6 +464,24 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// Moves this process's threads out of the v1 cgroup `dir` into its
+/// parent (a desktop's encoder thread is charged to the desktop's CPU
+/// controllers and may outlive it by a moment); a cgroup with tasks in it
+/// cannot be removed.
+fn evict_own_threads(dir: &Path) {
+    let Ok(tasks) = fs::read_to_string(dir.join("tasks")) else {
+        return;
+    };
+    let Some(parent) = dir.parent() else {
+        return;
+    };
+    for tid in tasks.lines().map(str::trim) {
+        if Path::new("/proc/self/task").join(tid).exists() {
+            let _ = fs::write(parent.join("tasks"), tid);
+        }
     }
 }
 
