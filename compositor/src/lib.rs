@@ -4,13 +4,14 @@
 //!
 //! Globals: compositor, subcompositor, xdg-shell (toplevels maximised or
 //! tiled, see [`Layout`]; popups kept inside the output), server-side
-//! xdg-decoration, wl_shm, a seat with keyboard and pointer, data device
+//! xdg-decoration (a title bar with the window's title, [`decoration`]), wl_shm, a seat with keyboard and pointer, data device
 //! and primary selection, wl_output with xdg-output, fractional scale
 //! (1.0) and presentation-time. Rendering only on damage; frame callbacks
 //! and presentation feedback after each composed frame. The control
 //! socket ([`control`]) drives input, focus and the output's size.
 
 pub mod control;
+pub mod decoration;
 pub mod gpu_output;
 pub mod keymap;
 pub mod session;
@@ -137,6 +138,11 @@ pub struct State {
     window_ids:
         std::collections::HashMap<smithay::reexports::wayland_server::backend::ObjectId, u32>,
     next_window_id: u32,
+    /// Toplevels whose clients asked for server-side decorations (they
+    /// get a title bar), by surface.
+    decorated: std::collections::HashSet<smithay::reexports::wayland_server::backend::ObjectId>,
+    /// Each title bar's last upload: (title, focused, width), by key.
+    bars: std::collections::HashMap<u64, (String, bool, u32)>,
     /// What each control connection holds down: evdev keys and buttons.
     held: std::collections::HashMap<u64, (Vec<u32>, Vec<u32>)>,
     keymap: keymap::Keymap,
@@ -271,6 +277,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         pending_focus: None,
         window_ids: std::collections::HashMap::new(),
         next_window_id: 1,
+        decorated: std::collections::HashSet::new(),
+        bars: std::collections::HashMap::new(),
         held: std::collections::HashMap::new(),
         keymap: text_keymap,
         pointer_at: (0.0, 0.0),
@@ -396,6 +404,13 @@ impl State {
             };
             let Some(toplevel) = window.toplevel() else {
                 continue;
+            };
+            // A decorated window's title bar takes the top of its tile.
+            let (y, h) = if self.decorated.contains(&toplevel.wl_surface().id()) {
+                let bar = decoration::TITLE_HEIGHT as i32;
+                (y + bar, (h - bar).max(1))
+            } else {
+                (y, h)
             };
             toplevel.with_pending_state(|state| {
                 state.size = Some((w, h).into());
@@ -596,6 +611,7 @@ impl State {
         let mut buffers = std::collections::HashMap::new();
         let mut keys = std::mem::take(&mut self.keys);
         let mut live = std::collections::HashSet::new();
+        let mut bar_pixels = std::collections::HashMap::new();
         for window in self.space.elements() {
             let Some(location) = self.space.element_location(window) else {
                 continue;
@@ -604,6 +620,25 @@ impl State {
                 continue;
             };
             let geometry = window.geometry();
+            if self.decorated.contains(&toplevel.wl_surface().id()) {
+                if let Some(id) = self.window_ids.get(&toplevel.wl_surface().id()) {
+                    let focused = self
+                        .seat
+                        .get_keyboard()
+                        .and_then(|keyboard| keyboard.current_focus())
+                        .is_some_and(|focus| &focus == toplevel.wl_surface());
+                    let bar = title_bar(
+                        toplevel,
+                        u64::from(*id) | DECORATION_KEY,
+                        (location.x, location.y),
+                        geometry.size.w,
+                        focused,
+                        &mut self.bars,
+                        &mut bar_pixels,
+                    );
+                    surfaces.extend(bar);
+                }
+            }
             let origin = (location.x - geometry.loc.x, location.y - geometry.loc.y);
             collect(
                 toplevel.wl_surface(),
@@ -632,7 +667,12 @@ impl State {
         keys.keys.retain(|_, key| live.contains(key));
         keys.uploaded.retain(|key, _| live.contains(key));
         self.keys = keys;
+        self.bars
+            .retain(|key, _| surfaces.iter().any(|surface| surface.key == *key));
         let mut copy = |key: u64, area: &Rect, out: &mut [u8]| -> bool {
+            if let Some((pixels, width)) = bar_pixels.get(&key) {
+                return copy_rows(pixels, *width, area, out);
+            }
             let Some((buffer, width)) = buffers.get(&key) else {
                 return false;
             };
@@ -668,6 +708,73 @@ impl State {
             smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback::Kind::empty(),
         );
     }
+}
+
+/// Keys of title bars: a window's id with the top bit set (surface keys
+/// count up from 1 and never get there).
+const DECORATION_KEY: u64 = 1 << 63;
+
+/// `toplevel`'s title bar above `location` (the window's top left),
+/// `width` wide: its damage is all of it when its title, focus or width
+/// changed since it was last drawn (then its pixels go to `pixels`),
+/// none otherwise.
+fn title_bar(
+    toplevel: &ToplevelSurface,
+    key: u64,
+    location: (i32, i32),
+    width: i32,
+    focused: bool,
+    bars: &mut std::collections::HashMap<u64, (String, bool, u32)>,
+    pixels: &mut std::collections::HashMap<u64, (Vec<u8>, u32)>,
+) -> Option<SurfaceFrame> {
+    let width = u32::try_from(width).ok().filter(|w| *w > 0)?;
+    let title = smithay::wayland::compositor::with_states(toplevel.wl_surface(), |states| {
+        let data = states
+            .data_map
+            .get::<smithay::wayland::shell::xdg::XdgToplevelSurfaceData>()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        data.title.clone().or_else(|| data.app_id.clone())
+    })
+    .unwrap_or_default();
+    let height = decoration::TITLE_HEIGHT;
+    let now = (title, focused, width);
+    let damage = if bars.get(&key) == Some(&now) {
+        Vec::new()
+    } else {
+        pixels.insert(key, (decoration::title_bar(width, &now.0, focused), width));
+        bars.insert(key, now);
+        vec![Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }]
+    };
+    Some(SurfaceFrame {
+        key,
+        x: location.0,
+        y: location.1 - height as i32,
+        width,
+        height,
+        format: Format::B8G8R8X8,
+        damage,
+    })
+}
+
+/// Copies `area` of `pixels` (rows of `width` × 4 bytes) into `out`
+/// (rows of the same width).
+fn copy_rows(pixels: &[u8], width: u32, area: &Rect, out: &mut [u8]) -> bool {
+    let stride = width as usize * 4;
+    for row in area.y as usize..(area.y + area.height) as usize {
+        let start = row * stride + area.x as usize * 4;
+        let end = start + area.width as usize * 4;
+        if end > pixels.len() || end > out.len() {
+            return false;
+        }
+        out[start..end].copy_from_slice(&pixels[start..end]);
+    }
+    true
 }
 
 /// Adds `root`'s surface tree (placed at `origin`) to `surfaces`, each
@@ -909,6 +1016,15 @@ impl XdgShellHandler for State {
         surface.send_repositioned(token);
     }
 
+    fn title_changed(&mut self, _surface: ToplevelSurface) {
+        // Its title bar is drawn again (if it has one).
+        self.schedule_frame();
+    }
+
+    fn app_id_changed(&mut self, _surface: ToplevelSurface) {
+        self.schedule_frame();
+    }
+
     fn toplevel_destroyed(&mut self, surface: ToplevelSurface) {
         let gone: Vec<Window> = self
             .space
@@ -922,6 +1038,7 @@ impl XdgShellHandler for State {
         self.order
             .retain(|w| w.toplevel().is_some_and(|t| t != &surface));
         self.window_ids.remove(&surface.wl_surface().id());
+        self.decorated.remove(&surface.wl_surface().id());
         self.arrange();
         self.schedule_frame();
     }
@@ -931,6 +1048,9 @@ impl XdgDecorationHandler for State {
     fn new_decoration(&mut self, toplevel: ToplevelSurface) {
         toplevel
             .with_pending_state(|state| state.decoration_mode = Some(DecorationMode::ServerSide));
+        // It gets a title bar: its tile shrinks to make room.
+        self.decorated.insert(toplevel.wl_surface().id());
+        self.arrange();
     }
 
     fn request_mode(&mut self, toplevel: ToplevelSurface, _mode: DecorationMode) {
@@ -961,6 +1081,8 @@ impl SeatHandler for State {
     }
 
     fn focus_changed(&mut self, seat: &Seat<Self>, focused: Option<&WlSurface>) {
+        // Title bars show which window has the keyboard.
+        self.schedule_frame();
         let client = focused.and_then(|surface| self.display.get_client(surface.id()).ok());
         set_data_device_focus(&self.display, seat, client.clone());
         set_primary_focus(&self.display, seat, client);

@@ -262,16 +262,29 @@ fn foot_renders_into_its_maximised_window() {
             "--override=colors.background=102030",
             "sh",
             "-c",
-            "sleep 100",
+            r"printf '\033]2;%s\007' 'renamed: ok'; sleep 100",
         ],
     );
-    // foot fills the maximised window (the whole output) with its
-    // background colour.
+    // foot asks for server-side decorations: it fills the maximised
+    // window (the output under the title bar) with its background colour.
+    let bar = flotilla_compositor::decoration::TITLE_HEIGHT;
     desktop.wait("foot's window", |d| {
         d.screen().is_some_and(|s| {
-            [(10, 470), (320, 240), (630, 10)]
+            [(10, 470), (320, 240), (630, bar + 2)]
                 .iter()
                 .all(|&(x, y)| pixel(&s, x, y)[..3] == [0x30, 0x20, 0x10])
+        })
+    });
+    // The bar shows the title foot's shell set, focused: exactly the bar
+    // the compositor draws for it.
+    let mut control = desktop.control();
+    desktop.wait("the new title", |_| {
+        control.send(r#"{"op":"windows"}"#)["windows"][0]["title"] == "renamed: ok"
+    });
+    let expected = flotilla_compositor::decoration::title_bar(640, "renamed: ok", true);
+    desktop.wait("the title bar", |d| {
+        d.screen().is_some_and(|s| {
+            (0..640 * bar as usize).all(|i| s.2[i * 4..i * 4 + 3] == expected[i * 4..i * 4 + 3])
         })
     });
     // And it is still running (a client the compositor upsets can crash:
@@ -610,9 +623,11 @@ fn two_windows_tile_side_by_side_and_follow_an_output_resize() {
     let list = windows["windows"].as_array().unwrap();
     let mut placed: Vec<_> = list.iter().map(geometry).collect();
     placed.sort();
+    // foot's windows are decorated: their title bars take the top.
+    let bar = i64::from(flotilla_compositor::decoration::TITLE_HEIGHT);
     assert_eq!(
         placed,
-        vec![(0, 0, 320, 480), (320, 0, 320, 480)],
+        vec![(0, bar, 320, 480 - bar), (320, bar, 320, 480 - bar)],
         "{windows}"
     );
 
@@ -640,7 +655,7 @@ fn two_windows_tile_side_by_side_and_follow_an_output_resize() {
     placed.sort();
     assert_eq!(
         placed,
-        vec![(0, 0, 512, 768), (512, 0, 512, 768)],
+        vec![(0, bar, 512, 768 - bar), (512, bar, 512, 768 - bar)],
         "{windows}"
     );
 
@@ -717,7 +732,7 @@ fn chromium_renders_a_page_and_its_menu_stays_inside_the_output() {
         .stderr(Stdio::null());
     let _chromium = Killed(command.spawn().expect("start chromium"));
     // The page's colours where the page puts them: the window fills the
-    // output from its top left.
+    // output under its title bar.
     desktop.wait("chromium's page", |d| {
         d.screen().is_some_and(|s| {
             pixel(&s, 100, 100)[..3] == [0x5a, 0x1e, 0xc8]
@@ -729,11 +744,20 @@ fn chromium_renders_a_page_and_its_menu_stays_inside_the_output() {
     assert_eq!(pixel(&screen, 100, 250)[..3], [0x34, 0xab, 0x12]);
     let mut control = desktop.control();
     let windows = control.send(r#"{"op":"windows"}"#);
+    // Chromium asks for server-side decorations too: under its title bar.
+    let bar = flotilla_compositor::decoration::TITLE_HEIGHT;
     assert_eq!(
         geometry(&windows["windows"][0]),
-        (0, 0, 800, 600),
+        (0, i64::from(bar), 800, 600 - i64::from(bar)),
         "{windows}"
     );
+    let title = windows["windows"][0]["title"].as_str().unwrap().to_owned();
+    let expected = flotilla_compositor::decoration::title_bar(800, &title, true);
+    desktop.wait("chromium's title bar", |d| {
+        d.screen().is_some_and(|s| {
+            (0..800 * bar as usize).all(|i| s.2[i * 4..i * 4 + 3] == expected[i * 4..i * 4 + 3])
+        })
+    });
 
     // Open the drop-down: its list is an xdg_popup, which the compositor
     // keeps inside the output (flipped or slid up).
