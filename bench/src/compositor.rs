@@ -141,24 +141,26 @@ fn flotilla_run(
     wait_for(&runtime.join("wayland-bench"), Duration::from_secs(10))?;
     let ready = started.elapsed();
     let _foot = foot(&runtime, "wayland-bench")?;
-    // foot's first frame: its background where ours was.
+    // foot's first frame: its background where ours was. Frames are
+    // awaited on gpud's frame signal and each looked at once (reading the
+    // scanout in a loop would hold the desktop's gpud session, delaying
+    // the very composition measured).
     let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
+    let background_y = flotilla_gpu::compose::i420_cpu(&background.repeat(4), 2, 2)[0];
     let (cx, cy) = (args.width / 2, args.height / 2);
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
     let first_frame = loop {
-        if let Some((width, _, pixels)) = service.scanout("bench") {
-            let at = ((cy * width + cx) * 4) as usize;
-            // Not ours, and not the scanout's contents before the first
-            // composition (zeros).
-            if pixels
-                .get(at..at + 4)
-                .is_some_and(|p| p != background && p != [0, 0, 0, 0])
-            {
+        if let Some(frame) = service.next_frame("bench", last, Duration::from_millis(100)) {
+            last = Some(frame.sequence);
+            let y = frame.data[(cy * frame.width + cx) as usize];
+            // Not ours, and not the zeros before the first composition
+            // (limited-range luma is never 0).
+            if y != background_y && y != 0 {
                 break started.elapsed();
             }
         }
         anyhow::ensure!(Instant::now() < deadline, "foot never showed");
-        std::thread::sleep(Duration::from_micros(500));
     };
     std::thread::sleep(Duration::from_secs(1));
     let pid = compositor.0.id();

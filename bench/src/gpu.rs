@@ -214,6 +214,7 @@ pub(crate) fn window_and_overlay(width: u32, height: u32, damage: Rect) -> Vec<u
         damage: vec![damage],
         draws: vec![
             Draw {
+                size: None,
                 resource_id: 2,
                 source: screen,
                 x: 0,
@@ -222,6 +223,7 @@ pub(crate) fn window_and_overlay(width: u32, height: u32, damage: Rect) -> Vec<u
                 clip: screen,
             },
             Draw {
+                size: None,
                 resource_id: 3,
                 source: rect(0, 0, 64, 64),
                 x: (width / 2) as i32,

@@ -98,12 +98,29 @@ pub struct SurfaceFrame {
     /// Where it is on the output.
     pub x: i32,
     pub y: i32,
+    /// The buffer's size.
     pub width: u32,
     pub height: u32,
+    /// The part of the buffer shown (wp_viewporter's crop; all of it
+    /// without one) and its size on the output (the viewport's
+    /// destination; the source's size without one).
+    pub source: Rect,
+    pub size: (u32, u32),
     pub format: Format,
     /// Rectangles (buffer coordinates) whose pixels are new; `copy` fills
     /// them.
     pub damage: Vec<Rect>,
+}
+
+/// Where a surface (by key) or a resource (by id) is drawn: at (x, y),
+/// its source rectangle at the given size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placed {
+    id: u64,
+    x: i32,
+    y: i32,
+    source: Rect,
+    size: (u32, u32),
 }
 
 /// Copies `rect` of the client's buffer into `out` (rows of `width` × 4).
@@ -123,8 +140,8 @@ pub struct GpuOutput {
     pub height: u32,
     next_id: u32,
     surfaces: HashMap<u64, SurfaceResource>,
-    /// Last frame's layout: (key, x, y, width, height) back to front.
-    layout: Vec<(u64, i32, i32, u32, u32)>,
+    /// Last frame's layout, back to front.
+    layout: Vec<Placed>,
     _background: Option<Staging>,
 }
 
@@ -380,14 +397,20 @@ impl GpuOutput {
                     &[],
                     "upload damage",
                 )?;
-                if let Some(on_screen) = clip_signed(
-                    surface.x + area.x as i32,
-                    surface.y + area.y as i32,
-                    area.width,
-                    area.height,
-                    self.width,
-                    self.height,
-                ) {
+                let scaled = surface.size != (surface.source.width, surface.source.height);
+                // Damage on the output: the buffer's, moved by the crop;
+                // a scaled surface's, all of it.
+                let (x, y, width, height) = if scaled {
+                    (surface.x, surface.y, surface.size.0, surface.size.1)
+                } else {
+                    (
+                        surface.x + area.x as i32 - surface.source.x as i32,
+                        surface.y + area.y as i32 - surface.source.y as i32,
+                        area.width,
+                        area.height,
+                    )
+                };
+                if let Some(on_screen) = clip_signed(x, y, width, height, self.width, self.height) {
                     damage.push(on_screen);
                 }
             }
@@ -396,7 +419,13 @@ impl GpuOutput {
         let layout: Vec<_> = surfaces
             .iter()
             .filter(|s| s.width > 0 && s.height > 0)
-            .map(|s| (s.key, s.x, s.y, s.width, s.height))
+            .map(|s| Placed {
+                id: s.key,
+                x: s.x,
+                y: s.y,
+                source: s.source,
+                size: s.size,
+            })
             .collect();
         if layout != self.layout {
             damage = vec![rect(0, 0, self.width, self.height)];
@@ -422,40 +451,47 @@ impl GpuOutput {
         if damage.is_empty() {
             return Ok(false);
         }
-        let draws: Vec<(u32, i32, i32, u32, u32)> = surfaces
+        let draws: Vec<Placed> = surfaces
             .iter()
             .filter_map(|s| {
                 let resource = self.surfaces.get(&s.key)?;
-                Some((resource.id, s.x, s.y, resource.width, resource.height))
+                // The crop within the buffer (a client's viewport is
+                // checked by smithay; this keeps gpud's check from ever
+                // failing a frame).
+                let source = clip(&s.source, resource.width, resource.height)?;
+                Some(Placed {
+                    id: u64::from(resource.id),
+                    x: s.x,
+                    y: s.y,
+                    source,
+                    size: s.size,
+                })
             })
             .collect();
         self.compose(&draws, damage)?;
         Ok(true)
     }
 
-    fn compose(
-        &mut self,
-        surfaces: &[(u32, i32, i32, u32, u32)],
-        damage: Vec<Rect>,
-    ) -> anyhow::Result<()> {
+    fn compose(&mut self, surfaces: &[Placed], damage: Vec<Rect>) -> anyhow::Result<()> {
         let screen = rect(0, 0, self.width, self.height);
         compose_list(self.guest()?, screen, surfaces, damage)
     }
 }
 
-/// One frame: the background and `surfaces` (resource, x, y, width,
-/// height; back to front) composed into the scanout where `damage` says,
+/// One frame: the background and `surfaces` (by resource id; back to
+/// front) composed into the scanout where `damage` says,
 /// then flushed.
 fn compose_list(
     guest: &mut Guest,
     screen: Rect,
-    surfaces: &[(u32, i32, i32, u32, u32)],
+    surfaces: &[Placed],
     mut damage: Vec<Rect>,
 ) -> anyhow::Result<()> {
     if damage.len() > MAX_DAMAGE as usize {
         damage = vec![bounding(&damage)];
     }
     let mut draws = vec![Draw {
+        size: None,
         resource_id: BACKGROUND,
         source: screen,
         x: 0,
@@ -463,12 +499,14 @@ fn compose_list(
         opacity: 255,
         clip: screen,
     }];
-    for &(id, x, y, width, height) in surfaces.iter().take(MAX_DRAWS as usize - 1) {
+    for placed in surfaces.iter().take(MAX_DRAWS as usize - 1) {
+        let unscaled = placed.size == (placed.source.width, placed.source.height);
         draws.push(Draw {
-            resource_id: id,
-            source: rect(0, 0, width, height),
-            x,
-            y,
+            size: (!unscaled).then_some(placed.size),
+            resource_id: placed.id as u32,
+            source: placed.source,
+            x: placed.x,
+            y: placed.y,
             opacity: 255,
             clip: screen,
         });

@@ -6,7 +6,8 @@
 //! tiled, see [`Layout`]; popups kept inside the output), server-side
 //! xdg-decoration (a title bar with the window's title, [`decoration`]), wl_shm, a seat with keyboard and pointer, data device
 //! and primary selection, wl_output with xdg-output, fractional scale
-//! (1.0) and presentation-time. Rendering only on damage; frame callbacks
+//! (1.0), viewporter (crops and scales drawn by gpud) and
+//! presentation-time. Rendering only on damage; frame callbacks
 //! and presentation feedback after each composed frame. The control
 //! socket ([`control`]) drives input, focus and the output's size.
 
@@ -125,6 +126,7 @@ pub struct State {
     _primary_selection_state: PrimarySelectionState,
     _fractional_scale_state: FractionalScaleManagerState,
     _presentation_state: PresentationState,
+    _viewporter_state: smithay::wayland::viewporter::ViewporterState,
     clock_monotonic: smithay::utils::Clock<smithay::utils::Monotonic>,
     /// Frames shown, for presentation feedback's sequence.
     presented: u64,
@@ -269,6 +271,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         _primary_selection_state: PrimarySelectionState::new::<State>(&handle),
         _fractional_scale_state: FractionalScaleManagerState::new::<State>(&handle),
         _presentation_state: PresentationState::new::<State>(&handle, libc::CLOCK_MONOTONIC as u32),
+        // Crops and scales are drawn by gpud (a scaled composition draw).
+        _viewporter_state: smithay::wayland::viewporter::ViewporterState::new::<State>(&handle),
         clock_monotonic: smithay::utils::Clock::new(),
         presented: 0,
         seat,
@@ -757,6 +761,13 @@ fn title_bar(
         y: location.1 - height as i32,
         width,
         height,
+        source: Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        },
+        size: (width, height),
         format: Format::B8G8R8X8,
         damage,
     })
@@ -853,12 +864,29 @@ fn collect(
             };
             keys.uploaded.insert(key, commit);
             buffers.insert(key, (buffer.clone(), width as u32));
+            // wp_viewporter: the crop (buffer pixels: buffer scale 1, no
+            // transform) and the size on the output.
+            let source = {
+                let x = view.src.loc.x.max(0.0).round() as u32;
+                let y = view.src.loc.y.max(0.0).round() as u32;
+                Rect {
+                    x,
+                    y,
+                    width: (view.src.size.w.round() as u32)
+                        .clamp(1, (width as u32).saturating_sub(x).max(1)),
+                    height: (view.src.size.h.round() as u32)
+                        .clamp(1, (height as u32).saturating_sub(y).max(1)),
+                }
+            };
+            let size = (view.dst.w.max(1) as u32, view.dst.h.max(1) as u32);
             surfaces.push(SurfaceFrame {
                 key,
                 x: location.0 + view.offset.x,
                 y: location.1 + view.offset.y,
                 width: width as u32,
                 height: height as u32,
+                source,
+                size,
                 format,
                 damage,
             });
@@ -1128,6 +1156,7 @@ delegate_output!(State);
 delegate_primary_selection!(State);
 delegate_fractional_scale!(State);
 delegate_presentation!(State);
+smithay::delegate_viewporter!(State);
 
 /// The control socket's requests, executed on the compositor's loop.
 impl State {

@@ -10,9 +10,18 @@ struct Params {
     height: u32,
     target_stride: u32,
     source_stride: u32,
-    // Source pixel = target pixel + (dx, dy).
-    dx: i32,
-    dy: i32,
+    // The draw's source rectangle, its top left on the target and its
+    // size there: source column = source_x + ((2 (x - draw_x) + 1) ×
+    // source_width) / (2 target_width), the pixel under the centre
+    // (`Draw::source_at`); unscaled, source_x + x - draw_x.
+    source_x: u32,
+    source_y: u32,
+    source_width: u32,
+    source_height: u32,
+    draw_x: i32,
+    draw_y: i32,
+    target_width: u32,
+    target_height: u32,
     opacity: u32,
     // 1: the source's fourth byte is padding (B8G8R8X8), every pixel opaque.
     opaque: u32,
@@ -38,8 +47,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let x = params.x0 + id.x;
     let y = params.y0 + id.y;
-    let sx = u32(i32(x) + params.dx);
-    let sy = u32(i32(y) + params.dy);
+    let column = u32(i32(x) - params.draw_x);
+    let row = u32(i32(y) - params.draw_y);
+    let sx = params.source_x + ((2u * column + 1u) * params.source_width) / (2u * params.target_width);
+    let sy = params.source_y + ((2u * row + 1u) * params.source_height) / (2u * params.target_height);
     let s = source[sy * params.source_stride + sx];
     let at = y * params.target_stride + x;
     var alpha = params.opacity;

@@ -1,29 +1,39 @@
-//! The composition context type (capset `0x4643`, version 1): what a
+//! The composition context type (capset `0x4643`, version 2): what a
 //! guest's `SUBMIT_3D` stream says, and the CPU reference that renders it
 //! and converts the result to I420. The Vulkan path must match the
 //! reference pixel for pixel; the benchmark compares the two.
 //!
 //! # The stream (little-endian)
 //! ```text
-//! u32 magic "FCMP" (0x504d4346)   u32 version (1)
+//! u32 magic "FCMP" (0x504d4346)   u32 version (1 or 2)
 //! u32 target resource id          u32 draw count (≤ 256)
 //! u32 damage count (≤ 64)         damage × rect {u32 x, y, width, height}
 //! draws × { u32 resource id; rect source; i32 x; i32 y;
-//!           u8 opacity (0-255); u8 flags (0); u16 reserved (0); rect clip }
+//!           u8 opacity (0-255); u8 flags (0); u16 reserved (0); rect clip;
+//!           version 2 only: u32 width; u32 height }
 //! ```
 //! Each draw puts its source rectangle of its resource at (x, y) of the
 //! target, "over" what is there, its alpha (255 for a B8G8R8X8 source,
 //! whose fourth byte is padding) scaled by opacity, limited to
-//! its clip rectangle and to the damage (only damaged pixels change). A
-//! draw item is 48 bytes; the stream is exactly as long as its counts say.
+//! its clip rectangle and to the damage (only damaged pixels change).
+//! Version 2 gives the draw's size on the target (0 × 0: the source's
+//! size, as version 1): a source of another size is scaled to it, each
+//! target pixel taking the source pixel under its centre (nearest, as
+//! wp_viewporter's clients expect of a compositor that does not filter).
+//! A draw item is 48 bytes in version 1, 56 in version 2; the stream is
+//! exactly as long as its counts say.
 
 use crate::protocol::Rect;
 
 pub const MAGIC: u32 = 0x504d_4346;
-pub const VERSION: u32 = 1;
+/// The version [`CompositionList::encode`] writes; 1 is read too.
+pub const VERSION: u32 = 2;
 pub const MAX_DRAWS: u32 = 256;
 pub const MAX_DAMAGE: u32 = 64;
-const DRAW_BYTES: usize = 48;
+/// The largest size a draw may be scaled to.
+pub const MAX_DRAW_SIZE: u32 = 16384;
+const DRAW_BYTES_V1: usize = 48;
+const DRAW_BYTES: usize = 56;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draw {
@@ -33,6 +43,30 @@ pub struct Draw {
     pub y: i32,
     pub opacity: u8,
     pub clip: Rect,
+    /// Its size on the target, when the source is scaled (None: the
+    /// source's size).
+    pub size: Option<(u32, u32)>,
+}
+
+impl Draw {
+    /// Its width and height on the target.
+    pub fn target_size(&self) -> (u32, u32) {
+        self.size.unwrap_or((self.source.width, self.source.height))
+    }
+
+    /// Whether the source is scaled.
+    pub fn scaled(&self) -> bool {
+        self.target_size() != (self.source.width, self.source.height)
+    }
+
+    /// The source column (or row) for target column `offset` from the
+    /// draw's left (top): the source pixel under the target pixel's
+    /// centre.
+    pub fn source_at(source_start: u32, source_len: u32, target_len: u32, offset: u32) -> u32 {
+        source_start
+            + ((2 * u64::from(offset) + 1) * u64::from(source_len) / (2 * u64::from(target_len)))
+                as u32
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +105,16 @@ impl CompositionList {
         if u32_at(bytes, 0) != MAGIC {
             return Err("not a composition list (bad magic)".to_owned());
         }
-        if u32_at(bytes, 4) != VERSION {
-            return Err(format!(
-                "composition list version {} (1 is known)",
-                u32_at(bytes, 4)
-            ));
-        }
+        let version = u32_at(bytes, 4);
+        let draw_bytes = match version {
+            1 => DRAW_BYTES_V1,
+            2 => DRAW_BYTES,
+            other => {
+                return Err(format!(
+                    "composition list version {other} (1 and 2 are known)"
+                ))
+            }
+        };
         let target = u32_at(bytes, 8);
         let draws = u32_at(bytes, 12);
         let damage = u32_at(bytes, 16);
@@ -88,7 +126,7 @@ impl CompositionList {
                 "{draws} draws and {damage} damage rects (at most {MAX_DRAWS} and {MAX_DAMAGE})"
             ));
         }
-        let expected = 20 + damage as usize * 16 + draws as usize * DRAW_BYTES;
+        let expected = 20 + damage as usize * 16 + draws as usize * draw_bytes;
         if bytes.len() != expected {
             return Err(format!("{} bytes; the counts say {expected}", bytes.len()));
         }
@@ -101,7 +139,11 @@ impl CompositionList {
         let base = 20 + damage.len() * 16;
         let mut list = Vec::with_capacity(draws as usize);
         for i in 0..draws as usize {
-            let at = base + i * DRAW_BYTES;
+            let at = base + i * draw_bytes;
+            let size = match version {
+                1 => (0, 0),
+                _ => (u32_at(bytes, at + 48), u32_at(bytes, at + 52)),
+            };
             let draw = Draw {
                 resource_id: u32_at(bytes, at),
                 source: rect_at(bytes, at + 4),
@@ -109,7 +151,15 @@ impl CompositionList {
                 y: u32_at(bytes, at + 24) as i32,
                 opacity: bytes[at + 28],
                 clip: rect_at(bytes, at + 32),
+                size: (size != (0, 0)).then_some(size),
             };
+            if let Some((width, height)) = draw.size {
+                if width == 0 || height == 0 || width > MAX_DRAW_SIZE || height > MAX_DRAW_SIZE {
+                    return Err(format!(
+                        "draw {i} is {width}×{height} on the target (1-{MAX_DRAW_SIZE} each, or 0×0)"
+                    ));
+                }
+            }
             if draw.resource_id == 0 {
                 return Err(format!("draw {i} names resource 0"));
             }
@@ -155,6 +205,9 @@ impl CompositionList {
             out.extend_from_slice(&draw.y.to_le_bytes());
             out.extend_from_slice(&[draw.opacity, 0, 0, 0]);
             rect(&mut out, &draw.clip);
+            let (width, height) = draw.size.unwrap_or((0, 0));
+            out.extend_from_slice(&width.to_le_bytes());
+            out.extend_from_slice(&height.to_le_bytes());
         }
         out
     }
@@ -261,11 +314,15 @@ pub fn plan(
                 draw.resource_id
             ));
         }
+        if draw.scaled() && (draw.source.width == 0 || draw.source.height == 0) {
+            return Err(format!("draw {index}: an empty source cannot be scaled"));
+        }
+        let (target_width, target_height) = draw.target_size();
         let placed = (
             i64::from(draw.x),
             i64::from(draw.y),
-            i64::from(draw.x) + i64::from(draw.source.width),
-            i64::from(draw.y) + i64::from(draw.source.height),
+            i64::from(draw.x) + i64::from(target_width),
+            i64::from(draw.y) + i64::from(target_height),
         );
         let Some(area) = intersect(placed, screen).and_then(|a| intersect(a, bounds(&draw.clip)))
         else {
@@ -312,6 +369,9 @@ pub fn compose_cpu<'a>(
 
 /// Draws one planned piece on the CPU.
 fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], width: u32) {
+    if draw.scaled() {
+        return compose_scaled(draw, piece, image, target, width);
+    }
     let (x0, y0, x1, y1) = piece.area;
     let dx = i64::from(draw.source.x) - i64::from(draw.x);
     let dy = i64::from(draw.source.y) - i64::from(draw.y);
@@ -340,6 +400,44 @@ fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], w
             };
             // The blend below gives the source at 255 and the dest at 0
             // exactly; those two are just faster.
+            match alpha {
+                0 => {}
+                255 => {
+                    d[..3].copy_from_slice(&s[..3]);
+                    d[3] = 255;
+                }
+                _ => {
+                    let keep = 255 - alpha;
+                    for c in 0..3 {
+                        d[c] = div255(u32::from(s[c]) * alpha + u32::from(d[c]) * keep + 127) as u8;
+                    }
+                    d[3] = div255(255 * alpha + u32::from(d[3]) * keep + 127) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// Draws one planned piece of a scaled draw on the CPU, pixel by pixel.
+fn compose_scaled(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], width: u32) {
+    let (x0, y0, x1, y1) = piece.area;
+    let (target_width, target_height) = draw.target_size();
+    let opacity = u32::from(draw.opacity);
+    for y in y0..y1 {
+        let row = (i64::from(y) - i64::from(draw.y)) as u32;
+        let sy = Draw::source_at(draw.source.y, draw.source.height, target_height, row);
+        for x in x0..x1 {
+            let column = (i64::from(x) - i64::from(draw.x)) as u32;
+            let sx = Draw::source_at(draw.source.x, draw.source.width, target_width, column);
+            let s = (sy as usize * image.width as usize + sx as usize) * 4;
+            let d = (y as usize * width as usize + x as usize) * 4;
+            let s = &image.pixels[s..s + 4];
+            let d = &mut target[d..d + 4];
+            let alpha = if image.opaque {
+                opacity
+            } else {
+                div255(u32::from(s[3]) * opacity + 127)
+            };
             match alpha {
                 0 => {}
                 255 => {

@@ -137,9 +137,12 @@ pub enum Step {
         source: vk::Buffer,
         source_stride: u32,
         area: (u32, u32, u32, u32),
-        /// Source pixel = target pixel + (dx, dy).
-        dx: i32,
-        dy: i32,
+        /// The draw's source rectangle (x, y, width, height).
+        source_rect: (u32, u32, u32, u32),
+        /// The draw's top left on the target and its size there (the
+        /// source's size, or another it is scaled to).
+        at: (i32, i32),
+        size: (u32, u32),
         opacity: u8,
         /// The source's fourth byte is padding: every pixel opaque.
         opaque: bool,
@@ -282,7 +285,7 @@ impl Renderer {
                     None,
                 )
                 .map_err(vk_error("create the descriptor set layout"))?;
-            let compose = match pipeline(vk, COMPOSE_SPIRV, set_layout, 40) {
+            let compose = match pipeline(vk, COMPOSE_SPIRV, set_layout, 64) {
                 Ok(compose) => compose,
                 Err(error) => {
                     vk.destroy_descriptor_set_layout(set_layout, None);
@@ -658,15 +661,16 @@ unsafe fn execute(shared: &Shared, recorder: &Recorder, steps: &[Step]) -> Resul
                     shader_rw,
                 );
             }
-            let (pipeline, first, second, params, groups): (_, _, _, [u32; 10], _) = match *step {
+            let (pipeline, first, second, params, groups): (_, _, _, [u32; 16], _) = match *step {
                 Step::Compose {
                     target,
                     target_stride,
                     source,
                     source_stride,
                     area,
-                    dx,
-                    dy,
+                    source_rect,
+                    at,
+                    size,
                     opacity,
                     opaque,
                 } => {
@@ -682,8 +686,14 @@ unsafe fn execute(shared: &Shared, recorder: &Recorder, steps: &[Step]) -> Resul
                             height,
                             target_stride,
                             source_stride,
-                            dx as u32,
-                            dy as u32,
+                            source_rect.0,
+                            source_rect.1,
+                            source_rect.2,
+                            source_rect.3,
+                            at.0 as u32,
+                            at.1 as u32,
+                            size.0,
+                            size.1,
                             u32::from(opacity),
                             u32::from(opaque),
                         ],
@@ -715,6 +725,12 @@ unsafe fn execute(shared: &Shared, recorder: &Recorder, steps: &[Step]) -> Resul
                             area.1 / 2,
                             blocks.0,
                             blocks.1,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
                             0,
                         ],
                         (blocks.0.div_ceil(8), blocks.1.div_ceil(8)),

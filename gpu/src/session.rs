@@ -30,7 +30,7 @@ use crate::render::{GpuBuffer, Renderer, Step};
 
 /// Our capset: the composition context type (see the crate docs).
 pub const CAPSET_COMPOSE: u32 = 0x4643;
-pub const CAPSET_COMPOSE_VERSION: u32 = 1;
+pub const CAPSET_COMPOSE_VERSION: u32 = 2;
 
 /// GPU memory charged per desktop, against each desktop's budget.
 #[derive(Debug, Default)]
@@ -410,8 +410,14 @@ impl Session {
                 source: source.storage.gpu().ok_or(resp::ERR_UNSPEC)?,
                 source_stride: source.width,
                 area: piece.area,
-                dx: (i64::from(draw.source.x) - i64::from(draw.x)) as i32,
-                dy: (i64::from(draw.source.y) - i64::from(draw.y)) as i32,
+                source_rect: (
+                    draw.source.x,
+                    draw.source.y,
+                    draw.source.width,
+                    draw.source.height,
+                ),
+                at: (draw.x, draw.y),
+                size: draw.target_size(),
                 opacity: draw.opacity,
                 opaque: source.format == Format::B8G8R8X8,
             });
@@ -489,7 +495,15 @@ impl Session {
             }
             _ => None,
         };
-        let align = if gpu.is_some() { 8 } else { 2 };
+        // The GPU converts 8×2 blocks; the CPU converts the same blocks
+        // wherever the GPU could (a frame a multiple of 8 wide), so both
+        // leave the same bytes even where a flush left composed pixels
+        // unconverted beside the region.
+        let align = if frame.layout.width.is_multiple_of(8) {
+            8
+        } else {
+            2
+        };
         let Some(area) = frame.layout.aligned(area, align) else {
             return Ok(());
         };

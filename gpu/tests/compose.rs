@@ -27,6 +27,7 @@ fn pixel(image: &[u8], width: u32, x: u32, y: u32) -> [u8; 4] {
 
 fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8) -> Draw {
     Draw {
+        size: None,
         resource_id,
         source,
         x,
@@ -168,8 +169,12 @@ fn bad_lists_are_refused() {
     magic[0] = 0;
     assert!(CompositionList::decode(&magic).is_err());
     let mut version = good.clone();
-    version[4] = 2;
+    version[4] = 3;
     assert!(CompositionList::decode(&version).is_err());
+    // A version 1 header on a version 2 body: the length is wrong.
+    let mut older = good.clone();
+    older[4] = 1;
+    assert!(CompositionList::decode(&older).is_err());
     assert!(CompositionList::decode(&good[..good.len() - 1]).is_err());
     let mut flags = good.clone();
     flags[20 + 16 + 29] = 1;
@@ -188,8 +193,9 @@ proptest! {
     #[test]
     fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let _ = CompositionList::decode(&bytes);
+        for version in [1u32, 2] {
         let mut framed = MAGIC.to_le_bytes().to_vec();
-        framed.extend_from_slice(&1u32.to_le_bytes());
+        framed.extend_from_slice(&version.to_le_bytes());
         framed.extend_from_slice(&bytes);
         if let Ok(list) = CompositionList::decode(&framed) {
             // Whatever decodes renders (or is refused) without a panic.
@@ -197,5 +203,79 @@ proptest! {
             let mut target = vec![0u8; 16 * 16 * 4];
             let _ = compose_cpu(&list, &mut target, 16, 16, |_| Some(Image { pixels: &source, width: 16, height: 16, opaque: false }));
         }
+        }
+    }
+}
+
+#[test]
+fn scaled_draws_take_the_source_pixel_under_each_target_pixel_centre() {
+    // A 4×4 source whose pixels are all different.
+    let source: Vec<u8> = (0..16u8).flat_map(|i| [i, 100 + i, 200, 255]).collect();
+    let sources = |id: u32| {
+        (id == 1).then(|| Image {
+            opaque: false,
+            pixels: &source,
+            width: 4,
+            height: 4,
+        })
+    };
+    let at = |x: u32, y: u32| (y * 4 + x) as u8;
+    // Up: its top-left 2×2 blown up to 4×4 at (1, 1), each pixel twice.
+    let mut target = solid(6, 6, [0, 0, 0, 255]);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 6, 6)],
+        draws: vec![Draw {
+            size: Some((4, 4)),
+            ..draw(1, rect(0, 0, 2, 2), 1, 1, 255)
+        }],
+    };
+    compose_cpu(&list, &mut target, 6, 6, sources).unwrap();
+    for y in 0..4 {
+        for x in 0..4 {
+            assert_eq!(
+                pixel(&target, 6, 1 + x, 1 + y)[0],
+                at(x / 2, y / 2),
+                "({x}, {y})"
+            );
+        }
+    }
+    assert_eq!(pixel(&target, 6, 0, 0), [0, 0, 0, 255], "outside the draw");
+    assert_eq!(pixel(&target, 6, 5, 5), [0, 0, 0, 255], "outside the draw");
+    // Down: all of it in 2×2, the pixels under the centres (1 and 3).
+    let mut target = solid(2, 2, [0, 0, 0, 255]);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 2, 2)],
+        draws: vec![Draw {
+            size: Some((2, 2)),
+            ..draw(1, rect(0, 0, 4, 4), 0, 0, 255)
+        }],
+    };
+    compose_cpu(&list, &mut target, 2, 2, sources).unwrap();
+    assert_eq!(pixel(&target, 2, 0, 0)[0], at(1, 1));
+    assert_eq!(pixel(&target, 2, 1, 0)[0], at(3, 1));
+    assert_eq!(pixel(&target, 2, 1, 1)[0], at(3, 3));
+    // The size survives the stream; version 1 streams (no size) still
+    // decode; sizes out of range are refused.
+    let decoded = CompositionList::decode(&list.encode()).unwrap();
+    assert_eq!(decoded, list);
+    let mut v1 = Vec::new();
+    for value in [MAGIC, 1, 9, 1, 0] {
+        v1.extend_from_slice(&value.to_le_bytes());
+    }
+    let unscaled = CompositionList {
+        target: 9,
+        damage: vec![],
+        draws: vec![draw(1, rect(0, 0, 4, 4), 0, 0, 255)],
+    };
+    v1.extend_from_slice(&unscaled.encode()[20..20 + 48]);
+    assert_eq!(CompositionList::decode(&v1).unwrap(), unscaled);
+    for size in [(0, 5), (5, 0), (16385, 1)] {
+        let mut bad = list.encode();
+        let at = bad.len() - 8;
+        bad[at..at + 4].copy_from_slice(&u32::to_le_bytes(size.0));
+        bad[at + 4..].copy_from_slice(&u32::to_le_bytes(size.1));
+        assert!(CompositionList::decode(&bad).is_err(), "{size:?}");
     }
 }

@@ -42,6 +42,7 @@ fn list() -> CompositionList {
         damage: vec![rect(0, 0, 64, 64), rect(10, 10, 20, 20)],
         draws: vec![
             Draw {
+                size: None,
                 resource_id: 1,
                 source: rect(0, 0, 64, 64),
                 x: 0,
@@ -50,6 +51,7 @@ fn list() -> CompositionList {
                 clip: rect(0, 0, 64, 64),
             },
             Draw {
+                size: None,
                 resource_id: 2,
                 source: rect(4, 4, 16, 16),
                 x: -3,
@@ -102,6 +104,9 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     one.damage = vec![rect(0, 0, 1, 1)];
     one.draws.truncate(1);
     seeds.push(("lists", "one_pixel", one.encode()));
+    let mut scaled = list();
+    scaled.draws[0].size = Some((7, 3));
+    seeds.push(("lists", "scaled", scaled.encode()));
     seeds.push((
         "lists",
         "empty",

@@ -137,6 +137,7 @@ fn noise(rng: &mut Rng, width: u32, height: u32) -> Vec<u8> {
 
 fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8, clip: Rect) -> Draw {
     Draw {
+        size: None,
         resource_id,
         source,
         x,
@@ -201,10 +202,20 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
                 draw(5, rect(0, 0, 16, 16), 200, 20, 255, screen),
                 draw(6, rect(0, 0, 40, 40), 250, 120, 255, screen),
                 draw(6, rect(0, 0, 40, 40), 270, 130, 100, screen),
+                // Scaled (wp_viewporter): stretched across, squeezed down,
+                // and a cropped part blown up past the screen's edge.
+                Draw {
+                    size: Some((180, 35)),
+                    ..draw(4, rect(0, 0, 90, 70), 100, 60, 255, screen)
+                },
+                Draw {
+                    size: Some((130, 90)),
+                    ..draw(4, rect(20, 10, 13, 9), 230, 150, 160, screen)
+                },
             ],
         },
         screen,
-        "solid, alpha, overlap, clip, padding byte",
+        "solid, alpha, overlap, clip, padding byte, scaling",
     );
     // The padded source landed opaque: its colour bytes exactly, alpha 255.
     let target = pair.gpu.pixels(1).unwrap();
@@ -314,7 +325,10 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
                 let (w, h) = sizes[which];
                 let sx = rng.below(w);
                 let sy = rng.below(h);
-                draw(
+                // A third of the draws scaled, up or down.
+                let size =
+                    (rng.below(3) == 0).then(|| (1 + rng.below(2 * w), 1 + rng.below(2 * h)));
+                let draw = draw(
                     sources[which],
                     rect(sx, sy, 1 + rng.below(w - sx), 1 + rng.below(h - sy)),
                     rng.below(width + 60) as i32 - 30,
@@ -326,7 +340,8 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
                         rng.below(width),
                         rng.below(height),
                     ),
-                )
+                );
+                Draw { size, ..draw }
             })
             .collect();
         let flush = rect(

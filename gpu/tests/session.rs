@@ -180,6 +180,7 @@ fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
         damage: vec![rect(0, 0, 16, 4)],
         draws: vec![
             Draw {
+                size: None,
                 resource_id: 7,
                 source: rect(0, 0, 8, 4),
                 x: 0,
@@ -188,6 +189,7 @@ fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
                 clip: rect(0, 0, 16, 4),
             },
             Draw {
+                size: None,
                 resource_id: 7,
                 source: rect(0, 0, 8, 4),
                 x: 8,
@@ -398,6 +400,7 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
         target: 1,
         damage: vec![rect(0, 0, 1, 1)],
         draws: vec![Draw {
+            size: None,
             resource_id: 1,
             source: rect(0, 0, 1, 1),
             x: 0,
@@ -425,6 +428,7 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
             target: 2,
             damage: vec![rect(0, 0, 64, 64)],
             draws: vec![Draw {
+                size: None,
                 resource_id: 1,
                 source: rect(0, 0, 64, 64),
                 x: 0,

@@ -858,3 +858,38 @@ fn the_keyboard_layout_is_configurable() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// wp_viewporter: weston-simple-damage with `--use-viewport` draws a
+/// 300×200 buffer, shows its (100, 40) 150×100 part, scaled 2× to 300×200
+/// (its white border drawn where the scaled crop puts it). Without
+/// scaling its right and bottom borders would be missing.
+#[test]
+fn a_viewport_crops_and_scales_a_surface() {
+    if !client_available("weston-simple-damage", "weston") {
+        return;
+    }
+    let desktop = Desktop::start(640, 480);
+    let _client = desktop.client(
+        "weston-simple-damage",
+        &["--use-viewport", "--width=300", "--height=200"],
+    );
+    let white = [0xff, 0xff, 0xff];
+    desktop.wait("the scaled window's four borders", |d| {
+        d.screen().is_some_and(|s| {
+            [(2, 100), (297, 100), (150, 2), (150, 197)]
+                .iter()
+                .all(|&(x, y)| pixel(&s, x, y)[..3] == white)
+        })
+    });
+    let screen = desktop.screen().unwrap();
+    // Inside the border: not white; past the window: the background.
+    assert_ne!(pixel(&screen, 150, 100)[..3], white);
+    assert_eq!(pixel(&screen, 310, 100), BACKGROUND);
+    assert_eq!(pixel(&screen, 150, 210), BACKGROUND);
+    let windows = desktop.control().send(r#"{"op":"windows"}"#);
+    assert_eq!(
+        geometry(&windows["windows"][0]),
+        (0, 0, 300, 200),
+        "{windows}"
+    );
+}
