@@ -57,7 +57,13 @@ async fn viewer(addr: &str, token: &str, desktop: &str) -> anyhow::Result<Socket
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(tokio_tungstenite::connect_async(request).await?.0)
+    // No Nagle, as browsers do: an ack followed by input would otherwise
+    // wait for the server's delayed TCP ack.
+    Ok(
+        tokio_tungstenite::connect_async_with_config(request, None, true)
+            .await?
+            .0,
+    )
 }
 
 /// The next frame message (events skipped), with its arrival time.
@@ -69,6 +75,12 @@ async fn frame(socket: &mut Socket, within: Duration) -> Option<(Header, Vec<u8>
             .await
             .ok()??
             .ok()?;
+        if let Message::Text(text) = &message {
+            // The stream's own account of itself: rate changes and skips.
+            if text.contains(r#""type":"rate""#) || text.contains(r#""type":"skipped""#) {
+                eprintln!("stream event: {text}");
+            }
+        }
         if let Message::Binary(bytes) = message {
             let arrived = now_us();
             let (header, payload) = Header::parse(&bytes).ok()?;
