@@ -12,6 +12,9 @@
 //! {"op":"scroll","dx":0,"dy":15}                pixels
 //! {"op":"release_all"}                          every held key and button up
 //! {"op":"output","width":1920,"height":1080}   resize the output (even, 64×64 to 7680×4320)
+//! {"op":"watched","watched":true}               someone watches: frames at the output's refresh
+//!                                               (false, the start: at most 10 a second)
+//!                                               → {"ok":true,"frame_period_us":N}
 //! ```
 //!
 //! Errors: `{"ok":false,"error":"..."}` — malformed JSON, unknown ops or
@@ -80,6 +83,9 @@ pub enum Request {
     Output {
         width: u32,
         height: u32,
+    },
+    Watched {
+        watched: bool,
     },
 }
 
@@ -155,6 +161,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         Some("button") => &["button", "state"],
         Some("scroll") => &["dx", "dy"],
         Some("output") => &["width", "height"],
+        Some("watched") => &["watched"],
         Some(op) => return Err(format!("unknown op {op:?}")),
         None => return Err("a request needs an \"op\"".to_owned()),
     };
@@ -263,6 +270,12 @@ mod tests {
     #[test]
     fn requests_parse_and_bad_ones_are_refused() {
         assert_eq!(parse(r#"{"op":"windows"}"#), Ok(Request::Windows));
+        assert_eq!(
+            parse(r#"{"op":"watched","watched":true}"#),
+            Ok(Request::Watched { watched: true })
+        );
+        assert!(parse(r#"{"op":"watched","watched":1}"#).is_err());
+        assert!(parse(r#"{"op":"watched","watched":true,"rate":5}"#).is_err());
         assert_eq!(
             parse(r#"{"op":"key","code":28}"#),
             Ok(Request::Key {

@@ -163,9 +163,29 @@ pub struct State {
 /// wakes nobody.
 struct FrameClock {
     handle: smithay::reexports::calloop::LoopHandle<'static, State>,
-    period: Duration,
+    /// The output's refresh period.
+    refresh: Duration,
+    /// Someone watches the desktop's stream (the node agent says so):
+    /// frames at the output's refresh; otherwise at most every
+    /// [`UNWATCHED_PERIOD`].
+    watched: bool,
     armed: bool,
     last: Instant,
+}
+
+/// The shortest time between frames while nobody watches: an animation
+/// nobody sees is paced at 10 a second (the agent's screenshots and the
+/// board's thumbnails need no more), a lone change still shows at once.
+pub const UNWATCHED_PERIOD: Duration = Duration::from_millis(100);
+
+impl FrameClock {
+    fn period(&self) -> Duration {
+        if self.watched {
+            self.refresh
+        } else {
+            self.refresh.max(UNWATCHED_PERIOD)
+        }
+    }
 }
 
 #[derive(Default)]
@@ -248,9 +268,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     let clock = FrameClock {
         handle: event_loop.handle(),
-        period: Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000))),
+        refresh: Duration::from_micros(1_000_000_000 / u64::from(options.refresh_mhz.max(1000))),
+        watched: false,
         armed: false,
-        last: Instant::now(),
+        // Long ago: the first frame is never held back.
+        last: Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now),
     };
     let mut state = State {
         clock,
@@ -366,7 +390,8 @@ impl State {
         if self.clock.armed {
             return;
         }
-        let delay = (self.clock.last + self.clock.period).saturating_duration_since(Instant::now());
+        let delay =
+            (self.clock.last + self.clock.period()).saturating_duration_since(Instant::now());
         let inserted =
             self.clock
                 .handle
@@ -707,7 +732,7 @@ impl State {
         self.presented += 1;
         feedback.presented(
             self.clock_monotonic.now(),
-            Refresh::fixed(self.clock.period),
+            Refresh::fixed(self.clock.period()),
             self.presented,
             smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback::Kind::empty(),
         );
@@ -1295,6 +1320,13 @@ impl State {
         let fail = |message: String| serde_json::json!({"ok": false, "error": message});
         match request {
             Request::Windows => self.windows(),
+            Request::Watched { watched } => {
+                self.clock.watched = watched;
+                serde_json::json!({
+                    "ok": true,
+                    "frame_period_us": self.clock.period().as_micros() as u64,
+                })
+            }
             Request::Focus { id } => {
                 let window = self
                     .space

@@ -293,6 +293,15 @@ async fn run_stream(
         }
     }
     let _stop = StopOnDrop(steer.clone());
+    // The compositor paces frames for a watched desktop at its refresh.
+    struct Watching(std::path::PathBuf);
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            watching(&self.0, false);
+        }
+    }
+    watching(&dir, true);
+    let _watching = Watching(dir.clone());
     let encoder_steer = steer.clone();
     let desktop = request.desktop_id.clone();
     let node_id = settings.node_id.clone();
@@ -597,11 +606,20 @@ async fn send_input(
     request: pb::InputRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
 ) -> Result<i32, String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let dir = desktop_dir(settings, &request.desktop_id, request.generation)?;
     if request.request.contains('\n') || request.request.len() > 64 * 1024 {
         return Err("an input request is one line of at most 64 KiB".to_owned());
     }
+    let answer = compositor_call(&dir, &request.request).await?;
+    send_stdout(settings, session, &answer, up).await?;
+    Ok(0)
+}
+
+/// One request line to the compositor's control socket in desktop
+/// directory `dir`, its answer line (bounded in size and time: the
+/// compositor is inside the untrusted desktop).
+async fn compositor_call(dir: &std::path::Path, request: &str) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let socket = dir.join("gpu").join("control.sock");
     let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         let stream = tokio::net::UnixStream::connect(&socket)
@@ -609,7 +627,7 @@ async fn send_input(
             .map_err(|error| format!("the desktop's compositor is not reachable: {error}"))?;
         let (reader, mut writer) = stream.into_split();
         writer
-            .write_all(format!("{}\n", request.request).as_bytes())
+            .write_all(format!("{request}\n").as_bytes())
             .await
             .map_err(|error| error.to_string())?;
         let mut line = Vec::new();
@@ -625,8 +643,54 @@ async fn send_input(
     if answer.last() != Some(&b'\n') {
         return Err("the desktop's compositor gave no answer".to_owned());
     }
-    send_stdout(settings, session, &answer, up).await?;
-    Ok(0)
+    Ok(answer)
+}
+
+/// Streams open per desktop directory: the compositor paces its frames
+/// to the output's refresh while there is one, at 10 a second otherwise.
+static WATCHERS: std::sync::Mutex<Vec<(std::path::PathBuf, usize)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Counts a stream of the desktop in `dir` in (`true`) or out; tells its
+/// compositor when the count leaves or reaches zero.
+fn watching(dir: &std::path::Path, opened: bool) {
+    let changed = {
+        let mut watchers = WATCHERS.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match watchers.iter().position(|(d, _)| d == dir) {
+            Some(at) => at,
+            None => {
+                watchers.push((dir.to_owned(), 0));
+                watchers.len() - 1
+            }
+        };
+        let count = &mut watchers[at].1;
+        let before = *count;
+        *count = if opened {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        let changed = (before == 0) != (*count == 0);
+        if *count == 0 {
+            watchers.swap_remove(at);
+        }
+        changed
+    };
+    if !changed {
+        return;
+    }
+    let dir = dir.to_owned();
+    let request = serde_json::json!({"op": "watched", "watched": opened}).to_string();
+    // Best effort: a compositor that is gone or busy only misses the pace
+    // (and an agent shutting down has no runtime left to tell it).
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(error) = compositor_call(&dir, &request).await {
+            tracing::debug!(dir = %dir.display(), %error, "cannot tell the compositor it is watched");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -619,17 +619,23 @@ fn two_windows_tile_side_by_side_and_follow_an_output_resize() {
                 && pixel(&s, 600, 400)[..3] == [0x60, 0x50, 0x40]
         })
     });
-    let windows = control.send(r#"{"op":"windows"}"#);
-    let list = windows["windows"].as_array().unwrap();
-    let mut placed: Vec<_> = list.iter().map(geometry).collect();
-    placed.sort();
-    // foot's windows are decorated: their title bars take the top.
+    // foot's windows are decorated: their title bars take the top. The
+    // first foot takes its new size when it next draws.
     let bar = i64::from(flotilla_compositor::decoration::TITLE_HEIGHT);
-    assert_eq!(
-        placed,
-        vec![(0, bar, 320, 480 - bar), (320, bar, 320, 480 - bar)],
-        "{windows}"
-    );
+    let placed = |control: &mut Control| {
+        let windows = control.send(r#"{"op":"windows"}"#);
+        let mut placed: Vec<_> = windows["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(geometry)
+            .collect();
+        placed.sort();
+        placed
+    };
+    desktop.wait("two tiles under their title bars", |_| {
+        placed(&mut control) == vec![(0, bar, 320, 480 - bar), (320, bar, 320, 480 - bar)]
+    });
 
     // A bigger output: gpud's frame and both windows follow.
     control.ok(serde_json::json!({"op": "output", "width": 1024, "height": 768}));
@@ -646,18 +652,9 @@ fn two_windows_tile_side_by_side_and_follow_an_output_resize() {
         windows["output"],
         serde_json::json!({"width": 1024, "height": 768})
     );
-    let mut placed: Vec<_> = windows["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(geometry)
-        .collect();
-    placed.sort();
-    assert_eq!(
-        placed,
-        vec![(0, bar, 512, 768 - bar), (512, bar, 512, 768 - bar)],
-        "{windows}"
-    );
+    desktop.wait("both tiles resized", |_| {
+        placed(&mut control) == vec![(0, bar, 512, 768 - bar), (512, bar, 512, 768 - bar)]
+    });
 
     // Sizes gpud cannot show or the I420 frame cannot hold are refused;
     // the output keeps its size.
@@ -892,4 +889,45 @@ fn a_viewport_crops_and_scales_a_surface() {
         (0, 0, 300, 200),
         "{windows}"
     );
+}
+
+/// Frames are paced by whether anyone watches (the node agent says so
+/// while a stream is open): weston-simple-shm redraws on every frame
+/// callback, so it animates as fast as the compositor composes — at most
+/// 10 frames a second unwatched, the output's refresh watched.
+#[test]
+fn an_unwatched_desktop_is_composed_at_most_ten_times_a_second() {
+    if !client_available("weston-simple-shm", "weston") {
+        return;
+    }
+    let desktop = Desktop::start(640, 480);
+    let _client = desktop.client("weston-simple-shm", &[]);
+    desktop.wait("weston-simple-shm's pattern", |d| {
+        d.screen()
+            .is_some_and(|s| pixel(&s, 5, 5) == [0xff, 0xff, 0xff, 0xff])
+    });
+    let frames_in = |seconds: u64| {
+        let sequence = || desktop.service.frame("dt-c").expect("a frame").sequence;
+        let before = sequence();
+        std::thread::sleep(Duration::from_secs(seconds));
+        sequence() - before
+    };
+    // Unwatched (the start): an upper bound only — a loaded machine makes
+    // fewer frames, never more.
+    let unwatched = frames_in(2);
+    assert!(
+        (1..=2 * 10 + 2).contains(&unwatched),
+        "{unwatched} frames in 2 s unwatched"
+    );
+    let mut control = desktop.control();
+    let answer = control.send(r#"{"op":"watched","watched":true}"#);
+    assert_eq!(answer["frame_period_us"], 16_666, "{answer}");
+    let watched = frames_in(2);
+    eprintln!("frames in 2 s: {unwatched} unwatched, {watched} watched");
+    assert!(watched >= 1);
+    let answer = control.send(r#"{"op":"watched","watched":false}"#);
+    assert_eq!(answer["frame_period_us"], 100_000, "{answer}");
+    for bad in [r#"{"op":"watched"}"#, r#"{"op":"watched","watched":"yes"}"#] {
+        assert_eq!(control.send(bad)["ok"], false, "{bad}");
+    }
 }

@@ -26,7 +26,7 @@ async fn connect(addr: &str, token: &str, desktop: &str, name: &str) -> Socket {
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .expect("open the stream");
     socket
@@ -479,7 +479,9 @@ async fn the_stream_comes_back_after_the_node_agent_restarts() -> anyhow::Result
                 request
                     .headers_mut()
                     .insert("authorization", format!("Bearer {token}").parse().unwrap());
-                let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
+                let Ok((mut socket, _)) =
+                    tokio_tungstenite::connect_async_with_config(request, None, true).await
+                else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
