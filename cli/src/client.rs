@@ -143,8 +143,12 @@ impl Client {
         repository: Option<String>,
         column: Option<Column>,
         resources: Option<Value>,
+        profile: Option<Value>,
     ) -> anyhow::Result<()> {
         let mut body = json!({"title": title, "description": description});
+        if let Some(profile) = profile {
+            body["profile"] = profile;
+        }
         if let Some(repository) = repository {
             body["repository"] = json!(repository);
         }

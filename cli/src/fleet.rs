@@ -630,6 +630,7 @@ pub fn resources_json(
         needs_gpu,
         labels: constraints.into_iter().collect(),
         egress: egress.unwrap_or_default(),
+        profile: Default::default(),
     };
     resources.validate().map_err(anyhow::Error::msg)?;
     Ok(Some(

@@ -437,6 +437,7 @@ impl FleetArgs {
             needs_gpu: self.desktop_gpu_memory > 0,
             labels: Default::default(),
             egress: Default::default(),
+            profile: Default::default(),
         };
         default_resources
             .validate()
@@ -592,6 +593,16 @@ enum TaskCommand {
         /// What its desktop may reach: none, control-plane (default) or open.
         #[arg(long, value_enum)]
         egress: Option<EgressArg>,
+        /// An app its desktop session starts instead of the node's (a
+        /// command line); repeatable.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Its desktop's xkb keyboard layout (default: the node's).
+        #[arg(long)]
+        keyboard_layout: Option<String>,
+        /// Its xkb variant.
+        #[arg(long, requires = "keyboard_layout")]
+        keyboard_variant: Option<String>,
     },
     /// List tasks.
     List {
@@ -751,6 +762,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     needs_gpu,
                     constraints,
                     egress,
+                    apps,
+                    keyboard_layout,
+                    keyboard_variant,
                 } => {
                     let resources = resources_json(
                         cpu_millis,
@@ -760,8 +774,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         constraints,
                         egress.map(EgressArg::policy),
                     )?;
+                    let profile = flotilla_control_plane::types::DesktopProfile {
+                        apps,
+                        keyboard_layout: keyboard_layout.unwrap_or_default(),
+                        keyboard_variant: keyboard_variant.unwrap_or_default(),
+                    };
+                    profile.validate().map_err(anyhow::Error::msg)?;
+                    let profile = (!profile.is_empty())
+                        .then(|| serde_json::to_value(&profile))
+                        .transpose()?;
                     client
-                        .task_create(&title, &description, repository, column, resources)
+                        .task_create(&title, &description, repository, column, resources, profile)
                         .await
                 }
                 TaskCommand::List { column, stale } => client.task_list(column, stale).await,

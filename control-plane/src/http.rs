@@ -293,6 +293,9 @@ pub struct CreateTaskBody {
     /// What its desktop asks for; the server's default when absent.
     #[serde(default)]
     resources: Option<ResourcesBody>,
+    /// Its desktop's apps and keyboard; the node's defaults when absent.
+    #[serde(default)]
+    profile: Option<crate::types::DesktopProfile>,
 }
 
 /// A desktop's resource request as clients send it (unknown fields are
@@ -324,6 +327,7 @@ impl From<ResourcesBody> for DesktopResources {
             needs_gpu: body.needs_gpu,
             labels: body.labels,
             egress: body.egress,
+            profile: crate::types::DesktopProfile::default(),
         }
     }
 }
@@ -335,10 +339,16 @@ fn create_task_command(control: &ControlPlane, body: CreateTaskBody) -> Result<C
     if let Some(repository) = &body.repository {
         validate_repository(repository)?;
     }
-    let resources = body
+    let mut resources = body
         .resources
         .map(DesktopResources::from)
         .unwrap_or_else(|| control.fleet.options.default_resources.clone());
+    if let Some(profile) = body.profile {
+        profile
+            .validate()
+            .map_err(|message| ApiError::bad_request("invalid_profile", message))?;
+        resources.profile = profile;
+    }
     resources
         .validate()
         .map_err(|message| ApiError::bad_request("invalid_resources", message))?;

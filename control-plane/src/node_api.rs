@@ -233,6 +233,9 @@ fn assignments(control: &ControlPlane, node_id: &str) -> pb::Assignments {
                 gpu_memory_bytes: desktop.resources.gpu_memory_bytes,
                 gpu: desktop.gpu,
                 egress: desktop.resources.egress.as_str().to_owned(),
+                apps: desktop.resources.profile.apps.clone(),
+                keyboard_layout: desktop.resources.profile.keyboard_layout.clone(),
+                keyboard_variant: desktop.resources.profile.keyboard_variant.clone(),
             })
             .collect(),
     })

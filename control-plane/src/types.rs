@@ -329,6 +329,76 @@ pub struct DesktopResources {
     /// What the desktop may reach on the network.
     #[serde(default)]
     pub egress: Egress,
+    /// What runs in the desktop and how its keyboard types; the node's
+    /// defaults where empty.
+    #[serde(default, skip_serializing_if = "DesktopProfile::is_empty")]
+    pub profile: DesktopProfile,
+}
+
+/// A desktop's profile: the apps its session starts and its keyboard.
+/// Every field empty: the node's defaults (`--desktop-app`,
+/// `--desktop-keyboard-layout`, `--desktop-keyboard-variant`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesktopProfile {
+    /// Programs the session starts and restarts, each a command line split
+    /// on spaces (e.g. `"foot"`, `"chromium --ozone-platform=wayland"`);
+    /// they replace the node's list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<String>,
+    /// An xkb layout, e.g. `fr`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keyboard_layout: String,
+    /// An xkb variant of it, e.g. `azerty`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keyboard_variant: String,
+}
+
+/// Most apps a profile starts.
+pub const MAX_PROFILE_APPS: usize = 8;
+
+impl DesktopProfile {
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.keyboard_layout.is_empty() && self.keyboard_variant.is_empty()
+    }
+
+    /// Refuses what a session could not start: too many apps, empty or
+    /// overlong command lines, control characters, keyboard names that
+    /// are not xkb names (checked again on the node, which also knows
+    /// whether xkb has the layout).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.apps.len() > MAX_PROFILE_APPS {
+            return Err(format!(
+                "a profile starts at most {MAX_PROFILE_APPS} apps, got {}",
+                self.apps.len()
+            ));
+        }
+        for app in &self.apps {
+            if app.trim().is_empty() || app.len() > 512 || app.chars().any(char::is_control) {
+                return Err(format!(
+                    "app {app:?} must be a command line of 1-512 characters without control characters"
+                ));
+            }
+        }
+        for (what, name) in [
+            ("keyboard_layout", &self.keyboard_layout),
+            ("keyboard_variant", &self.keyboard_variant),
+        ] {
+            if name.len() > 64
+                || !name.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '(' | ')' | ':')
+                })
+            {
+                return Err(format!(
+                    "{what} {name:?} must be an xkb name: up to 64 of letters, digits, '_', '-', '+', '(', ')', ':'"
+                ));
+            }
+        }
+        if self.keyboard_layout.is_empty() && !self.keyboard_variant.is_empty() {
+            return Err("keyboard_variant needs a keyboard_layout".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// A desktop's egress policy, enforced by its node (see the node agent's
@@ -367,6 +437,7 @@ impl Default for DesktopResources {
             needs_gpu: false,
             labels: BTreeMap::new(),
             egress: Egress::default(),
+            profile: DesktopProfile::default(),
         }
     }
 }
@@ -400,7 +471,7 @@ impl DesktopResources {
         for (key, value) in &self.labels {
             validate_label(key, value)?;
         }
-        Ok(())
+        self.profile.validate()
     }
 }
 
@@ -724,4 +795,50 @@ pub enum ChangeKind {
     NodeDeleted { id: String },
     DesktopPut { desktop: Desktop },
     DesktopDeleted { id: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_checked() {
+        let ok = DesktopProfile {
+            apps: vec![
+                "foot".to_owned(),
+                "chromium --ozone-platform=wayland".to_owned(),
+            ],
+            keyboard_layout: "fr".to_owned(),
+            keyboard_variant: "azerty".to_owned(),
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(DesktopProfile::default().validate(), Ok(()));
+        for bad in [
+            DesktopProfile {
+                apps: vec!["x".to_owned(); MAX_PROFILE_APPS + 1],
+                ..ok.clone()
+            },
+            DesktopProfile {
+                apps: vec!["  ".to_owned()],
+                ..ok.clone()
+            },
+            DesktopProfile {
+                apps: vec!["foot\nrm".to_owned()],
+                ..ok.clone()
+            },
+            DesktopProfile {
+                keyboard_layout: "fr;rm".to_owned(),
+                ..ok.clone()
+            },
+            DesktopProfile {
+                keyboard_layout: String::new(),
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        // An empty profile is not written (older readers see nothing new).
+        let json = serde_json::to_value(DesktopResources::default()).unwrap();
+        assert!(json.get("profile").is_none(), "{json}");
+    }
 }

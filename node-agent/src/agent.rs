@@ -299,32 +299,27 @@ pub async fn run(
         }
         None
     };
-    let command = match &session_exe {
-        Some(_) => {
-            let mut command = vec![
+    let session = session_exe
+        .as_ref()
+        .map(|_| crate::runtime::SessionCommand {
+            program: vec![
                 crate::sandbox::SESSION_EXE.to_owned(),
                 "desktop-session".to_owned(),
-            ];
-            for app in &options.desktop_apps {
-                command.push("--app".to_owned());
-                command.push(app.clone());
-            }
-            let (layout, variant) = &options.desktop_keyboard;
-            for (flag, value) in [
-                ("--keyboard-layout", layout),
-                ("--keyboard-variant", variant),
-            ] {
-                if !value.is_empty() {
-                    command.push(flag.to_owned());
-                    command.push(value.clone());
-                }
-            }
-            command
-        }
+            ],
+            apps: options.desktop_apps.clone(),
+            keyboard_layout: options.desktop_keyboard.0.clone(),
+            keyboard_variant: options.desktop_keyboard.1.clone(),
+        });
+    let command = match &session {
+        Some(session) => session.command(&crate::runtime::Profile::default()),
         None => options.desktop_command.clone(),
     };
     let runtime = ProcessRuntime::new(&options.name, &data_dir.path, command, options.stop_grace)
         .context("set up the desktop runtime")?;
+    let runtime = match session {
+        Some(session) => runtime.with_session(session),
+        None => runtime,
+    };
     let lease_file = data_dir.path.join(LEASE_FILE);
     // Sandboxes first: they adopt what an earlier run left running, and
     // the cgroups and network keep what those use.
@@ -1129,6 +1124,11 @@ impl Reconciler {
                         continue;
                     }
                 },
+                profile: crate::runtime::Profile {
+                    apps: assignment.apps.clone(),
+                    keyboard_layout: assignment.keyboard_layout.clone(),
+                    keyboard_variant: assignment.keyboard_variant.clone(),
+                },
             };
             tracing::info!(desktop = %id, generation = assignment.generation, "starting");
             if let Err(error) = runtime.start(&spec) {
@@ -1180,6 +1180,9 @@ mod tests {
             gpu_memory_bytes: 0,
             gpu: None,
             egress: String::new(),
+            apps: Vec::new(),
+            keyboard_layout: String::new(),
+            keyboard_variant: String::new(),
         }
     }
 

@@ -41,6 +41,60 @@ pub struct DesktopSpec {
     pub gpu: Option<u32>,
     /// What it may reach on the network (sandboxes with a network only).
     pub egress: Egress,
+    /// Its own apps and keyboard (desktop sessions only).
+    pub profile: Profile,
+}
+
+/// A desktop's own apps and keyboard; each part empty: the node's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Command lines, split on spaces.
+    pub apps: Vec<String>,
+    pub keyboard_layout: String,
+    pub keyboard_variant: String,
+}
+
+/// How a desktop session is started: the session program and the node's
+/// defaults, which a desktop's [`Profile`] overrides part by part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCommand {
+    /// The session binary and its subcommand, as the sandbox runs it.
+    pub program: Vec<String>,
+    pub apps: Vec<String>,
+    pub keyboard_layout: String,
+    pub keyboard_variant: String,
+}
+
+impl SessionCommand {
+    /// The command line of a desktop with `profile`.
+    pub fn command(&self, profile: &Profile) -> Vec<String> {
+        let mut command = self.program.clone();
+        let apps = if profile.apps.is_empty() {
+            &self.apps
+        } else {
+            &profile.apps
+        };
+        for app in apps {
+            command.push("--app".to_owned());
+            command.push(app.clone());
+        }
+        // A profile's layout comes with its own variant (or none).
+        let (layout, variant) = if profile.keyboard_layout.is_empty() {
+            (&self.keyboard_layout, &self.keyboard_variant)
+        } else {
+            (&profile.keyboard_layout, &profile.keyboard_variant)
+        };
+        for (flag, value) in [
+            ("--keyboard-layout", layout),
+            ("--keyboard-variant", variant),
+        ] {
+            if !value.is_empty() {
+                command.push(flag.to_owned());
+                command.push(value.clone());
+            }
+        }
+        command
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +364,8 @@ pub struct ProcessRuntime {
     gpu: Option<RuntimeGpu>,
     /// The agent's data directory (plain processes' gpud sockets).
     data_dir: PathBuf,
+    /// Desktop sessions: each desktop's command from its profile.
+    session: Option<SessionCommand>,
 }
 
 impl ProcessRuntime {
@@ -340,6 +396,7 @@ impl ProcessRuntime {
             leave_running: false,
             gpu: None,
             data_dir: data_dir.to_owned(),
+            session: None,
         })
     }
 
@@ -545,7 +602,7 @@ impl ProcessRuntime {
             home_dir: home,
             workspace_dir: workspace,
             resolv_conf,
-            command: self.command.clone(),
+            command: self.command_for(spec),
             env,
             netns_fd: net.and_then(|net| {
                 use std::os::fd::AsRawFd;
@@ -577,6 +634,20 @@ impl ProcessRuntime {
     /// CPU share, memory (no swap) and `pids_limit` processes. Cgroups an
     /// earlier run of the agent left are killed and removed first (the
     /// process runtime cannot re-adopt desktops).
+    /// Desktops run `session`, each with its profile's apps and keyboard.
+    pub fn with_session(mut self, session: SessionCommand) -> ProcessRuntime {
+        self.session = Some(session);
+        self
+    }
+
+    /// The command desktop `spec` runs.
+    fn command_for(&self, spec: &DesktopSpec) -> Vec<String> {
+        match &self.session {
+            Some(session) => session.command(&spec.profile),
+            None => self.command.clone(),
+        }
+    }
+
     pub fn with_cgroups(mut self, scope: Scope, pids_limit: u64) -> ProcessRuntime {
         for state in &self.adopted {
             let (Some(name), Some(desktop)) =
@@ -756,9 +827,9 @@ impl DesktopRuntime for ProcessRuntime {
                             .join(format!("{}-{}", spec.desktop_id, spec.generation)),
                         None,
                     )
-                    .map(|gpu| (self.command.clone(), None, None, Some(gpu)))
+                    .map(|gpu| (self.command_for(spec), None, None, Some(gpu)))
                     .map_err(|error| format!("cannot serve its gpud socket: {error}")),
-                None => Ok((self.command.clone(), None, None, None)),
+                None => Ok((self.command_for(spec), None, None, None)),
             },
         };
         let (argv, sandbox, log, gpu) = match prepared {
@@ -1245,8 +1316,34 @@ pub fn monotonic_ns() -> u128 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_profile_overrides_the_nodes_session_part_by_part() {
+        let session = SessionCommand {
+            program: vec!["session".to_owned()],
+            apps: vec!["foot".to_owned(), "chromium --x".to_owned()],
+            keyboard_layout: "de".to_owned(),
+            keyboard_variant: "nodeadkeys".to_owned(),
+        };
+        assert_eq!(
+            session.command(&Profile::default()).join(" "),
+            "session --app foot --app chromium --x --keyboard-layout de --keyboard-variant nodeadkeys"
+        );
+        // Its own apps replace the node's; its layout comes with its own
+        // variant (none here), not the node's.
+        let profile = Profile {
+            apps: vec!["zed".to_owned()],
+            keyboard_layout: "fr".to_owned(),
+            keyboard_variant: String::new(),
+        };
+        assert_eq!(
+            session.command(&profile).join(" "),
+            "session --app zed --keyboard-layout fr"
+        );
+    }
+
     fn spec(id: &str, generation: u64) -> DesktopSpec {
         DesktopSpec {
+            profile: Profile::default(),
             desktop_id: id.to_owned(),
             task_id: "t".to_owned(),
             generation,

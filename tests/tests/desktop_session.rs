@@ -247,6 +247,101 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A task's own profile: only foot, and a French keyboard, which types
+    // what the node's (us) keymap refused above.
+    let created = cli(&[
+        "task",
+        "create",
+        "--title",
+        "profiled",
+        "--column",
+        "planning",
+        "--app",
+        "foot",
+        "--keyboard-layout",
+        "fr",
+        "--output",
+        "json",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let task: Value = serde_json::from_slice(&created.stdout)?;
+    assert_eq!(
+        task["resources"]["profile"]["keyboard_layout"], "fr",
+        "{task}"
+    );
+    let task_id = task["id"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    let desktop_id = loop {
+        let shown = cli(&["task", "show", &task_id, "--output", "json"]);
+        let task: Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        if task["desktop"]["state"] == "running" {
+            break task["desktop"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the profiled desktop never ran\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let processes = cli(&[
+        "desktop",
+        "exec",
+        &desktop_id,
+        "--",
+        "sh",
+        "-c",
+        r"for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done",
+    ]);
+    let processes = String::from_utf8_lossy(&processes.stdout);
+    assert!(
+        processes.contains("desktop-session --app foot --keyboard-layout fr"),
+        "{processes}"
+    );
+    assert!(!processes.contains("chromium"), "{processes}");
+    let started = Instant::now();
+    loop {
+        let typed = cli(&[
+            "desktop",
+            "input",
+            &desktop_id,
+            "--text",
+            "printf 'caf\u{e9}' > /tmp/fr\n",
+        ]);
+        let read = cli(&["desktop", "exec", &desktop_id, "--", "cat", "/tmp/fr"]);
+        if typed.status.success() && String::from_utf8_lossy(&read.stdout) == "caf\u{e9}" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "typing on the French keyboard failed: {typed:?} {read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A profile the server cannot start is refused up front.
+    let refused = cli(&[
+        "task",
+        "create",
+        "--title",
+        "bad",
+        "--keyboard-layout",
+        "fr;rm",
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let response = cluster
+        .http
+        .post(format!("http://{addr}/api/v1/tasks"))
+        .bearer_auth(&cluster.token)
+        .json(&json!({"title": "bad", "profile": {"apps": vec!["x"; 9]}}))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+    let moved = cli(&["task", "move", &task_id, "--to", "done"]);
+    assert!(moved.status.success(), "{moved:?}");
     drop(agent);
     Ok(())
 }

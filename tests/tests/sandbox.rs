@@ -177,6 +177,7 @@ impl Drop for RemoveHostSetup {
 
 fn desktop(id: &str, generation: u64) -> DesktopSpec {
     DesktopSpec {
+        profile: Default::default(),
         desktop_id: id.to_owned(),
         task_id: "t".to_owned(),
         generation,

@@ -49,6 +49,7 @@ impl Drop for HostSetup {
 
 fn desktop(id: &str, egress: Egress) -> DesktopSpec {
     DesktopSpec {
+        profile: Default::default(),
         desktop_id: id.to_owned(),
         task_id: "t".to_owned(),
         generation: 1,
