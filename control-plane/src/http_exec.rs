@@ -128,7 +128,7 @@ pub(crate) async fn screenshot(
     let (node_id, generation) = running_desktop(&control, &id).await?;
     if !control.is_leader() {
         let path = format!("/api/v1/desktops/{id}/screenshot");
-        return forward(&control, Method::GET, &path, &headers, Bytes::new()).await;
+        return forward_get(&control, &path, &headers).await;
     }
     let png = collect(
         &control,
@@ -318,6 +318,15 @@ pub(crate) fn leader_to_forward_to(control: &ControlPlane) -> Result<String, Api
         .leader_addr()
         .filter(|addr| *addr != control.advertise_addr)
         .ok_or_else(|| ApiError::unavailable("no leader; retry"))
+}
+
+/// [`forward`] of a GET.
+pub(crate) async fn forward_get(
+    control: &ControlPlane,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    forward(control, Method::GET, path_and_query, headers, Bytes::new()).await
 }
 
 /// Sends the request on to the leader and streams its answer back.

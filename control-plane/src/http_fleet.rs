@@ -622,14 +622,7 @@ pub(crate) async fn gpu_info(
             Some(name) => format!("/api/v1/gpus?node={}", urlencode(name)),
             None => "/api/v1/gpus".to_owned(),
         };
-        return crate::http_exec::forward(
-            &control,
-            axum::http::Method::GET,
-            &path,
-            &headers,
-            axum::body::Bytes::new(),
-        )
-        .await;
+        return crate::http_exec::forward_get(&control, &path, &headers).await;
     }
     control.read_barrier(consistency(false)).await?;
     let nodes: Vec<Node> = control.state.with_state(|state| match &query.node {
@@ -677,7 +670,7 @@ pub(crate) async fn gpu_info(
 }
 
 /// Percent-encodes a node name for a query string.
-fn urlencode(text: &str) -> String {
+pub(crate) fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -106,14 +106,7 @@ pub(crate) async fn thumbnail(
     let (node_id, generation) = crate::http_exec::running_desktop(&control, &id).await?;
     if !control.is_leader() {
         let path = format!("/api/v1/desktops/{id}/thumbnail?width={width}");
-        return crate::http_exec::forward(
-            &control,
-            axum::http::Method::GET,
-            &path,
-            &headers,
-            axum::body::Bytes::new(),
-        )
-        .await;
+        return crate::http_exec::forward_get(&control, &path, &headers).await;
     }
     let key = (id.clone(), generation, width);
     let cached = control
@@ -247,16 +240,7 @@ async fn relay_to_leader(
         ));
     }
     let leader = crate::http_exec::leader_to_forward_to(control)?;
-    // Percent-encoded for the query (unreserved characters as they are).
-    let name: String = name
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let name = crate::http_fleet::urlencode(name);
     let mut request = format!("ws://{leader}/api/v1/desktops/{id}/stream?name={name}")
         .into_client_request()
         .map_err(|error| ApiError::internal(error.to_string()))?;

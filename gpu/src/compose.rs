@@ -393,27 +393,33 @@ fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], w
             continue;
         }
         for (s, d) in source.chunks_exact(4).zip(dest.chunks_exact_mut(4)) {
-            let alpha = if image.opaque {
-                opacity
-            } else {
-                div255(u32::from(s[3]) * opacity + 127)
-            };
-            // The blend below gives the source at 255 and the dest at 0
-            // exactly; those two are just faster.
-            match alpha {
-                0 => {}
-                255 => {
-                    d[..3].copy_from_slice(&s[..3]);
-                    d[3] = 255;
-                }
-                _ => {
-                    let keep = 255 - alpha;
-                    for c in 0..3 {
-                        d[c] = div255(u32::from(s[c]) * alpha + u32::from(d[c]) * keep + 127) as u8;
-                    }
-                    d[3] = div255(255 * alpha + u32::from(d[3]) * keep + 127) as u8;
-                }
+            over(s, d, image.opaque, opacity);
+        }
+    }
+}
+
+/// Source pixel `s` "over" target pixel `d` (BGRA), its alpha (255 when
+/// `opaque`) scaled by `opacity`; integer-exact, as the shader.
+fn over(s: &[u8], d: &mut [u8], opaque: bool, opacity: u32) {
+    let alpha = if opaque {
+        opacity
+    } else {
+        div255(u32::from(s[3]) * opacity + 127)
+    };
+    // The blend below gives the source at 255 and the dest at 0 exactly;
+    // those two are just faster.
+    match alpha {
+        0 => {}
+        255 => {
+            d[..3].copy_from_slice(&s[..3]);
+            d[3] = 255;
+        }
+        _ => {
+            let keep = 255 - alpha;
+            for c in 0..3 {
+                d[c] = div255(u32::from(s[c]) * alpha + u32::from(d[c]) * keep + 127) as u8;
             }
+            d[3] = div255(255 * alpha + u32::from(d[3]) * keep + 127) as u8;
         }
     }
 }
@@ -431,27 +437,12 @@ fn compose_scaled(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], 
             let sx = Draw::source_at(draw.source.x, draw.source.width, target_width, column);
             let s = (sy as usize * image.width as usize + sx as usize) * 4;
             let d = (y as usize * width as usize + x as usize) * 4;
-            let s = &image.pixels[s..s + 4];
-            let d = &mut target[d..d + 4];
-            let alpha = if image.opaque {
-                opacity
-            } else {
-                div255(u32::from(s[3]) * opacity + 127)
-            };
-            match alpha {
-                0 => {}
-                255 => {
-                    d[..3].copy_from_slice(&s[..3]);
-                    d[3] = 255;
-                }
-                _ => {
-                    let keep = 255 - alpha;
-                    for c in 0..3 {
-                        d[c] = div255(u32::from(s[c]) * alpha + u32::from(d[c]) * keep + 127) as u8;
-                    }
-                    d[3] = div255(255 * alpha + u32::from(d[3]) * keep + 127) as u8;
-                }
-            }
+            over(
+                &image.pixels[s..s + 4],
+                &mut target[d..d + 4],
+                image.opaque,
+                opacity,
+            );
         }
     }
 }

@@ -87,6 +87,25 @@ async fn next_event(socket: &mut Socket, kind: &str) -> Value {
     }
 }
 
+/// Whether this machine can run a desktop with foot on Vulkan (root for
+/// the sandboxes, foot, a Vulkan device); `FLOTILLA_REQUIRE_VULKAN` makes
+/// a missing part an error rather than a skip.
+fn can_run() -> anyhow::Result<bool> {
+    if !netns::available()? {
+        return Ok(false);
+    }
+    let have_foot = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
+    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
+        assert!(
+            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
+            "foot and a Vulkan device are needed (apt-get install foot mesa-vulkan-drivers)"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// RGB of a PNG's pixels.
 fn decode_png(png: &[u8]) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
@@ -100,16 +119,7 @@ fn decode_png(png: &[u8]) -> (u32, u32, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() -> anyhow::Result<()>
 {
-    if !netns::available()? {
-        return Ok(());
-    }
-    let have_foot = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
-    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
-        assert!(
-            std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
-            "foot and a Vulkan device are needed (apt-get install foot mesa-vulkan-drivers)"
-        );
+    if !can_run()? {
         return Ok(());
     }
     let cluster = TestCluster::start(1, ServerFlags(vec![])).await?;
@@ -423,13 +433,7 @@ fn shows_terminal(width: u32, height: u32, rgb: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_comes_back_after_the_node_agent_restarts() -> anyhow::Result<()> {
-    if !netns::available()? {
-        return Ok(());
-    }
-    let have_foot = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
-    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
-        assert!(std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none());
+    if !can_run()? {
         return Ok(());
     }
     let cluster = TestCluster::start(1, ServerFlags(vec![])).await?;
@@ -586,13 +590,7 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_viewer_skips_ahead_while_another_keeps_full_rate_through_a_follower(
 ) -> anyhow::Result<()> {
-    if !netns::available()? {
-        return Ok(());
-    }
-    let have_foot = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("foot").is_file()));
-    if !have_foot || flotilla_gpu::enumerate().map_or(true, |gpus| gpus.is_empty()) {
-        assert!(std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none());
+    if !can_run()? {
         return Ok(());
     }
     let cluster = TestCluster::start(3, ServerFlags(vec![])).await?;
