@@ -4,7 +4,7 @@
 //!
 //! For each of `--runs` runs, per compositor: start it, start foot, and
 //! (Flotilla only: gpud holds its frames) time compositor start → foot's
-//! first composed frame; then after foot settles, RSS and PSS of the
+//! first composed frame, and in a run of its own → chromium's; then after foot settles, RSS and PSS of the
 //! compositor process (and, for Flotilla, of the whole bench process that
 //! hosts gpud, as its share) and the CPU both burn over `--idle` seconds
 //! with nothing happening. Needs foot and weston (Debian packages) and a
@@ -42,7 +42,7 @@ impl Drop for Killed {
 }
 
 /// `field` of /proc/PID/status or smaps_rollup, in KiB.
-fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+pub(crate) fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
@@ -94,7 +94,48 @@ fn wait_for(path: &Path, limit: Duration) -> anyhow::Result<()> {
 fn foot(runtime: &Path, socket: &str) -> anyhow::Result<Killed> {
     Ok(Killed(
         Command::new("foot")
-            .args(["sh", "-c", "sleep 1000"])
+            .args([
+                "--override=colors.background=102030",
+                "sh",
+                "-c",
+                "sleep 1000",
+            ])
+            .env("XDG_RUNTIME_DIR", runtime)
+            .env("WAYLAND_DISPLAY", socket)
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+/// foot's background and chromium's page in the timed runs, B G R X.
+const FOOT_BGRX: [u8; 4] = [0x30, 0x20, 0x10, 0xff];
+const PAGE_BGRX: [u8; 4] = [0x34, 0xab, 0x12, 0xff];
+
+/// The app whose first frame is timed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Foot,
+    /// Debian's chromium on Wayland, showing a page of one colour.
+    Chromium,
+}
+
+fn chromium(runtime: &Path, socket: &str, profile: &Path) -> anyhow::Result<Killed> {
+    Ok(Killed(
+        Command::new("chromium")
+            .args([
+                "--ozone-platform=wayland",
+                // Root cannot use chromium's own sandbox (the desktop's
+                // sandbox is the boundary, as in the desktop session).
+                "--no-sandbox",
+                "--test-type",
+                "--no-first-run",
+                "--disable-gpu",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--app=data:text/html,<body style=background:%2312ab34>")
             .env("XDG_RUNTIME_DIR", runtime)
             .env("WAYLAND_DISPLAY", socket)
             .env_remove("DISPLAY")
@@ -117,6 +158,7 @@ fn flotilla_run(
     args: &CompositorArgs,
     exe: &Path,
     gpus: &[flotilla_gpu::GpuInfo],
+    client: Client,
 ) -> anyhow::Result<Sample> {
     let root = tempfile::tempdir()?;
     let runtime: PathBuf = root.path().join("run");
@@ -140,13 +182,21 @@ fn flotilla_run(
     );
     wait_for(&runtime.join("wayland-bench"), Duration::from_secs(10))?;
     let ready = started.elapsed();
-    let _foot = foot(&runtime, "wayland-bench")?;
-    // foot's first frame: its background where ours was. Frames are
-    // awaited on gpud's frame signal and each looked at once (reading the
-    // scanout in a loop would hold the desktop's gpud session, delaying
-    // the very composition measured).
-    let background = flotilla_compositor::gpu_output::BACKGROUND_BGRX;
-    let background_y = flotilla_gpu::compose::i420_cpu(&background.repeat(4), 2, 2)[0];
+    let _client = match client {
+        Client::Foot => foot(&runtime, "wayland-bench")?,
+        Client::Chromium => chromium(&runtime, "wayland-bench", &root.path().join("profile"))?,
+    };
+    // The client's first frame: its known colour at the centre (foot's
+    // background, chromium's page). Frames are awaited on gpud's frame
+    // signal and each looked at once (reading the scanout in a loop would
+    // hold the desktop's gpud session, delaying the very composition
+    // measured). Neither the scanout's first conversion (black, before
+    // anything is composed) nor the compositor's background counts.
+    let colour: [u8; 4] = match client {
+        Client::Foot => FOOT_BGRX,
+        Client::Chromium => PAGE_BGRX,
+    };
+    let want_y = flotilla_gpu::compose::i420_cpu(&colour.repeat(4), 2, 2)[0];
     let (cx, cy) = (args.width / 2, args.height / 2);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = None;
@@ -154,14 +204,23 @@ fn flotilla_run(
         if let Some(frame) = service.next_frame("bench", last, Duration::from_millis(100)) {
             last = Some(frame.sequence);
             let y = frame.data[(cy * frame.width + cx) as usize];
-            // Not ours, and not the zeros before the first composition
-            // (limited-range luma is never 0).
-            if y != background_y && y != 0 {
+            if y.abs_diff(want_y) <= 2 {
                 break started.elapsed();
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "foot never showed");
+        anyhow::ensure!(Instant::now() < deadline, "the client never showed");
     };
+    if client == Client::Chromium {
+        // Its first frame is what is timed; memory and idle CPU are
+        // measured with foot.
+        return Ok(Sample {
+            first_frame: Some(first_frame),
+            ready: Some(ready),
+            rss_kib: 0,
+            pss_kib: 0,
+            idle_cpu_ms: 0.0,
+        });
+    }
     std::thread::sleep(Duration::from_secs(1));
     let pid = compositor.0.id();
     let idle_cpu_ms = idle(pid, args.idle);
@@ -319,15 +378,33 @@ pub fn run(args: CompositorArgs) -> anyhow::Result<()> {
     );
     let have_sway = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("sway").is_file()));
+    let have_chromium = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("chromium").is_file()));
     let (mut ours, mut theirs, mut sways) = (Vec::new(), Vec::new(), Vec::new());
+    let mut chromiums: Vec<Duration> = Vec::new();
     for _ in 0..args.runs {
-        ours.push(flotilla_run(&args, &exe, &gpus)?);
+        ours.push(flotilla_run(&args, &exe, &gpus, Client::Foot)?);
+        if have_chromium {
+            let sample = flotilla_run(&args, &exe, &gpus, Client::Chromium)?;
+            chromiums.extend(sample.first_frame);
+        }
         theirs.push(weston_run(&args)?);
         if have_sway {
             sways.push(sway_run(&args)?);
         }
     }
     let (our_pss, our_cpu) = report("flotilla compositor", &ours);
+    if chromiums.is_empty() {
+        println!("(chromium is not installed: apt-get install chromium for its first frame)");
+    } else {
+        chromiums.sort_unstable();
+        println!(
+            "{:<28} start → chromium's first composed frame p50 {} ms, p99 {} ms",
+            "flotilla compositor",
+            millis(percentile(&chromiums, 0.5)),
+            millis(percentile(&chromiums, 0.99)),
+        );
+    }
     let (their_pss, their_cpu) = report("weston headless (pixman)", &theirs);
     println!(
         "flotilla / weston: PSS {:.2}×, idle CPU {:.2} vs {:.2} ms/s",

@@ -92,6 +92,38 @@ async fn frame(socket: &mut Socket, within: Duration) -> Option<(Header, Vec<u8>
     }
 }
 
+/// The processes of desktop `id` that are Flotilla's own (sandbox-init,
+/// the session, the compositor): found by their cgroup naming the desktop
+/// and their command line; (pid, role).
+fn desktop_processes(id: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cgroup.contains(id) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // The init is forked by the agent's zygote without an exec: it
+        // keeps the zygote's command line, inside the desktop's cgroup.
+        let role = match args.get(1).map(String::as_str) {
+            Some("sandbox-init" | "sandbox-zygote") => "init",
+            Some("desktop-session") => "session",
+            Some("compositor") => "compositor",
+            _ => continue,
+        };
+        found.push((pid, role.to_owned()));
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}
+
 struct Fleet {
     cluster: TestCluster,
     _agent: AgentProcess,
@@ -231,6 +263,20 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
     summary("key → frame on the WebSocket (incl. foot)", &mut key_to_ws);
     summary("capture → frame on the WebSocket", &mut capture_to_ws);
     drop(socket);
+    // The desktop's own overhead, idle and unwatched: its init, session
+    // and compositor (not foot, not gpud, which the agent hosts).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let parts = desktop_processes(&desktop);
+    let pss: u64 = parts
+        .iter()
+        .map(|(pid, _)| crate::compositor::proc_kib(*pid, "smaps_rollup", "Pss:"))
+        .sum();
+    let names: Vec<&str> = parts.iter().map(|(_, name)| name.as_str()).collect();
+    println!(
+        "idle desktop: {} PSS {:.1} MiB",
+        names.join(" + "),
+        pss as f64 / 1024.0
+    );
 
     // Card → first frame.
     let mut card = Vec::new();

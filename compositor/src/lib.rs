@@ -171,20 +171,35 @@ struct FrameClock {
     watched: bool,
     armed: bool,
     last: Instant,
+    /// When the present run of back-to-back frames began.
+    busy_since: Instant,
 }
 
-/// The shortest time between frames while nobody watches: an animation
-/// nobody sees is paced at 10 a second (the agent's screenshots and the
-/// board's thumbnails need no more), a lone change still shows at once.
+/// The shortest time between frames while nobody watches, once frames
+/// have come back to back for [`ANIMATION_AFTER`]: an animation nobody
+/// sees is paced at 10 a second (the agent's screenshots and the board's
+/// thumbnails need no more). Start-up, a window opening, a burst of
+/// typing run at the output's refresh.
 pub const UNWATCHED_PERIOD: Duration = Duration::from_millis(100);
+pub const ANIMATION_AFTER: Duration = Duration::from_secs(1);
 
 impl FrameClock {
     fn period(&self) -> Duration {
-        if self.watched {
+        if self.watched || self.busy_since.elapsed() < ANIMATION_AFTER {
             self.refresh
         } else {
             self.refresh.max(UNWATCHED_PERIOD)
         }
+    }
+
+    /// A frame is being made now.
+    fn frame_now(&mut self) {
+        let now = Instant::now();
+        // A pause longer than the slow pace ends a run of frames.
+        if now.duration_since(self.last) > 2 * UNWATCHED_PERIOD {
+            self.busy_since = now;
+        }
+        self.last = now;
     }
 }
 
@@ -275,6 +290,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         last: Instant::now()
             .checked_sub(Duration::from_secs(1))
             .unwrap_or_else(Instant::now),
+        busy_since: Instant::now(),
     };
     let mut state = State {
         clock,
@@ -402,7 +418,7 @@ impl State {
                         return TimeoutAction::ToDuration(Duration::from_millis(2));
                     }
                     state.clock.armed = false;
-                    state.clock.last = Instant::now();
+                    state.clock.frame_now();
                     state.frame();
                     TimeoutAction::Drop
                 });
