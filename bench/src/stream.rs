@@ -271,10 +271,21 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(pid, _)| crate::compositor::proc_kib(*pid, "smaps_rollup", "Pss:"))
         .sum();
-    let names: Vec<&str> = parts.iter().map(|(_, name)| name.as_str()).collect();
+    let mut roles: Vec<String> = Vec::new();
+    for (_, role) in &parts {
+        let count = parts.iter().filter(|(_, r)| r == role).count();
+        let name = if count > 1 {
+            format!("{count} × {role}")
+        } else {
+            role.clone()
+        };
+        if !roles.contains(&name) {
+            roles.push(name);
+        }
+    }
     println!(
-        "idle desktop: {} PSS {:.1} MiB",
-        names.join(" + "),
+        "idle desktop's own processes ({}): PSS {:.1} MiB",
+        roles.join(" + "),
         pss as f64 / 1024.0
     );
 
