@@ -107,6 +107,9 @@ pub struct SurfaceFrame {
     pub source: Rect,
     pub size: (u32, u32),
     pub format: Format,
+    /// Every pixel opaque (an X8 format, or the client's opaque region
+    /// covers it): nothing beneath it is drawn.
+    pub opaque: bool,
     /// Rectangles (buffer coordinates) whose pixels are new; `copy` fills
     /// them.
     pub damage: Vec<Rect>,
@@ -121,6 +124,8 @@ struct Placed {
     y: i32,
     source: Rect,
     size: (u32, u32),
+    /// Every pixel opaque (B8G8R8X8): what is beneath it is not drawn.
+    opaque: bool,
 }
 
 /// Copies `rect` of the client's buffer into `out` (rows of `width` × 4).
@@ -425,6 +430,7 @@ impl GpuOutput {
                 y: s.y,
                 source: s.source,
                 size: s.size,
+                opaque: s.opaque || s.format == Format::B8G8R8X8,
             })
             .collect();
         if layout != self.layout {
@@ -465,6 +471,7 @@ impl GpuOutput {
                     y: s.y,
                     source,
                     size: s.size,
+                    opaque: s.opaque || resource.format == Format::B8G8R8X8,
                 })
             })
             .collect();
@@ -490,16 +497,42 @@ fn compose_list(
     if damage.len() > MAX_DAMAGE as usize {
         damage = vec![bounding(&damage)];
     }
-    let mut draws = vec![Draw {
-        size: None,
-        resource_id: BACKGROUND,
-        source: screen,
+    let background = Placed {
+        id: u64::from(BACKGROUND),
         x: 0,
         y: 0,
-        opacity: 255,
-        clip: screen,
-    }];
-    for placed in surfaces.iter().take(MAX_DRAWS as usize - 1) {
+        source: screen,
+        size: (screen.width, screen.height),
+        opaque: true,
+    };
+    let layers: Vec<&Placed> = std::iter::once(&background)
+        .chain(surfaces.iter().take(MAX_DRAWS as usize - 1))
+        .collect();
+    let on_screen = |placed: &Placed| {
+        clip_signed(
+            placed.x,
+            placed.y,
+            placed.size.0,
+            placed.size.1,
+            screen.width,
+            screen.height,
+        )
+    };
+    let mut draws = Vec::with_capacity(layers.len());
+    for (index, placed) in layers.iter().enumerate() {
+        // Hidden under opaque surfaces above it (the background under a
+        // maximised terminal, windows under the one on top): not drawn.
+        let Some(area) = on_screen(placed) else {
+            continue;
+        };
+        let above: Vec<Rect> = layers[index + 1..]
+            .iter()
+            .filter(|above| above.opaque)
+            .filter_map(|above| on_screen(above))
+            .collect();
+        if covered(area, &above) {
+            continue;
+        }
         let unscaled = placed.size == (placed.source.width, placed.source.height);
         draws.push(Draw {
             size: (!unscaled).then_some(placed.size),
@@ -526,6 +559,42 @@ fn compose_list(
     call(guest, &build::resource_flush(flush, SCANOUT), &[], "flush")
 }
 
+/// Whether `rects` together cover all of `area`.
+fn covered(area: Rect, rects: &[Rect]) -> bool {
+    // What of `area` no rectangle has covered yet, as disjoint pieces.
+    let mut left = vec![area];
+    for cover in rects {
+        let mut next = Vec::with_capacity(left.len());
+        for piece in left {
+            let (x0, y0) = (piece.x.max(cover.x), piece.y.max(cover.y));
+            let x1 = (piece.x + piece.width).min(cover.x + cover.width);
+            let y1 = (piece.y + piece.height).min(cover.y + cover.height);
+            if x0 >= x1 || y0 >= y1 {
+                next.push(piece);
+                continue;
+            }
+            let (px1, py1) = (piece.x + piece.width, piece.y + piece.height);
+            if piece.y < y0 {
+                next.push(rect(piece.x, piece.y, piece.width, y0 - piece.y));
+            }
+            if y1 < py1 {
+                next.push(rect(piece.x, y1, piece.width, py1 - y1));
+            }
+            if piece.x < x0 {
+                next.push(rect(piece.x, y0, x0 - piece.x, y1 - y0));
+            }
+            if x1 < px1 {
+                next.push(rect(x1, y0, px1 - x1, y1 - y0));
+            }
+        }
+        left = next;
+        if left.is_empty() {
+            return true;
+        }
+    }
+    left.is_empty()
+}
+
 fn clip(area: &Rect, width: u32, height: u32) -> Option<Rect> {
     let x1 = area.x.saturating_add(area.width).min(width);
     let y1 = area.y.saturating_add(area.height).min(height);
@@ -546,4 +615,32 @@ fn bounding(rects: &[Rect]) -> Rect {
     let x1 = rects.iter().map(|r| r.x + r.width).max().unwrap_or(0);
     let y1 = rects.iter().map(|r| r.y + r.height).max().unwrap_or(0);
     rect(x0, y0, x1 - x0, y1 - y0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rectangle_is_covered_only_by_what_covers_all_of_it() {
+        let screen = rect(0, 0, 640, 480);
+        assert!(covered(screen, &[screen]));
+        // A title bar and the window under it.
+        assert!(covered(
+            screen,
+            &[rect(0, 0, 640, 24), rect(0, 24, 640, 456)]
+        ));
+        // Two tiles side by side, overlapping a little.
+        assert!(covered(
+            screen,
+            &[rect(0, 0, 330, 480), rect(320, 0, 320, 480)]
+        ));
+        // A one-pixel gap, or nothing at all: not covered.
+        assert!(!covered(
+            screen,
+            &[rect(0, 0, 320, 480), rect(321, 0, 319, 480)]
+        ));
+        assert!(!covered(screen, &[]));
+        assert!(!covered(screen, &[rect(0, 0, 640, 479)]));
+    }
 }

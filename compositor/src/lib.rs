@@ -810,6 +810,7 @@ fn title_bar(
         },
         size: (width, height),
         format: Format::B8G8R8X8,
+        opaque: true,
         damage,
     })
 }
@@ -920,7 +921,31 @@ fn collect(
                 }
             };
             let size = (view.dst.w.max(1) as u32, view.dst.h.max(1) as u32);
+            // Opaque when the client says all of it is (foot does, with an
+            // ARGB buffer): what is beneath is not drawn.
+            let opaque = states
+                .cached_state
+                .get::<smithay::wayland::compositor::SurfaceAttributes>()
+                .current()
+                .opaque_region
+                .as_ref()
+                .is_some_and(|region| {
+                    use smithay::wayland::compositor::RectangleKind;
+                    let whole = smithay::utils::Rectangle::<i32, smithay::utils::Logical>::new(
+                        (0, 0).into(),
+                        view.dst,
+                    );
+                    region
+                        .rects
+                        .iter()
+                        .all(|(kind, _)| matches!(kind, RectangleKind::Add))
+                        && region
+                            .rects
+                            .iter()
+                            .any(|(_, rect)| rect.contains_rect(whole))
+                });
             surfaces.push(SurfaceFrame {
+                opaque,
                 key,
                 x: location.0 + view.offset.x,
                 y: location.1 + view.offset.y,
