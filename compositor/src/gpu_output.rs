@@ -161,7 +161,7 @@ fn call(guest: &mut Guest, command: &[u8], fds: &[i32], what: &str) -> anyhow::R
     Ok(())
 }
 
-/// Makes the scanout and the background (filled and uploaded) at
+/// Makes the scanout and the background (filled, uploaded and composed) at
 /// `width`×`height` and points scanout 0 at it; returns the background's
 /// backing.
 fn screen(guest: &mut Guest, width: u32, height: u32) -> anyhow::Result<Staging> {
@@ -198,6 +198,29 @@ fn screen(guest: &mut Guest, width: u32, height: u32) -> anyhow::Result<Staging>
         &build::transfer_to_host_2d(screen, 0, BACKGROUND),
         &[],
         "upload the background",
+    )?;
+    // The background composed into the scanout before it is shown:
+    // setting the scanout converts the frame once (composing after it
+    // would convert it a second time, CPU work a starting desktop's first
+    // client competes with on a GPU-less host).
+    let list = CompositionList {
+        target: SCANOUT,
+        damage: vec![screen],
+        draws: vec![Draw {
+            size: None,
+            resource_id: BACKGROUND,
+            source: screen,
+            x: 0,
+            y: 0,
+            opacity: 255,
+            clip: screen,
+        }],
+    };
+    call(
+        guest,
+        &build::submit_3d(CONTEXT, None, &list.encode()),
+        &[],
+        "compose the background",
     )?;
     call(
         guest,
@@ -244,8 +267,6 @@ impl GpuOutput {
                     "create the composition context",
                 )?;
                 let background = screen(&mut guest, width, height)?;
-                let screen = rect(0, 0, width, height);
-                compose_list(&mut guest, screen, &[], vec![screen])?;
                 Ok((guest, background))
             })
             .context("start gpud's set-up")?;
@@ -308,8 +329,9 @@ impl GpuOutput {
         self._background = Some(screen(self.guest()?, width, height)?);
         self.width = width;
         self.height = height;
+        // The next frame redraws every window.
         self.layout.clear();
-        self.compose(&[], vec![rect(0, 0, width, height)])
+        Ok(())
     }
 
     /// The resource for `surface`, made (or remade at a new size or
