@@ -87,6 +87,27 @@ async fn next_event(socket: &mut Socket, kind: &str) -> Value {
     }
 }
 
+/// A task created in Planning and its desktop, once running: (task id,
+/// desktop id).
+async fn planned_desktop(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    title: &str,
+) -> anyhow::Result<(String, String)> {
+    let task: Value = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(token)
+        .json(&json!({"title": title, "column": "planning"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let desktop = flotilla_tests::wait_for_running_desktop(http, base, token, &task_id).await?;
+    Ok((task_id, desktop))
+}
+
 /// Whether this machine can run a desktop with foot on Vulkan (root for
 /// the sandboxes, foot, a Vulkan device); `FLOTILLA_REQUIRE_VULKAN` makes
 /// a missing part an error rather than a skip.
@@ -136,16 +157,7 @@ async fn a_desktop_streams_to_viewers_and_takes_input_from_the_one_in_control() 
     )?;
     let http = &cluster.http;
     let token = cluster.token.clone();
-    let task: Value = http
-        .post(format!("{base}/tasks"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "watch me", "column": "planning"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let task_id = task["id"].as_str().unwrap().to_owned();
-    let desktop = flotilla_tests::wait_for_running_desktop(http, &base, &token, &task_id).await?;
+    let (task_id, desktop) = planned_desktop(http, &base, &token, "watch me").await?;
 
     // Wait for foot's window: the compositor's background gone from the
     // centre of the screenshot.
@@ -454,18 +466,7 @@ async fn the_stream_comes_back_after_the_node_agent_restarts() -> anyhow::Result
     };
     let mut agent = start()?;
     let token = cluster.token.clone();
-    let task: Value = cluster
-        .http
-        .post(format!("{base}/tasks"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "survive", "column": "planning"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let task_id = task["id"].as_str().unwrap().to_owned();
-    let desktop =
-        flotilla_tests::wait_for_running_desktop(&cluster.http, &base, &token, &task_id).await?;
+    let (task_id, desktop) = planned_desktop(&cluster.http, &base, &token, "survive").await?;
 
     // Watch until the terminal is in the picture.
     let watch = |what: &'static str| {
@@ -621,16 +622,7 @@ async fn a_stalled_viewer_skips_ahead_while_another_keeps_full_rate_through_a_fo
     )?;
     let token = cluster.token.clone();
     let http = &cluster.http;
-    let task: Value = http
-        .post(format!("{base}/tasks"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "busy", "column": "planning"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let task_id = task["id"].as_str().unwrap().to_owned();
-    let desktop = flotilla_tests::wait_for_running_desktop(http, &base, &token, &task_id).await?;
+    let (_, desktop) = planned_desktop(http, &base, &token, "busy").await?;
 
     // Through the follower: an unknown desktop is refused before any
     // upgrade.
