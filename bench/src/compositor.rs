@@ -91,15 +91,16 @@ fn wait_for(path: &Path, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn foot(runtime: &Path, socket: &str) -> anyhow::Result<Killed> {
+/// `program` with `args` as a client of the compositor at `socket`.
+fn wayland_client(
+    program: &str,
+    args: &[&str],
+    runtime: &Path,
+    socket: &str,
+) -> anyhow::Result<Killed> {
     Ok(Killed(
-        Command::new("foot")
-            .args([
-                "--override=colors.background=102030",
-                "sh",
-                "-c",
-                "sleep 1000",
-            ])
+        Command::new(program)
+            .args(args)
             .env("XDG_RUNTIME_DIR", runtime)
             .env("WAYLAND_DISPLAY", socket)
             .env_remove("DISPLAY")
@@ -108,6 +109,20 @@ fn foot(runtime: &Path, socket: &str) -> anyhow::Result<Killed> {
             .stderr(Stdio::null())
             .spawn()?,
     ))
+}
+
+fn foot(runtime: &Path, socket: &str) -> anyhow::Result<Killed> {
+    wayland_client(
+        "foot",
+        &[
+            "--override=colors.background=102030",
+            "sh",
+            "-c",
+            "sleep 1000",
+        ],
+        runtime,
+        socket,
+    )
 }
 
 /// foot's background and chromium's page in the timed runs, B G R X.
@@ -123,27 +138,23 @@ enum Client {
 }
 
 fn chromium(runtime: &Path, socket: &str, profile: &Path) -> anyhow::Result<Killed> {
-    Ok(Killed(
-        Command::new("chromium")
-            .args([
-                "--ozone-platform=wayland",
-                // Root cannot use chromium's own sandbox (the desktop's
-                // sandbox is the boundary, as in the desktop session).
-                "--no-sandbox",
-                "--test-type",
-                "--no-first-run",
-                "--disable-gpu",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("--app=data:text/html,<body style=background:%2312ab34>")
-            .env("XDG_RUNTIME_DIR", runtime)
-            .env("WAYLAND_DISPLAY", socket)
-            .env_remove("DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    ))
+    let profile = format!("--user-data-dir={}", profile.display());
+    wayland_client(
+        "chromium",
+        &[
+            "--ozone-platform=wayland",
+            // Root cannot use chromium's own sandbox (the desktop's
+            // sandbox is the boundary, as in the desktop session).
+            "--no-sandbox",
+            "--test-type",
+            "--no-first-run",
+            "--disable-gpu",
+            &profile,
+            "--app=data:text/html,<body style=background:%2312ab34>",
+        ],
+        runtime,
+        socket,
+    )
 }
 
 fn idle(pid: u32, seconds: u64) -> f64 {

@@ -97,7 +97,6 @@ struct Inner {
     keyframe_wanted: Option<KeyframeAsk>,
     /// When a keyframe was last asked of the encoder.
     keyframe_asked: Option<Instant>,
-    last_drop: Option<Instant>,
     /// Bytes of frames published so far.
     published_bytes: u64,
     closed: bool,
@@ -208,11 +207,6 @@ impl Hub {
         self.changed.notify_one();
     }
 
-    /// When a viewer last fell behind and lost frames.
-    pub fn last_drop(&self) -> Option<Instant> {
-        self.lock().last_drop
-    }
-
     /// Bytes of frames published so far.
     pub fn published_bytes(&self) -> u64 {
         self.lock().published_bytes
@@ -279,7 +273,6 @@ impl Hub {
         }
         if dropped {
             inner.keyframe_wanted = inner.keyframe_wanted.max(Some(KeyframeAsk::Recover));
-            inner.last_drop = Some(Instant::now());
             drop(inner);
             self.changed.notify_one();
         }
@@ -503,7 +496,6 @@ mod tests {
         }
         assert_eq!(fast_seen, (4..=12).collect::<Vec<_>>());
         assert!(slow.dropped() > 0);
-        assert!(hub.last_drop().is_some());
         // It never holds more than QUEUE frames, was told what it
         // skipped, and resumes at a keyframe.
         publish(&hub, 13, true);
