@@ -221,6 +221,7 @@ pub(crate) fn window_and_overlay(width: u32, height: u32, damage: Rect) -> Vec<u
                 y: 0,
                 opacity: 255,
                 clip: screen,
+                opaque: false,
             },
             Draw {
                 size: None,
@@ -230,6 +231,7 @@ pub(crate) fn window_and_overlay(width: u32, height: u32, damage: Rect) -> Vec<u
                 y: (height / 2) as i32,
                 opacity: 255,
                 clip: screen,
+                opaque: false,
             },
         ],
     }

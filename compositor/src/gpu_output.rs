@@ -23,6 +23,8 @@ use flotilla_gpu::session::CAPSET_COMPOSE;
 const SCANOUT: u32 = 1;
 const BACKGROUND: u32 = 2;
 const CONTEXT: u32 = 1;
+/// The largest spare backing made at start (a 4K screen is 33 MB).
+const MAX_SPARE: usize = 64 << 20;
 /// The desktop's background, B G R X.
 pub const BACKGROUND_BGRX: [u8; 4] = [0x30, 0x28, 0x20, 0xff];
 
@@ -39,6 +41,17 @@ unsafe impl Send for Staging {}
 
 impl Staging {
     fn new(len: usize) -> anyhow::Result<Staging> {
+        Staging::map(len, 0)
+    }
+
+    /// One whose pages are already there (MAP_POPULATE): the first copy
+    /// into it does not fault page by page (≈ 1,000 faults for a 4 MB
+    /// window, milliseconds on a first frame).
+    fn populated(len: usize) -> anyhow::Result<Staging> {
+        Staging::map(len, libc::MAP_POPULATE)
+    }
+
+    fn map(len: usize, flags: libc::c_int) -> anyhow::Result<Staging> {
         // SAFETY: memfd_create/ftruncate/mmap with checked results; the
         // mapping belongs to the value and is unmapped on drop.
         unsafe {
@@ -54,7 +67,7 @@ impl Staging {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | flags,
                 fd.as_raw_fd(),
                 0,
             );
@@ -148,6 +161,10 @@ pub struct GpuOutput {
     /// Last frame's layout, back to front.
     layout: Vec<Placed>,
     _background: Option<Staging>,
+    /// A screen-sized backing made ready at start, for the first surface
+    /// (the first app's window, whose first frame is waited for).
+    spare: Option<Staging>,
+    spare_making: Option<std::thread::JoinHandle<anyhow::Result<Staging>>>,
 }
 
 fn call(guest: &mut Guest, command: &[u8], fds: &[i32], what: &str) -> anyhow::Result<()> {
@@ -214,6 +231,7 @@ fn screen(guest: &mut Guest, width: u32, height: u32) -> anyhow::Result<Staging>
             y: 0,
             opacity: 255,
             clip: screen,
+            opaque: true,
         }],
     };
     call(
@@ -280,6 +298,15 @@ impl GpuOutput {
             surfaces: HashMap::new(),
             layout: Vec::new(),
             _background: None,
+            spare: None,
+            spare_making: Some(width as usize * height as usize * 4)
+                .filter(|len| *len <= MAX_SPARE)
+                .and_then(|len| {
+                    std::thread::Builder::new()
+                        .name("gpud-spare".to_owned())
+                        .spawn(move || Staging::populated(len))
+                        .ok()
+                }),
         })
     }
 
@@ -357,7 +384,13 @@ impl GpuOutput {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).unwrap_or(16);
         let len = surface.width as usize * surface.height as usize * 4;
-        let staging = Staging::new(len)?;
+        // The spare goes to a window-sized surface (not a title bar),
+        // larger than needed being fine: gpud maps `len` bytes of it.
+        let fits = |spare: usize| len <= spare && len >= spare / 2;
+        let staging = match self.spare.take_if(|spare| fits(spare.len)) {
+            Some(spare) => spare,
+            None => Staging::new(len)?,
+        };
         call(
             self.guest()?,
             &build::resource_create_2d(id, surface.format, surface.width, surface.height),
@@ -397,6 +430,22 @@ impl GpuOutput {
         copy: &mut CopyFn,
     ) -> anyhow::Result<bool> {
         self.guest()?;
+        // The spare serves the first frame that shows surfaces, or nobody.
+        let first = !surfaces.is_empty() && self.spare_making.is_some();
+        if first {
+            self.spare = self
+                .spare_making
+                .take()
+                .and_then(|making| making.join().ok()?.ok());
+        }
+        let shown = self.show(surfaces, copy);
+        if first {
+            self.spare = None;
+        }
+        shown
+    }
+
+    fn show(&mut self, surfaces: &mut [SurfaceFrame], copy: &mut CopyFn) -> anyhow::Result<bool> {
         let mut damage: Vec<Rect> = Vec::new();
         for surface in surfaces.iter_mut() {
             if surface.width == 0 || surface.height == 0 {
@@ -564,6 +613,9 @@ fn compose_list(
             y: placed.y,
             opacity: 255,
             clip: screen,
+            // Its opaque region covers it (or it has no alpha): drawn
+            // as a copy, not blended.
+            opaque: placed.opaque,
         });
     }
     let flush = bounding(&damage);

@@ -9,12 +9,13 @@
 //! u32 target resource id          u32 draw count (≤ 256)
 //! u32 damage count (≤ 64)         damage × rect {u32 x, y, width, height}
 //! draws × { u32 resource id; rect source; i32 x; i32 y;
-//!           u8 opacity (0-255); u8 flags (0); u16 reserved (0); rect clip;
+//!           u8 opacity (0-255); u8 flags; u16 reserved (0); rect clip;
 //!           version 2 only: u32 width; u32 height }
 //! ```
 //! Each draw puts its source rectangle of its resource at (x, y) of the
 //! target, "over" what is there, its alpha (255 for a B8G8R8X8 source,
-//! whose fourth byte is padding) scaled by opacity, limited to
+//! whose fourth byte is padding, or for a draw flagged opaque) scaled by
+//! opacity, limited to
 //! its clip rectangle and to the damage (only damaged pixels change).
 //! Version 2 gives the draw's size on the target (0 × 0: the source's
 //! size, as version 1): a source of another size is scaled to it, each
@@ -22,6 +23,12 @@
 //! wp_viewporter's clients expect of a compositor that does not filter).
 //! A draw item is 48 bytes in version 1, 56 in version 2; the stream is
 //! exactly as long as its counts say.
+//!
+//! Flags: bit 0 ([`FLAG_OPAQUE`]), the source is opaque whatever its
+//! format says: its fourth byte is padding. A compositor sets it for a
+//! surface whose Wayland opaque region covers it, as other compositors
+//! then skip blending; an opaque draw at full opacity is a plain copy.
+//! Other bits are refused.
 
 use crate::protocol::Rect;
 
@@ -34,6 +41,8 @@ pub const MAX_DAMAGE: u32 = 64;
 pub const MAX_DRAW_SIZE: u32 = 16384;
 const DRAW_BYTES_V1: usize = 48;
 const DRAW_BYTES: usize = 56;
+/// A draw's flag: its source's fourth byte is padding, every pixel opaque.
+pub const FLAG_OPAQUE: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draw {
@@ -46,6 +55,8 @@ pub struct Draw {
     /// Its size on the target, when the source is scaled (None: the
     /// source's size).
     pub size: Option<(u32, u32)>,
+    /// The source is opaque whatever its format ([`FLAG_OPAQUE`]).
+    pub opaque: bool,
 }
 
 impl Draw {
@@ -152,6 +163,7 @@ impl CompositionList {
                 opacity: bytes[at + 28],
                 clip: rect_at(bytes, at + 32),
                 size: (size != (0, 0)).then_some(size),
+                opaque: bytes[at + 29] & FLAG_OPAQUE != 0,
             };
             if let Some((width, height)) = draw.size {
                 if width == 0 || height == 0 || width > MAX_DRAW_SIZE || height > MAX_DRAW_SIZE {
@@ -163,7 +175,7 @@ impl CompositionList {
             if draw.resource_id == 0 {
                 return Err(format!("draw {i} names resource 0"));
             }
-            if bytes[at + 29] != 0 || bytes[at + 30] != 0 || bytes[at + 31] != 0 {
+            if bytes[at + 29] & !FLAG_OPAQUE != 0 || bytes[at + 30] != 0 || bytes[at + 31] != 0 {
                 return Err(format!("draw {i} has unknown flags"));
             }
             if !fits(&draw.source) || !fits(&draw.clip) {
@@ -203,7 +215,8 @@ impl CompositionList {
             rect(&mut out, &draw.source);
             out.extend_from_slice(&draw.x.to_le_bytes());
             out.extend_from_slice(&draw.y.to_le_bytes());
-            out.extend_from_slice(&[draw.opacity, 0, 0, 0]);
+            let flags = if draw.opaque { FLAG_OPAQUE } else { 0 };
+            out.extend_from_slice(&[draw.opacity, flags, 0, 0]);
             rect(&mut out, &draw.clip);
             let (width, height) = draw.size.unwrap_or((0, 0));
             out.extend_from_slice(&width.to_le_bytes());
@@ -376,6 +389,7 @@ fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], w
     let dx = i64::from(draw.source.x) - i64::from(draw.x);
     let dy = i64::from(draw.source.y) - i64::from(draw.y);
     let opacity = u32::from(draw.opacity);
+    let opaque = image.opaque || draw.opaque;
     let row_bytes = (x1 - x0) as usize * 4;
     for y in y0..y1 {
         let sy = (i64::from(y) + dy) as usize;
@@ -384,16 +398,15 @@ fn compose_piece(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], w
         let d = (y as usize * width as usize + x0 as usize) * 4;
         let source = &image.pixels[s..s + row_bytes];
         let dest = &mut target[d..d + row_bytes];
-        if image.opaque && opacity == 255 {
-            // Every pixel replaces what is there.
+        if opaque && opacity == 255 {
+            // Every pixel replaces what is there, its padding byte too
+            // (the target's fourth byte is not read as alpha; the GPU
+            // copies the same bytes: `render::copy_regions`).
             dest.copy_from_slice(source);
-            for alpha in dest.iter_mut().skip(3).step_by(4) {
-                *alpha = 255;
-            }
             continue;
         }
         for (s, d) in source.chunks_exact(4).zip(dest.chunks_exact_mut(4)) {
-            over(s, d, image.opaque, opacity);
+            over(s, d, opaque, opacity);
         }
     }
 }
@@ -440,7 +453,7 @@ fn compose_scaled(draw: &Draw, piece: &Piece, image: &Image, target: &mut [u8], 
             over(
                 &image.pixels[s..s + 4],
                 &mut target[d..d + 4],
-                image.opaque,
+                image.opaque || draw.opaque,
                 opacity,
             );
         }

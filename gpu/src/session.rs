@@ -419,7 +419,7 @@ impl Session {
                 at: (draw.x, draw.y),
                 size: draw.target_size(),
                 opacity: draw.opacity,
-                opaque: source.format == Format::B8G8R8X8,
+                opaque: source.format == Format::B8G8R8X8 || draw.opaque,
             });
         }
         renderer.run(&self.desktop, steps).map_err(|error| {

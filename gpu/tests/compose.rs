@@ -34,6 +34,7 @@ fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8) -> Draw {
         y,
         opacity,
         clip: rect(0, 0, u32::MAX / 2, u32::MAX / 2),
+        opaque: false,
     }
 }
 
@@ -124,6 +125,32 @@ fn solid_alpha_overlap_clip_and_damage_give_exact_pixels() {
     };
     compose_cpu(&list, &mut target, w, h, sources).unwrap();
     assert_eq!(pixel(&target, w, 3, 3), [128, 0, 0, 255], "once, not twice");
+    // Flagged opaque (the client's opaque region covers it): the half-blue
+    // source's bytes replace the target's as they are; at half opacity
+    // its colour counts as alpha 255, scaled by the opacity.
+    let mut target = solid(w, h, [0, 0, 0, 255]);
+    let list = CompositionList {
+        target: 9,
+        damage: vec![rect(0, 0, 8, 8)],
+        draws: vec![
+            Draw {
+                opaque: true,
+                ..draw(2, rect(0, 0, 4, 4), 0, 0, 255)
+            },
+            Draw {
+                opaque: true,
+                ..draw(2, rect(0, 0, 4, 4), 4, 4, 128)
+            },
+        ],
+    };
+    assert_eq!(
+        CompositionList::decode(&list.encode()).unwrap(),
+        list,
+        "the flag travels"
+    );
+    compose_cpu(&list, &mut target, w, h, sources).unwrap();
+    assert_eq!(pixel(&target, w, 1, 1), [255, 0, 0, 128], "copied");
+    assert_eq!(pixel(&target, w, 5, 5), [128, 0, 0, 255], "opaque at 50 %");
     // A draw of an unknown resource, or a source outside its resource.
     let list = CompositionList {
         target: 9,
@@ -176,8 +203,14 @@ fn bad_lists_are_refused() {
     older[4] = 1;
     assert!(CompositionList::decode(&older).is_err());
     assert!(CompositionList::decode(&good[..good.len() - 1]).is_err());
+    // Bit 0 is the opaque flag; any other bit is refused.
     let mut flags = good.clone();
     flags[20 + 16 + 29] = 1;
+    assert!(CompositionList::decode(&flags).unwrap().draws[0].opaque);
+    flags[20 + 16 + 29] = 2;
+    assert!(CompositionList::decode(&flags).is_err());
+    flags[20 + 16 + 29] = 0;
+    flags[20 + 16 + 30] = 1;
     assert!(CompositionList::decode(&flags).is_err());
     let mut overflow = good.clone();
     overflow[20..24].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -49,6 +49,7 @@ fn list() -> CompositionList {
                 y: 0,
                 opacity: 255,
                 clip: rect(0, 0, 64, 64),
+                opaque: false,
             },
             Draw {
                 size: None,
@@ -58,6 +59,7 @@ fn list() -> CompositionList {
                 y: 40,
                 opacity: 100,
                 clip: rect(0, 0, 30, 64),
+                opaque: false,
             },
         ],
     }

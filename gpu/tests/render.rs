@@ -144,6 +144,7 @@ fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8, clip: Rect)
         y,
         opacity,
         clip,
+        opaque: false,
     }
 }
 
@@ -202,6 +203,16 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
                 draw(5, rect(0, 0, 16, 16), 200, 20, 255, screen),
                 draw(6, rect(0, 0, 40, 40), 250, 120, 255, screen),
                 draw(6, rect(0, 0, 40, 40), 270, 130, 100, screen),
+                // The noise flagged opaque (a Wayland opaque region): a
+                // copy at full opacity, its alpha ignored when blended.
+                Draw {
+                    opaque: true,
+                    ..draw(4, rect(0, 0, 30, 20), 0, 170, 255, screen)
+                },
+                Draw {
+                    opaque: true,
+                    ..draw(4, rect(30, 20, 30, 20), 40, 170, 90, screen)
+                },
                 // Scaled (wp_viewporter): stretched across, squeezed down,
                 // and a cropped part blown up past the screen's edge.
                 Draw {
@@ -217,11 +228,14 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
         screen,
         "solid, alpha, overlap, clip, padding byte, scaling",
     );
-    // The padded source landed opaque: its colour bytes exactly, alpha 255.
+    // The padded source landed opaque: copied as it is, colour and padding
+    // byte (the target's fourth byte is not read as alpha).
     let target = pair.gpu.pixels(1).unwrap();
     let (at, from) = ((120 * width as usize + 250) * 4, 0);
-    assert_eq!(&target[at..at + 3], &padded[from..from + 3]);
-    assert_eq!(target[at + 3], 255);
+    assert_eq!(&target[at..at + 4], &padded[from..from + 4]);
+    // So did the noise flagged opaque, whatever its alpha.
+    let (at, from) = ((175 * width as usize + 7) * 4, (5 * 90 + 7) * 4);
+    assert_eq!(&target[at..at + 4], &noisy[from..from + 4]);
     // Partial damage: two overlapping rectangles (each pixel once) and one
     // off the screen; only those pixels change.
     pair.frame(
@@ -341,7 +355,13 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
                         rng.below(height),
                     ),
                 );
-                Draw { size, ..draw }
+                // A quarter flagged opaque.
+                let opaque = rng.below(4) == 0;
+                Draw {
+                    size,
+                    opaque,
+                    ..draw
+                }
             })
             .collect();
         let flush = rect(

@@ -187,6 +187,7 @@ fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
                 y: 0,
                 opacity: 255,
                 clip: rect(0, 0, 16, 4),
+                opaque: false,
             },
             Draw {
                 size: None,
@@ -196,6 +197,7 @@ fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
                 y: 0,
                 opacity: 255,
                 clip: rect(0, 0, 16, 4),
+                opaque: false,
             },
         ],
     };
@@ -407,6 +409,7 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
             y: 0,
             opacity: 255,
             clip: rect(0, 0, 1, 1),
+            opaque: false,
         }],
     };
     assert_eq!(
@@ -435,6 +438,7 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
                 y: 0,
                 opacity: 255,
                 clip: rect(0, 0, 64, 64),
+                opaque: false,
             }],
         };
         for command in [
