@@ -200,7 +200,10 @@ impl Desktop {
         let s = &mut self.session;
         ok(s, &build::transfer_to_host_2d(damage, offset, 2), vec![])?;
         ok(s, &build::submit_3d(1, None, list), vec![])?;
-        ok(s, &build::resource_flush(damage, 1), vec![])
+        ok(s, &build::resource_flush(damage, 1), vec![])?;
+        // The encoder reads the frame: its flushed part is converted now.
+        anyhow::ensure!(s.frame().is_some(), "no frame");
+        Ok(())
     }
 }
 

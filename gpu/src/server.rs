@@ -106,7 +106,7 @@ pub fn serve_session(
         let (answer, now) = {
             let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
             let answer = session.handle(&bytes, fds);
-            (answer, session.frame().map(|frame| frame.3))
+            (answer, session.frame_sequence())
         };
         if now != sequence {
             sequence = now;

@@ -276,26 +276,25 @@ impl GpuService {
     /// What `desktop`'s scanout shows now: width, height and BGRA pixels
     /// (None before its guest set a scanout).
     pub fn scanout(&self, desktop: &str) -> Option<(u32, u32, Vec<u8>)> {
-        let session = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(desktop)?
-            .clone();
+        let session = self.session(desktop)?;
         let session = session.lock().unwrap_or_else(|p| p.into_inner());
         session.scanout_bgra()
     }
 
-    /// `desktop`'s current frame as I420 (None before its guest set a
-    /// scanout, or for an odd-sized one).
-    pub fn frame(&self, desktop: &str) -> Option<I420Frame> {
-        let session = self
-            .live
+    fn session(&self, desktop: &str) -> Option<Arc<Mutex<Session>>> {
+        self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(desktop)?
-            .clone();
-        let session = session.lock().unwrap_or_else(|p| p.into_inner());
+            .get(desktop)
+            .cloned()
+    }
+
+    /// `desktop`'s current frame as I420 (None before its guest set a
+    /// scanout, or for an odd-sized one); its flushed parts are converted
+    /// now (see `Session::frame`).
+    pub fn frame(&self, desktop: &str) -> Option<I420Frame> {
+        let session = self.session(desktop)?;
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
         let (bytes, width, height, sequence) = session.frame()?;
         if width % 2 != 0 || height % 2 != 0 {
             return None;
@@ -320,8 +319,15 @@ impl GpuService {
         let (count, woken) = &*self.frames;
         loop {
             let seen = *count.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(frame) = self.frame(desktop) {
-                if Some(frame.sequence) != after {
+            // Only a new frame is read (and so converted and copied).
+            let sequence = self.session(desktop).and_then(|session| {
+                session
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .frame_sequence()
+            });
+            if sequence.is_some() && sequence != after {
+                if let Some(frame) = self.frame(desktop) {
                     return Some(frame);
                 }
             }

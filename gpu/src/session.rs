@@ -225,16 +225,25 @@ impl Resource {
     }
 }
 
-/// The scanout's frame as I420, for the encoder stage: converted where
-/// the guest flushes, kept between flushes.
+/// The scanout's frame as I420, for the encoder stage. What the guest
+/// flushes is converted when somebody reads the frame, not at the flush:
+/// a desktop nobody watches costs no conversion at all, and a watched one
+/// is converted once per read however many flushes came between.
 struct Frame {
     resource_id: u32,
     layout: FrameLayout,
     storage: Storage,
     charged: u64,
-    /// Counts conversions: a new value is a new frame.
+    /// Counts flushes of the scanout: a new value is a new frame.
     sequence: u64,
+    /// Flushed areas (frame pixels) not converted yet.
+    pending: Vec<Box2>,
+    /// Conversion jobs run, for tests and statistics.
+    conversions: u64,
 }
+
+/// Flushed areas kept apart before they are merged into one box.
+const MAX_PENDING: usize = 16;
 
 /// One guest (desktop) connected to gpud.
 pub struct Session {
@@ -460,6 +469,7 @@ impl Session {
             {
                 frame.resource_id = resource_id;
                 frame.layout = layout;
+                frame.pending.clear();
             }
             _ => {
                 self.drop_frame();
@@ -470,10 +480,30 @@ impl Session {
                     storage,
                     charged,
                     sequence: 0,
+                    pending: Vec::new(),
+                    conversions: 0,
                 });
             }
         }
-        self.convert((0, 0, layout.width, layout.height))
+        self.flushed((0, 0, layout.width, layout.height));
+        Ok(())
+    }
+
+    /// `area` (frame pixels) of the scanout changed: a new frame, to be
+    /// converted when read.
+    fn flushed(&mut self, area: Box2) {
+        let Some(frame) = &mut self.frame else {
+            return;
+        };
+        frame.sequence += 1;
+        if frame.pending.len() >= MAX_PENDING {
+            let all = frame.pending.drain(..).fold(area, |a, b| {
+                (a.0.min(b.0), a.1.min(b.1), a.2.max(b.2), a.3.max(b.3))
+            });
+            frame.pending.push(all);
+        } else {
+            frame.pending.push(area);
+        }
     }
 
     fn drop_frame(&mut self) {
@@ -482,12 +512,17 @@ impl Session {
         }
     }
 
-    /// Converts `area` (frame pixels) of the scanout to I420: on the GPU
-    /// when the frame's width is a multiple of 8, else on the CPU.
-    fn convert(&mut self, area: Box2) -> Result<(), u32> {
+    /// Converts the flushed areas of the scanout to I420, in one job: on
+    /// the GPU when the frame's width is a multiple of 8, else on the CPU.
+    fn convert(&mut self) -> Result<(), String> {
         let Some(frame) = &mut self.frame else {
             return Ok(());
         };
+        if frame.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut frame.pending);
+        frame.conversions += 1;
         let resource = &self.resources[&frame.resource_id];
         let gpu = match (&self.renderer, resource.storage.gpu(), frame.storage.gpu()) {
             (Some(renderer), Some(input), Some(output)) if frame.layout.width.is_multiple_of(8) => {
@@ -504,42 +539,44 @@ impl Session {
         } else {
             2
         };
-        let Some(area) = frame.layout.aligned(area, align) else {
-            return Ok(());
-        };
+        let areas = pending
+            .into_iter()
+            .filter_map(|area| frame.layout.aligned(area, align));
         match gpu {
             Some((renderer, input, output)) => {
                 let layout = frame.layout;
-                let step = Step::I420 {
-                    input,
-                    stride: layout.stride,
-                    origin_x: layout.origin_x,
-                    origin_y: layout.origin_y,
-                    width: layout.width,
-                    height: layout.height,
-                    area,
-                    output,
-                };
-                renderer.run(&self.desktop, vec![step]).map_err(|error| {
-                    eprintln!("gpud: {}: conversion failed: {error}", self.desktop);
-                    resp::ERR_UNSPEC
-                })?;
+                let steps = areas
+                    .map(|area| Step::I420 {
+                        input,
+                        stride: layout.stride,
+                        origin_x: layout.origin_x,
+                        origin_y: layout.origin_y,
+                        width: layout.width,
+                        height: layout.height,
+                        area,
+                        output,
+                    })
+                    .collect();
+                renderer.run(&self.desktop, steps)?;
             }
-            None => i420_region_cpu(
-                resource.storage.bytes(),
-                &frame.layout,
-                area,
-                frame.storage.bytes_mut(),
-            ),
+            None => {
+                for area in areas {
+                    i420_region_cpu(
+                        resource.storage.bytes(),
+                        &frame.layout,
+                        area,
+                        frame.storage.bytes_mut(),
+                    );
+                }
+            }
         }
-        frame.sequence += 1;
         Ok(())
     }
 
     /// The scanout's current frame as I420 (even-sized scanouts), for the
     /// encoder stage.
-    pub fn scanout_i420(&self) -> Option<Vec<u8>> {
-        self.frame.as_ref().map(|f| f.storage.bytes().to_vec())
+    pub fn scanout_i420(&mut self) -> Option<Vec<u8>> {
+        self.frame().map(|f| f.0.to_vec())
     }
 
     /// Scanout 0's pixels (BGRA rows of its rectangle): what the desktop
@@ -557,8 +594,13 @@ impl Session {
         Some((rect.width, rect.height, out))
     }
 
-    /// The current frame's I420 bytes, size and sequence number.
-    pub fn frame(&self) -> Option<(&[u8], u32, u32, u64)> {
+    /// The current frame's I420 bytes, size and sequence number, its
+    /// flushed areas converted first. A conversion that fails leaves the
+    /// last frame's bytes (and says so on stderr).
+    pub fn frame(&mut self) -> Option<(&[u8], u32, u32, u64)> {
+        if let Err(error) = self.convert() {
+            eprintln!("gpud: {}: conversion failed: {error}", self.desktop);
+        }
         self.frame.as_ref().map(|f| {
             (
                 f.storage.bytes(),
@@ -567,6 +609,16 @@ impl Session {
                 f.sequence,
             )
         })
+    }
+
+    /// The current frame's sequence number, without converting anything.
+    pub fn frame_sequence(&self) -> Option<u64> {
+        self.frame.as_ref().map(|f| f.sequence)
+    }
+
+    /// How many conversion jobs this session ran.
+    pub fn conversions(&self) -> u64 {
+        self.frame.as_ref().map_or(0, |f| f.conversions)
     }
 
     /// Answers one command (a frame's bytes and descriptors).
@@ -747,12 +799,12 @@ impl Session {
                     let x1 = (rect.x + rect.width).min(scanout.x + scanout.width);
                     let y1 = (rect.y + rect.height).min(scanout.y + scanout.height);
                     if id == resource_id && x0 < x1 && y0 < y1 {
-                        self.convert((
+                        self.flushed((
                             x0 - scanout.x,
                             y0 - scanout.y,
                             x1 - scanout.x,
                             y1 - scanout.y,
-                        ))?;
+                        ));
                     }
                 }
                 Ok(Response::NoData)

@@ -102,7 +102,7 @@ impl Pair {
         self.check(list.target, what);
     }
 
-    fn check(&self, target: u32, what: &str) {
+    fn check(&mut self, target: u32, what: &str) {
         let (gpu, cpu) = (
             self.gpu.pixels(target).unwrap(),
             self.cpu.pixels(target).unwrap(),

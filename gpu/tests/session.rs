@@ -223,6 +223,32 @@ fn transfer_and_compose(renderer: Option<Arc<Renderer>>) {
         resp::OK_NODATA
     );
     assert_eq!(session.scanout_i420(), Some(i420_cpu(&target, 16, 4)));
+    // A flush only marks the frame new: nothing is converted until the
+    // frame is read, and one read converts all flushed since, in one job.
+    let (sequence, conversions) = (session.frame_sequence().unwrap(), session.conversions());
+    let mut moved = list.clone();
+    moved.draws[1].x = 4;
+    assert_eq!(
+        answer(&session.handle(&build::submit_3d(3, None, &moved.encode()), vec![])),
+        resp::OK_NODATA
+    );
+    let before = target;
+    let target = session.pixels(8).unwrap().to_vec();
+    assert_ne!(target, before, "the second list changes pixels");
+    for area in [rect(0, 0, 8, 2), rect(8, 2, 8, 2), rect(0, 0, 16, 4)] {
+        assert_eq!(
+            answer(&session.handle(&build::resource_flush(area, 8), vec![])),
+            resp::OK_NODATA
+        );
+    }
+    assert_eq!(session.frame_sequence(), Some(sequence + 3));
+    assert_eq!(session.conversions(), conversions);
+    let (frame, _, _, read) = session.frame().unwrap();
+    assert_eq!(frame, i420_cpu(&target, 16, 4).as_slice());
+    assert_eq!(read, sequence + 3);
+    assert_eq!(session.conversions(), conversions + 1);
+    session.frame().unwrap();
+    assert_eq!(session.conversions(), conversions + 1, "nothing new");
     assert_eq!(
         answer(&session.handle(&build::ctx_destroy(3), vec![])),
         resp::OK_NODATA
