@@ -5,10 +5,14 @@
 //! front) and a RESOURCE_FLUSH of the damage. Nothing is drawn when
 //! nothing changed.
 //!
-//! The copy: smithay gives the compositor a client's shm pool as a
-//! mapping, not its descriptor, so damaged rows are copied once into the
-//! surface's own memfd (which gpud maps); passing the client's pool fd to
-//! gpud directly (zero copy) is a later step.
+//! The copy: damaged rows are copied once into the surface's own memfd
+//! (which gpud maps), never the client's pool handed to gpud: a client
+//! can shrink its unsealed pool under gpud, and the SIGBUS would take the
+//! node agent, and every desktop on it, down (ARCHITECTURE.md).
+//!
+//! A surface that is opaque (XRGB, or its opaque region covers it) is
+//! flagged so in the composition list: gpud copies it instead of
+//! blending it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -263,8 +267,9 @@ impl GpuOutput {
     /// the rest of the set-up (the composition context, the screen, the
     /// background shown) goes on on a thread, and the first call that
     /// needs gpud waits for it. The compositor serves its clients
-    /// meanwhile: on lavapipe that set-up is ≈ 50 ms that an app's own
-    /// start-up now hides.
+    /// meanwhile: on lavapipe that set-up is 10–25 ms (two 4 MB resources
+    /// zeroed, the background uploaded and copied) that an app's own
+    /// start-up hides.
     pub fn connect(socket: &Path) -> anyhow::Result<GpuOutput> {
         let mut guest = Guest::connect(socket)
             .with_context(|| format!("connect to gpud at {}", socket.display()))?;
