@@ -577,12 +577,9 @@ fn worker(shared: &Shared) {
     }
 }
 
-/// Records, submits and waits for one job.
-///
-/// # Safety
-/// Every buffer the steps name is live until this returns.
 /// A composition piece that is a plain copy, as buffer-copy regions (one
-/// per row): an opaque source (B8G8R8X8) at full opacity, unscaled.
+/// per row): an opaque source (B8G8R8X8, or a draw flagged opaque) at
+/// full opacity, unscaled.
 /// Copies its padding byte as it is, as the CPU reference does; nothing
 /// reads the target's fourth byte as alpha (the I420 conversion and
 /// screenshots take B, G and R). On a GPU it is the copy engine's work;
@@ -620,11 +617,16 @@ fn copy_regions(step: &Step) -> Option<(vk::Buffer, vk::Buffer, Vec<vk::BufferCo
     Some((source, target, regions))
 }
 
+/// Whether `step` is recorded as a copy (see [`copy_regions`]).
 fn is_copy(step: &Step) -> bool {
     matches!(*step, Step::Compose { target, source, source_rect, size, opacity: 255, opaque: true, .. }
         if size == (source_rect.2, source_rect.3) && source != target)
 }
 
+/// Records, submits and waits for one job.
+///
+/// # Safety
+/// Every buffer the steps name is live until this returns.
 unsafe fn execute(shared: &Shared, recorder: &Recorder, steps: &[Step]) -> Result<(), String> {
     // SAFETY: the caller upholds this function's contract.
     unsafe {
