@@ -34,6 +34,10 @@ use std::sync::mpsc;
 use serde::Deserialize;
 use smithay::reexports::calloop::channel::Sender;
 
+use crate::options::{MAX_OUTPUT, MIN_OUTPUT};
+
+mod execute;
+
 /// Longest request line.
 const MAX_LINE: usize = 64 * 1024;
 /// Most characters one `text` request types.
@@ -107,16 +111,16 @@ impl Request {
                 Err("a position must be a finite number".to_owned())
             }
             Request::Output { width, height }
-                if !(crate::MIN_OUTPUT..=crate::MAX_OUTPUT.0).contains(width)
-                    || !(crate::MIN_OUTPUT..=crate::MAX_OUTPUT.1).contains(height)
+                if !(MIN_OUTPUT..=MAX_OUTPUT.0).contains(width)
+                    || !(MIN_OUTPUT..=MAX_OUTPUT.1).contains(height)
                     || width % 2 != 0
                     || height % 2 != 0 =>
             {
                 Err(format!(
                     "an output of {width}×{height}: sizes are even, {min}×{min} to {}×{}",
-                    crate::MAX_OUTPUT.0,
-                    crate::MAX_OUTPUT.1,
-                    min = crate::MIN_OUTPUT
+                    MAX_OUTPUT.0,
+                    MAX_OUTPUT.1,
+                    min = MIN_OUTPUT
                 ))
             }
             Request::Button { button, .. } if !(272..=279).contains(button) => Err(format!(
