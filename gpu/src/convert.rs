@@ -9,7 +9,20 @@
 use std::sync::Arc;
 
 use crate::enumerate::GpuError;
-use crate::render::{GpuBuffer, Renderer, Step};
+use crate::render::{GpuBuffer, RenderError, Renderer, Step};
+
+/// Why an image was not converted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("I420 needs a width that is a multiple of 8 and an even height, not {width}×{height}")]
+    Size { width: u32, height: u32 },
+    #[error("{len} bytes for a {width}×{height} BGRA image")]
+    Length { len: usize, width: u32, height: u32 },
+    #[error(transparent)]
+    Buffer(#[from] GpuError),
+    #[error(transparent)]
+    Run(#[from] RenderError),
+}
 
 pub struct I420Converter {
     renderer: Arc<Renderer>,
@@ -27,18 +40,22 @@ impl I420Converter {
 
     /// Converts `bgra` (`width` × `height`, width a multiple of 8, height
     /// even) to I420 bytes.
-    pub fn convert(&mut self, bgra: &[u8], width: u32, height: u32) -> Result<Vec<u8>, GpuError> {
+    pub fn convert(
+        &mut self,
+        bgra: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, ConvertError> {
         if width == 0 || height == 0 || !width.is_multiple_of(8) || !height.is_multiple_of(2) {
-            return Err(GpuError::NoSuchGpu(format!(
-                "I420 needs a width that is a multiple of 8 and an even height, not {width}×{height}"
-            )));
+            return Err(ConvertError::Size { width, height });
         }
         let input_size = u64::from(width) * u64::from(height) * 4;
         if bgra.len() as u64 != input_size {
-            return Err(GpuError::NoSuchGpu(format!(
-                "{} bytes for a {width}×{height} BGRA image",
-                bgra.len()
-            )));
+            return Err(ConvertError::Length {
+                len: bgra.len(),
+                width,
+                height,
+            });
         }
         if !matches!(self.buffers, Some((_, _, w, h)) if w == width && h == height) {
             self.buffers = None;
@@ -58,9 +75,7 @@ impl I420Converter {
             area: (0, 0, width, height),
             output: output.buffer,
         };
-        self.renderer
-            .run("convert", vec![step])
-            .map_err(GpuError::NoSuchGpu)?;
+        self.renderer.run("convert", vec![step])?;
         Ok(output.bytes().to_vec())
     }
 }

@@ -4,13 +4,19 @@
 //! reporting what they do.
 //!
 //! [`runtime::ProcessRuntime`] runs each desktop in a namespace sandbox
-//! ([`sandbox`]) or, without one, as a plain child process; [`operator`]
-//! serves `desktop exec` and `desktop logs` over the agent's tunnel.
+//! ([`sandbox`]) or, without one, as a plain child process; [`tunnel`] is
+//! the node's end of the operator tunnel and serves `desktop exec`, `desktop
+//! logs`, frames and input over it. [`clock`] and [`fsutil`] are leaves every
+//! other module may use.
 
 pub mod agent;
+pub mod clock;
+pub mod fsutil;
 pub mod host;
-pub mod operator;
 pub mod runtime;
 pub mod sandbox;
+#[cfg(test)]
+mod test_support;
+pub mod tunnel;
 
 pub use agent::{run, AgentOptions};

@@ -303,7 +303,7 @@ fn state_of(dir: &Path) -> serde_json::Value {
 
 /// A lease file whose deadline is `left` from now.
 fn write_lease(path: &Path, left: Duration) {
-    let deadline = flotilla_node_agent::runtime::monotonic_ns() + left.as_nanos();
+    let deadline = flotilla_node_agent::clock::monotonic_ns() + left.as_nanos();
     std::fs::write(path, format!("{deadline}\n")).unwrap();
 }
 

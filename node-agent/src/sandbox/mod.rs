@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod init;
 pub mod net;
 pub mod netlink;
+pub mod seccomp;
 pub mod sys;
 pub mod zygote;
 
@@ -24,6 +25,19 @@ pub const MAX_SLOTS: u32 = 4096;
 /// The desktop user inside every sandbox.
 pub const DESKTOP_UID: u32 = 1000;
 pub const DESKTOP_USER: &str = "desktop";
+
+/// A desktop's directory (`<data>/desktops/<id>-<generation>/`), shared by
+/// the runtime that makes it, `sandbox-init` and `sandbox-exec` that run in
+/// it, and the operator tunnel that reads it: the sandbox's spec
+/// (written by the agent before the start) ...
+pub const SPEC_FILE: &str = "spec.json";
+/// ... its record for re-adoption (written by the agent once it started;
+/// present while it runs) ...
+pub const STATE_FILE: &str = "state.json";
+/// ... its stdout and stderr (and its sandbox's own messages) ...
+pub const LOG_FILE: &str = "log";
+/// ... and the exit status its outer process writes when it ends.
+pub const EXIT_STATUS_FILE: &str = "exit-status";
 
 /// Everything `sandbox-init` needs, written by the agent as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -71,19 +71,89 @@ impl Egress {
     }
 }
 
-impl std::str::FromStr for Egress {
-    type Err = String;
+/// An egress policy name that is none of ours (from an assignment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown egress policy {0:?} (expected none, control-plane or open)")]
+pub struct UnknownEgress(pub String);
 
-    fn from_str(text: &str) -> Result<Egress, String> {
+impl std::str::FromStr for Egress {
+    type Err = UnknownEgress;
+
+    fn from_str(text: &str) -> Result<Egress, UnknownEgress> {
         match text {
             "none" => Ok(Egress::None),
             "control-plane" | "" => Ok(Egress::ControlPlane),
             "open" => Ok(Egress::Open),
-            other => Err(format!(
-                "unknown egress policy {other:?} (expected none, control-plane or open)"
-            )),
+            other => Err(UnknownEgress(other.to_owned())),
         }
     }
+}
+
+/// Why the desktop network (or one desktop's part of it) could not be set
+/// up. Whatever the failing step had made is undone first.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("bridge name {0:?} must be 1–15 bytes")]
+    BridgeName(String),
+    #[error("veth prefix {0:?} must be 1–5 bytes")]
+    VethPrefix(String),
+    #[error("bridge, veth prefix and nft table names take [A-Za-z0-9_-]")]
+    BadName,
+    #[error("desktop subnet {0} must be a /16")]
+    Subnet(Ipv4Addr),
+    #[error("cannot run nft ({source}): install nftables (apt-get install -y nftables)")]
+    NftMissing {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write to nft: {source}")]
+    NftWrite {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wait for nft: {source}")]
+    NftWait {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft refused the rules: {stderr}")]
+    NftRefused { stderr: String },
+    /// An rtnetlink step on the host or inside a namespace (`create bridge
+    /// flotilla0`, `find lo`, `wire veth flv3`, ...), named in the message.
+    #[error("{step}: {source}")]
+    Netlink {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Sysctl {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Namespace {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("start the {thread}: {source}")]
+    Thread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the namespace thread panicked")]
+    ThreadPanicked,
+    #[error("no free desktop address")]
+    NoFreeAddress,
+}
+
+/// A failed rtnetlink step, named.
+fn netlink(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let step = step.into();
+    move |source| NetworkError::Netlink { step, source }
 }
 
 /// How a node's desktop network is laid out.
@@ -123,25 +193,22 @@ const RANGE_SIZE: u32 = 1 << 14;
 
 impl NetworkSettings {
     /// Checks names and the subnet.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NetworkError> {
         if self.bridge.is_empty() || self.bridge.len() > MAX_IFNAME {
-            return Err(format!("bridge name {:?} must be 1–15 bytes", self.bridge));
+            return Err(NetworkError::BridgeName(self.bridge.clone()));
         }
         if self.veth_prefix.is_empty() || self.veth_prefix.len() > 5 {
-            return Err(format!(
-                "veth prefix {:?} must be 1–5 bytes",
-                self.veth_prefix
-            ));
+            return Err(NetworkError::VethPrefix(self.veth_prefix.clone()));
         }
         let valid = |name: &str| {
             name.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if !valid(&self.bridge) || !valid(&self.veth_prefix) || !valid(&self.nft_table) {
-            return Err("bridge, veth prefix and nft table names take [A-Za-z0-9_-]".to_owned());
+            return Err(NetworkError::BadName);
         }
         if u32::from(self.subnet) & 0xFFFF != 0 {
-            return Err(format!("desktop subnet {} must be a /16", self.subnet));
+            return Err(NetworkError::Subnet(self.subnet));
         }
         Ok(())
     }
@@ -259,32 +326,29 @@ table inet {table} {{
     }
 }
 
-fn nft(script: &str) -> Result<(), String> {
+fn nft(script: &str) -> Result<(), NetworkError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| {
-            format!("cannot run nft ({error}): install nftables (apt-get install -y nftables)")
-        })?;
+        .map_err(|source| NetworkError::NftMissing { source })?;
     child
         .stdin
         .take()
         .expect("piped stdin")
         .write_all(script.as_bytes())
-        .map_err(|error| format!("write to nft: {error}"))?;
+        .map_err(|source| NetworkError::NftWrite { source })?;
     let output = child
         .wait_with_output()
-        .map_err(|error| format!("wait for nft: {error}"))?;
+        .map_err(|source| NetworkError::NftWait { source })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft refused the rules: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(NetworkError::NftRefused {
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -390,20 +454,24 @@ impl Network {
     /// the nftables table) and starts the pool. `keep` lists the networks
     /// of desktops re-adopted after a restart; every other veth with the
     /// node's prefix is deleted.
-    pub fn start(settings: NetworkSettings, keep: &[NetRecord]) -> Result<Network, String> {
+    pub fn start(settings: NetworkSettings, keep: &[NetRecord]) -> Result<Network, NetworkError> {
         settings.validate()?;
-        let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+        let mut host = Netlink::open().map_err(netlink("open rtnetlink"))?;
         host.create_bridge(&settings.bridge)
-            .map_err(|e| format!("create bridge {}: {e}", settings.bridge))?;
+            .map_err(netlink(format!("create bridge {}", settings.bridge)))?;
         let bridge_index = host
             .index(&settings.bridge)
-            .map_err(|e| format!("find bridge {}: {e}", settings.bridge))?;
+            .map_err(netlink(format!("find bridge {}", settings.bridge)))?;
         host.add_address(bridge_index, settings.gateway(), 16)
-            .map_err(|e| format!("address bridge {}: {e}", settings.bridge))?;
+            .map_err(netlink(format!("address bridge {}", settings.bridge)))?;
         host.set_up(bridge_index)
-            .map_err(|e| format!("bring bridge {} up: {e}", settings.bridge))?;
-        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| format!("enable IPv4 forwarding: {e}"))?;
+            .map_err(netlink(format!("bring bridge {} up", settings.bridge)))?;
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+            NetworkError::Sysctl {
+                step: "enable IPv4 forwarding",
+                source,
+            }
+        })?;
         if settings
             .control_plane
             .iter()
@@ -413,7 +481,10 @@ impl Network {
                 &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", settings.bridge),
                 "1",
             )
-            .map_err(|e| format!("let desktops reach the loopback control plane: {e}"))?;
+            .map_err(|source| NetworkError::Sysctl {
+                step: "let desktops reach the loopback control plane",
+                source,
+            })?;
         }
         nft(&settings.ruleset())?;
         let kept: BTreeSet<&str> = keep.iter().map(|r| r.host_veth.as_str()).collect();
@@ -440,7 +511,10 @@ impl Network {
             std::thread::Builder::new()
                 .name("veth-release".to_owned())
                 .spawn(move || release_thread(received, used))
-                .map_err(|e| format!("start the veth release thread: {e}"))?
+                .map_err(|source| NetworkError::Thread {
+                    thread: "veth release thread",
+                    source,
+                })?
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(PoolState {
@@ -457,7 +531,10 @@ impl Network {
                 std::thread::Builder::new()
                     .name("netns-pool".to_owned())
                     .spawn(move || pool_thread(&settings, bridge_index, &shared))
-                    .map_err(|e| format!("start the namespace pool: {e}"))?,
+                    .map_err(|source| NetworkError::Thread {
+                        thread: "namespace pool",
+                        source,
+                    })?,
             )
         } else {
             None
@@ -479,14 +556,14 @@ impl Network {
 
     /// A network for a new desktop: a pooled namespace (or a fresh one when
     /// the pool is empty) with an address from `egress`'s range.
-    pub fn take(&mut self, egress: Egress) -> Result<DesktopNet, String> {
+    pub fn take(&mut self, egress: Egress) -> Result<DesktopNet, NetworkError> {
         // Reserved now, given back if anything below fails.
         let n = {
             let mut used = self.used.lock().unwrap();
             let used = &mut used[egress.range() as usize];
             let n = (0..RANGE_SIZE - 4)
                 .find(|n| !used.contains(n))
-                .ok_or("no free desktop address")?;
+                .ok_or(NetworkError::NoFreeAddress)?;
             used.insert(n);
             n
         };
@@ -500,7 +577,7 @@ impl Network {
     }
 
     /// A ready namespace with the `n`th address of `egress`'s range.
-    fn configure(&mut self, egress: Egress, n: u32) -> Result<DesktopNet, String> {
+    fn configure(&mut self, egress: Egress, n: u32) -> Result<DesktopNet, NetworkError> {
         let pooled = {
             let mut state = self.shared.state.lock().unwrap();
             let ready = state.ready.pop_front();
@@ -516,11 +593,11 @@ impl Network {
                 // A thread of its own: making a namespace moves the thread
                 // that makes it into it.
                 std::thread::spawn(move || {
-                    let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+                    let mut host = Netlink::open().map_err(netlink("open rtnetlink"))?;
                     make_ready(&settings, &mut host, bridge, &shared)
                 })
                 .join()
-                .map_err(|_| "the namespace thread panicked".to_owned())??
+                .map_err(|_| NetworkError::ThreadPanicked)??
             }
         };
         let address = self.settings.address(egress, n);
@@ -528,9 +605,9 @@ impl Network {
             .inside
             .add_address(ready.eth0, address, 16)
             .and_then(|_| ready.inside.add_default_route(self.settings.gateway()));
-        if let Err(error) = configured {
+        if let Err(source) = configured {
             self.send_release(ready.host_veth, None);
-            return Err(format!("address the desktop's eth0: {error}"));
+            return Err(netlink("address the desktop's eth0")(source));
         }
         Ok(DesktopNet {
             netns: Some(ready.netns),
@@ -558,14 +635,14 @@ impl Network {
     /// Removes what [`Network::start`] set up on the host: the table and the
     /// bridge (for tests and `flotilla dev`; a node agent keeps them so that
     /// re-adopted desktops stay connected).
-    pub fn remove_host_setup(settings: &NetworkSettings) -> Result<(), String> {
+    pub fn remove_host_setup(settings: &NetworkSettings) -> Result<(), NetworkError> {
         nft(&format!(
             "add table inet {0}\ndelete table inet {0}\n",
             settings.nft_table
         ))?;
-        let mut host = Netlink::open().map_err(|e| format!("open rtnetlink: {e}"))?;
+        let mut host = Netlink::open().map_err(netlink("open rtnetlink"))?;
         host.delete(&settings.bridge)
-            .map_err(|e| format!("delete bridge {}: {e}", settings.bridge))?;
+            .map_err(netlink(format!("delete bridge {}", settings.bridge)))?;
         Ok(())
     }
 }
@@ -635,28 +712,25 @@ fn make_ready(
     host: &mut Netlink,
     bridge: i32,
     shared: &Shared,
-) -> Result<Ready, String> {
-    // SAFETY: unshare of the calling thread's network namespace only.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "create a network namespace: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let path = c"/proc/thread-self/ns/net";
-    // SAFETY: open(2) of a constant path; the result is checked and owned.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!(
-            "open the new network namespace: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let netns = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut inside = Netlink::open().map_err(|e| format!("open rtnetlink inside: {e}"))?;
-    let lo = inside.index("lo").map_err(|e| format!("find lo: {e}"))?;
-    inside.set_up(lo).map_err(|e| format!("bring lo up: {e}"))?;
+) -> Result<Ready, NetworkError> {
+    // SAFETY: only the calling thread's network namespace changes; its
+    // file descriptor table (what `unshare_unsafe` warns about) stays
+    // shared, as CLONE_FILES is not asked for.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }.map_err(
+        |error| NetworkError::Namespace {
+            step: "create a network namespace",
+            source: error.into(),
+        },
+    )?;
+    let netns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|source| NetworkError::Namespace {
+            step: "open the new network namespace",
+            source,
+        })?
+        .into();
+    let mut inside = Netlink::open().map_err(netlink("open rtnetlink inside"))?;
+    let lo = inside.index("lo").map_err(netlink("find lo"))?;
+    inside.set_up(lo).map_err(netlink("bring lo up"))?;
     for file in ["all", "default"] {
         // Absent without IPv6; the rules drop IPv6 from desktops anyway.
         let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{file}/disable_ipv6"), "1");
@@ -666,7 +740,7 @@ fn make_ready(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let host_veth = format!("{}{n}", settings.veth_prefix);
     host.create_veth(&host_veth, "eth0", netns.as_raw_fd())
-        .map_err(|e| format!("create veth {host_veth}: {e}"))?;
+        .map_err(netlink(format!("create veth {host_veth}")))?;
     let mut wire = || -> std::io::Result<i32> {
         let index = host.index(&host_veth)?;
         host.set_master(index, bridge)?;
@@ -683,9 +757,9 @@ fn make_ready(
             eth0,
             host_veth,
         }),
-        Err(error) => {
+        Err(source) => {
             let _ = host.delete(&host_veth);
-            Err(format!("wire veth {host_veth}: {error}"))
+            Err(netlink(format!("wire veth {host_veth}"))(source))
         }
     }
 }

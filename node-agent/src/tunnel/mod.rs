@@ -13,7 +13,8 @@ use flotilla_proto::node as pb;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::runtime::{read_tail, LOG_FILE};
+use crate::fsutil::read_tail;
+use crate::sandbox::LOG_FILE;
 
 /// Bytes per output message.
 const CHUNK: usize = 32 * 1024;
@@ -23,7 +24,7 @@ const MAX_ARGS: usize = 256;
 
 /// What sessions need from the agent.
 #[derive(Clone)]
-pub struct OperatorSettings {
+pub struct TunnelSettings {
     pub node_id: String,
     /// The `flotilla` binary (it runs `sandbox-exec`).
     pub exe: PathBuf,
@@ -36,7 +37,7 @@ pub struct OperatorSettings {
 /// Runs session `session` and sends its output and end up `up`; `stdin`
 /// carries the lines sent to it later (stream and input sessions).
 pub async fn run(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::tunnel_down::Request,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -78,7 +79,7 @@ pub async fn run(
 }
 
 /// The directory of desktop `id` at `generation`, if it runs here.
-fn desktop_dir(settings: &OperatorSettings, id: &str, generation: u64) -> Result<PathBuf, String> {
+fn desktop_dir(settings: &TunnelSettings, id: &str, generation: u64) -> Result<PathBuf, String> {
     let valid = !id.is_empty()
         && id.len() <= 128
         && id
@@ -112,7 +113,7 @@ impl Drop for GroupKill {
 }
 
 async fn run_exec(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::ExecRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -170,7 +171,7 @@ async fn run_exec(
 }
 
 async fn send_logs(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::LogsRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -187,7 +188,7 @@ async fn send_logs(
 }
 
 async fn send_stdout(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     bytes: &[u8],
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -224,7 +225,7 @@ pub fn png(width: u32, height: u32, bgra: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The desktop's current frame, from gpud, as a PNG.
 async fn send_screenshot(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::ScreenshotRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -264,7 +265,7 @@ const MAX_THUMBNAIL: u32 = 1280;
 /// not ready for are never encoded (so nothing encoded is ever dropped
 /// and the stream stays decodable).
 async fn run_stream(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::StreamRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -497,7 +498,7 @@ fn encode_loop(
 
 /// A JPEG of the desktop's current frame (one frame message).
 async fn send_thumbnail(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::ThumbnailRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -559,7 +560,7 @@ async fn send_thumbnail(
 /// session: each stdin line goes to it, each answer line comes back. The
 /// connection closing (the session ends) releases whatever it held.
 async fn run_input_session(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::InputSessionRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -601,7 +602,7 @@ async fn run_input_session(
 /// (inside the untrusted desktop: its answer is bounded in size and time)
 /// and sends its answer line back.
 async fn send_input(
-    settings: &OperatorSettings,
+    settings: &TunnelSettings,
     session: u64,
     request: pb::InputRequest,
     up: &mpsc::Sender<pb::TunnelUp>,
@@ -712,7 +713,7 @@ mod tests {
     #[test]
     fn desktop_ids_cannot_leave_the_desktops_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = OperatorSettings {
+        let settings = TunnelSettings {
             node_id: "n".to_owned(),
             exe: PathBuf::from("/nonexistent"),
             desktops_dir: Some(dir.path().to_owned()),
@@ -730,7 +731,7 @@ mod tests {
             desktop_dir(&settings, "dt-1", 1).unwrap(),
             dir.path().join("dt-1-1")
         );
-        let unsandboxed = OperatorSettings {
+        let unsandboxed = TunnelSettings {
             desktops_dir: None,
             ..settings
         };

@@ -1,0 +1,151 @@
+//! A guest's memory: the descriptor ranges RESOURCE_ATTACH_BACKING
+//! names, mapped read-only after checking each is a regular file (a
+//! memfd or shm pool) that holds its range, and TRANSFER_TO_HOST_2D's
+//! copy of exactly the transferred rectangle out of them.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::Resource;
+use crate::protocol::{resp, Format, MemEntry, Rect};
+
+/// Why a memory entry was not mapped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    #[error("fstat: {0}")]
+    Stat(#[source] std::io::Error),
+    #[error("a backing must be a memfd or shared-memory file")]
+    NotAFile,
+    #[error("{length} bytes at offset {offset} lie outside a {size}-byte file")]
+    OutsideFile { length: u32, offset: u64, size: u64 },
+    #[error("an empty memory entry")]
+    Empty,
+    #[error("mmap: {0}")]
+    Map(#[source] std::io::Error),
+}
+
+/// A guest's memory for a resource: a mapped descriptor range.
+pub(super) struct Backing {
+    map: *mut libc::c_void,
+    map_len: usize,
+    /// Where the entry's bytes start within the mapping.
+    start: usize,
+    pub(super) len: usize,
+}
+
+// SAFETY: the mapping is private to the session and only read through
+// `bytes`; it is unmapped once, on drop.
+unsafe impl Send for Backing {}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: [start, start + len) lies within the live mapping (checked
+        // when mapped); the guest may change it concurrently, which can
+        // only change pixel values we copy, never bounds.
+        unsafe { std::slice::from_raw_parts(self.map.cast::<u8>().add(self.start), self.len) }
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns.
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// Maps `length` bytes at `offset` of `fd`, read-only, after checking the
+/// descriptor is a regular file (a memfd or shm pool) that holds them.
+pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, BackingError> {
+    // SAFETY: fstat into a zeroed struct on a descriptor we hold.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        return Err(BackingError::Stat(std::io::Error::last_os_error()));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(BackingError::NotAFile);
+    }
+    let size = stat.st_size as u64;
+    let end = entry
+        .offset
+        .checked_add(u64::from(entry.length))
+        .filter(|end| *end <= size)
+        .ok_or(BackingError::OutsideFile {
+            length: entry.length,
+            offset: entry.offset,
+            size,
+        })?;
+    if entry.length == 0 {
+        return Err(BackingError::Empty);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let map_offset = entry.offset / page * page;
+    let map_len = (end - map_offset) as usize;
+    // SAFETY: a read-only shared mapping of a range checked to lie within
+    // the file; the result is checked.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            map_offset as libc::off_t,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(BackingError::Map(std::io::Error::last_os_error()));
+    }
+    Ok(Backing {
+        map,
+        map_len,
+        start: (entry.offset - map_offset) as usize,
+        len: entry.length as usize,
+    })
+}
+
+/// Copies `rect` of the guest's backing (rows of the resource's stride,
+/// starting `offset` bytes in) into the resource's host pixels.
+pub(super) fn transfer(resource: &mut Resource, rect: Rect, offset: u64) -> Result<(), u32> {
+    let stride = resource.stride();
+    let bpp = Format::BYTES_PER_PIXEL as usize;
+    let row_bytes = rect.width as usize * bpp;
+    // The backing as one logical byte range: entries in order.
+    let total: usize = resource.backing.iter().map(|b| b.len).sum();
+    for row in 0..rect.height as usize {
+        let source = (offset as usize)
+            .checked_add(row * stride)
+            .ok_or(resp::ERR_INVALID_PARAMETER)?;
+        let end = source
+            .checked_add(row_bytes)
+            .filter(|end| *end <= total)
+            .ok_or(resp::ERR_INVALID_PARAMETER)?;
+        let target = (rect.y as usize + row) * stride + rect.x as usize * bpp;
+        copy_from_backing(
+            &resource.backing,
+            source,
+            &mut resource.storage.bytes_mut()[target..target + (end - source)],
+        );
+    }
+    Ok(())
+}
+
+/// Copies `out.len()` bytes starting `start` bytes into the concatenated
+/// backing entries (the caller checked the range).
+fn copy_from_backing(backing: &[Backing], mut start: usize, out: &mut [u8]) {
+    let mut written = 0;
+    for entry in backing {
+        let bytes = entry.bytes();
+        if start >= bytes.len() {
+            start -= bytes.len();
+            continue;
+        }
+        let take = (bytes.len() - start).min(out.len() - written);
+        out[written..written + take].copy_from_slice(&bytes[start..start + take]);
+        written += take;
+        start = 0;
+        if written == out.len() {
+            return;
+        }
+    }
+}
