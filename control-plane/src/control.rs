@@ -20,10 +20,9 @@ use tonic::transport::Channel;
 
 use crate::auth::{secrets_equal, sha256_hex, with_bearer};
 use crate::error::{ApiError, ErrorKind};
-use crate::fleet::Fleet;
-use crate::network::{channel, MAX_MESSAGE_BYTES};
-use crate::proposer::{ProposeError, Proposer};
-use crate::store::SharedState;
+use crate::raft::network::{channel, MAX_MESSAGE_BYTES};
+use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::SharedState;
 use crate::types::{
     ClientRequest, ClientResponse, Command, NodeId, Raft, TokenKind, LOG_FORMAT_VERSION,
 };
@@ -60,13 +59,6 @@ pub struct ControlPlane {
     pub cluster_id: String,
     pub raft: Raft,
     pub state: Arc<SharedState>,
-    pub fleet: Fleet,
-    /// Node agents' tunnels and the operator sessions on them.
-    pub tunnels: Arc<crate::tunnel::Tunnels>,
-    /// Live streams (hubs) and cached thumbnails, by desktop.
-    pub streams: crate::http_stream::Streams,
-    /// One-time sign-in codes for the board.
-    pub logins: crate::http_session::LoginCodes,
     cluster_secret: String,
     proposer: Proposer,
     /// Becomes true when the server begins shutting down; long-lived
@@ -85,14 +77,9 @@ impl ControlPlane {
         cluster_secret: String,
         raft: Raft,
         state: Arc<SharedState>,
-        fleet: Fleet,
     ) -> ControlPlane {
         ControlPlane {
             stopping: tokio::sync::watch::Sender::new(false),
-            fleet,
-            tunnels: Arc::default(),
-            streams: Default::default(),
-            logins: Default::default(),
             proposer: Proposer::start(raft.clone()),
             peer_channels: Mutex::new(HashMap::new()),
             node_id,

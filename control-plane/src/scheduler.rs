@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::Allocation;
+use crate::types::Allocation;
 use crate::types::{Desktop, Node};
 
 pub use crate::types::NodeStatus as NodeHealth;

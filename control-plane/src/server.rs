@@ -36,8 +36,9 @@ use crate::datadir::{
 };
 use crate::error::ErrorKind;
 use crate::fleet::{Fleet, FleetOptions};
-use crate::network::NetworkFactory;
-use crate::store::{LogStore, StateMachineStore};
+use crate::raft::network::NetworkFactory;
+use crate::raft::{LogStore, StateMachineStore};
+use crate::tunnel::Tunnels;
 use crate::types::{Command, NodeId, TokenKind, TokenRecord};
 
 /// How this server becomes (or stays) a cluster member.
@@ -199,13 +200,19 @@ pub async fn run(
         identity.cluster_secret.clone(),
         raft.clone(),
         shared_state,
-        Fleet::new(
-            options.fleet.clone(),
-            Duration::from_millis(options.tuning.election_timeout_min_ms),
-        ),
     ));
+    let fleet = Arc::new(Fleet::new(
+        options.fleet.clone(),
+        Duration::from_millis(options.tuning.election_timeout_min_ms),
+    ));
+    // Node agents' tunnels, shared by the node door (agents open them) and
+    // the HTTP door (operators' exec, logs, streams ride them).
+    let tunnels = Arc::new(Tunnels::default());
 
-    let mut background = vec![tokio::spawn(crate::fleet::run_leader_loop(control.clone()))];
+    let mut background = vec![tokio::spawn(crate::fleet::driver::run_leader_loop(
+        control.clone(),
+        fleet.clone(),
+    ))];
     if data_dir.file(OPERATOR_TOKEN_FILE).exists() {
         background.push(tokio::spawn(record_bootstrap_tokens(
             control.clone(),
@@ -216,12 +223,20 @@ pub async fn run(
         background.push(tokio::spawn(promote_until_voter(control.clone())));
     }
 
-    let app = tonic::service::Routes::new(crate::grpc::raft_service(control.clone()))
-        .add_service(crate::grpc::cluster_service(control.clone()))
-        .add_service(crate::node_api::node_service(control.clone()))
+    let app = tonic::service::Routes::new(crate::api::grpc::cluster::raft_service(control.clone()))
+        .add_service(crate::api::grpc::cluster::cluster_service(control.clone()))
+        .add_service(crate::api::grpc::node::node_service(
+            control.clone(),
+            fleet.clone(),
+            tunnels.clone(),
+        ))
         .into_axum_router()
-        .merge(crate::http::router(control.clone()))
-        .fallback(crate::http::not_found);
+        .merge(crate::api::http::router(crate::api::http::HttpState::new(
+            control.clone(),
+            fleet,
+            tunnels,
+        )))
+        .fallback(crate::api::http::not_found);
 
     let running = RunningServer {
         control: control.clone(),

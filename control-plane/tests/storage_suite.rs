@@ -1,7 +1,7 @@
 //! openraft's storage conformance suite against our redb log and state
 //! machine, plus the restart properties the suite does not cover.
 
-use flotilla_control_plane::store::{LogStore, StateMachineStore};
+use flotilla_control_plane::raft::{LogStore, StateMachineStore};
 use flotilla_control_plane::types::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::bearer_from_metadata;
 use crate::control::{Access, ControlPlane};
 use crate::error::ApiError;
-use crate::network::MAX_MESSAGE_BYTES;
+use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::types::{ClientRequest, NodeId, TypeConfig};
 
 pub fn raft_service(control: Arc<ControlPlane>) -> RaftServer<RaftService> {

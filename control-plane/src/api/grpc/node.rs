@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::bearer_from_metadata;
 use crate::control::{Access, ControlPlane};
 use crate::error::ApiError;
-use crate::fleet::{self, ReportedDesktop, Usage};
+use crate::fleet::{self, Fleet, ReportedDesktop, Usage};
+use crate::tunnel::Tunnels;
 use crate::types::{
     validate_label, validate_node_name, Applied, Command, CommandError, DesktopIntent,
     DesktopReport, DesktopState, Gpu, GpuCapabilities, NodeCapacity, NodeRegistration,
@@ -32,14 +33,24 @@ const MAX_REPORTS: usize = 10_000;
 const MAX_TEXT: usize = 256;
 const MAX_REASON: usize = 1024;
 
-pub fn node_service(control: Arc<ControlPlane>) -> NodeAgentServer<NodeService> {
-    NodeAgentServer::new(NodeService { control })
+pub fn node_service(
+    control: Arc<ControlPlane>,
+    fleet: Arc<Fleet>,
+    tunnels: Arc<Tunnels>,
+) -> NodeAgentServer<NodeService> {
+    NodeAgentServer::new(NodeService {
+        control,
+        fleet,
+        tunnels,
+    })
 }
 
 type TunnelStream = Pin<Box<dyn Stream<Item = Result<pb::TunnelDown, Status>> + Send>>;
 
 pub struct NodeService {
     control: Arc<ControlPlane>,
+    fleet: Arc<Fleet>,
+    tunnels: Arc<Tunnels>,
 }
 
 fn authorize<T>(control: &ControlPlane, request: &Request<T>) -> Result<(), Status> {
@@ -266,7 +277,7 @@ impl NodeAgent for NodeService {
         match response.outcome {
             Ok(Applied::Node { .. }) => {
                 tracing::info!(node = %name, "node registered");
-                self.control.fleet.wake();
+                self.fleet.wake();
                 Ok(Response::new(pb::RegisterResponse {
                     revision: response.revision,
                 }))
@@ -302,7 +313,8 @@ impl NodeAgent for NodeService {
                 ApiError::unavailable("heartbeats go to the leader"),
             ));
         }
-        match fleet::heartbeat(&self.control, &request.node_id, reported).await {
+        match fleet::driver::heartbeat(&self.control, &self.fleet, &request.node_id, reported).await
+        {
             Ok(answer) => {
                 let ttl_ms = answer.ttl.as_millis() as u64;
                 Ok(Response::new(pb::HeartbeatResponse {
@@ -351,7 +363,7 @@ impl NodeAgent for NodeService {
                 "no node with id {node_id:?}; register first"
             )));
         }
-        let tunnels = self.control.tunnels.clone();
+        let tunnels = self.tunnels.clone();
         let (epoch, down) = tunnels.connect(&node_id);
         let control = self.control.clone();
         tokio::spawn(async move {

@@ -34,9 +34,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::HttpState;
+use crate::api::http::{query_error, validate_id};
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{query_error, validate_id};
+use crate::tunnel::Tunnels;
 use crate::tunnel::{Request, Session, SessionEvent};
 use crate::types::{DesktopIntent, DesktopState};
 
@@ -49,7 +51,7 @@ pub const MAX_TAIL_BYTES: u64 = 16 << 20;
 /// Marks a request a follower forwarded, so it is never forwarded twice.
 pub(crate) const FORWARDED: &str = "x-flotilla-forwarded";
 
-pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+pub(crate) fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/v1/desktops/{id}/exec", post(exec))
         .route("/api/v1/desktops/{id}/logs", get(logs))
@@ -81,12 +83,12 @@ pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 /// Runs `request` on `node_id` and collects its stdout; the node's error
 /// (before or during) is `code`.
 pub(crate) async fn collect(
-    control: &ControlPlane,
+    tunnels: &Arc<Tunnels>,
     node_id: &str,
     request: Request,
     code: &'static str,
 ) -> Result<Vec<u8>, ApiError> {
-    let mut session = control.tunnels.open(node_id, request)?;
+    let mut session = tunnels.open(node_id, request)?;
     let mut out = Vec::new();
     while let Some(event) = session.next().await {
         match event {
@@ -122,6 +124,7 @@ pub(crate) async fn collect(
 )]
 pub(crate) async fn screenshot(
     State(control): State<Arc<ControlPlane>>,
+    State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -131,7 +134,7 @@ pub(crate) async fn screenshot(
         return forward_get(&control, &path, &headers).await;
     }
     let png = collect(
-        &control,
+        &tunnels,
         &node_id,
         Request::Screenshot {
             desktop_id: id,
@@ -161,6 +164,7 @@ pub(crate) async fn screenshot(
 )]
 pub(crate) async fn input(
     State(control): State<Arc<ControlPlane>>,
+    State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -186,7 +190,7 @@ pub(crate) async fn input(
         return forward(&control, Method::POST, &path, &headers, body).await;
     }
     let answer = collect(
-        &control,
+        &tunnels,
         &node_id,
         Request::Input {
             desktop_id: id,
@@ -281,7 +285,7 @@ pub(crate) async fn running_desktop(
 ) -> Result<(String, u64), ApiError> {
     validate_id(id)?;
     control
-        .read_barrier(crate::http::consistency(false))
+        .read_barrier(crate::api::http::consistency(false))
         .await?;
     control.state.with_state(|state| {
         let desktop = state
@@ -350,7 +354,7 @@ pub(crate) async fn forward(
         .body(body);
     // The caller's credential, from its header or its session cookie
     // (the cookie is the operator token: every server accepts it).
-    if let Some(token) = crate::http_session::session_token(headers) {
+    if let Some(token) = crate::api::http::session::session_token(headers) {
         request = request.bearer_auth(token);
     }
     for name in [header::CONTENT_TYPE, header::IF_NONE_MATCH] {
@@ -388,6 +392,7 @@ pub(crate) async fn forward(
 )]
 pub(crate) async fn exec(
     State(control): State<Arc<ControlPlane>>,
+    State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -401,7 +406,7 @@ pub(crate) async fn exec(
         let path = format!("/api/v1/desktops/{id}/exec");
         return forward(&control, Method::POST, &path, &headers, body).await;
     }
-    let session = control.tunnels.open(
+    let session = tunnels.open(
         &node_id,
         Request::Exec {
             desktop_id: id,
@@ -448,6 +453,7 @@ pub(crate) async fn exec(
 )]
 pub(crate) async fn logs(
     State(control): State<Arc<ControlPlane>>,
+    State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<LogsQuery>, QueryRejection>,
@@ -465,7 +471,7 @@ pub(crate) async fn logs(
         let path = format!("/api/v1/desktops/{id}/logs?tail={tail_bytes}");
         return forward(&control, Method::GET, &path, &headers, Bytes::new()).await;
     }
-    let mut session = control.tunnels.open(
+    let mut session = tunnels.open(
         &node_id,
         Request::Logs {
             desktop_id: id,

@@ -11,13 +11,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::control::{now_ms, ControlPlane};
-use crate::error::{ApiError, ErrorBody};
-use crate::fleet::Usage;
-use crate::http::{
+use super::HttpState;
+use crate::api::http::{
     command_error, consistency, idempotency_key, json_error, query_error, ReadQuery,
 };
-use crate::state::{Allocation, State as FleetState};
+use crate::control::{now_ms, ControlPlane};
+use crate::error::{ApiError, ErrorBody};
+use crate::fleet::Fleet;
+use crate::fleet::Usage;
+use crate::state::State as FleetState;
+use crate::types::Allocation;
 use crate::types::{
     Applied, Command, Desktop, DesktopIntent, DesktopState, Drain, GpuCapabilities, Node,
     NodeStatus,
@@ -28,7 +31,7 @@ pub const DEFAULT_DRAIN_DEADLINE_SECS: u64 = 3600;
 /// Longest drain deadline accepted (a week).
 pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
-pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+pub(crate) fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{name}", get(node_status).delete(remove_node))
@@ -236,6 +239,7 @@ pub struct GpuDetail {
 )]
 pub(crate) async fn node_status(
     State(control): State<Arc<ControlPlane>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(name): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<NodeDetail>, ApiError> {
@@ -245,8 +249,8 @@ pub(crate) async fn node_status(
     let node_id = control
         .state
         .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
-    let usage = control.fleet.usage(&node_id);
-    let last_heartbeat_ms = control.fleet.last_heartbeat_ms(&node_id);
+    let usage = fleet.usage(&node_id);
+    let last_heartbeat_ms = fleet.last_heartbeat_ms(&node_id);
     control.state.with_state(|state| {
         let node = find_node(state, &name)?;
         let allocation = state.allocation(&node.id);
@@ -336,6 +340,7 @@ pub struct DrainBody {
 )]
 pub(crate) async fn start_drain(
     State(control): State<Arc<ControlPlane>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<DrainBody>, JsonRejection>,
@@ -354,12 +359,12 @@ pub(crate) async fn start_drain(
         ));
     }
     let max_parallel = body.max_parallel.unwrap_or(1);
-    if max_parallel == 0 || max_parallel > crate::node_api::MAX_DESKTOP_SLOTS {
+    if max_parallel == 0 || max_parallel > crate::api::grpc::node::MAX_DESKTOP_SLOTS {
         return Err(ApiError::bad_request(
             "invalid_max_parallel",
             format!(
                 "max_parallel must be between 1 and {}",
-                crate::node_api::MAX_DESKTOP_SLOTS
+                crate::api::grpc::node::MAX_DESKTOP_SLOTS
             ),
         ));
     }
@@ -372,7 +377,7 @@ pub(crate) async fn start_drain(
         max_parallel,
     };
     let answer = node_outcome(&control, command, &headers).await;
-    control.fleet.wake();
+    fleet.wake();
     answer
 }
 
@@ -608,6 +613,7 @@ pub struct GpuInfoList {
 )]
 pub(crate) async fn gpu_info(
     State(control): State<Arc<ControlPlane>>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     query: Result<Query<GpuQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -622,7 +628,7 @@ pub(crate) async fn gpu_info(
             Some(name) => format!("/api/v1/gpus?node={}", urlencode(name)),
             None => "/api/v1/gpus".to_owned(),
         };
-        return crate::http_exec::forward_get(&control, &path, &headers).await;
+        return crate::api::http::exec::forward_get(&control, &path, &headers).await;
     }
     control.read_barrier(consistency(false)).await?;
     let nodes: Vec<Node> = control.state.with_state(|state| match &query.node {
@@ -634,7 +640,7 @@ pub(crate) async fn gpu_info(
         cpu_rendered: Vec::new(),
     };
     for node in nodes {
-        let mut usage: Vec<(String, Usage)> = control.fleet.usage(&node.id).into_iter().collect();
+        let mut usage: Vec<(String, Usage)> = fleet.usage(&node.id).into_iter().collect();
         usage.sort_by(|a, b| a.0.cmp(&b.0));
         let on = |index: Option<u32>| -> Vec<GpuDesktopView> {
             usage

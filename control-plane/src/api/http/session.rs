@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::HttpState;
 use crate::control::{Access, ControlPlane};
 use crate::error::ApiError;
 
@@ -71,7 +72,7 @@ impl LoginCodes {
 }
 
 /// The static board, outside the API's authentication.
-pub(crate) fn static_routes() -> Router<Arc<ControlPlane>> {
+pub(crate) fn static_routes() -> Router<HttpState> {
     let mut router = Router::new();
     for (path, content_type, body) in flotilla_ui::ASSETS {
         router = router.route(
@@ -91,7 +92,7 @@ pub(crate) fn static_routes() -> Router<Arc<ControlPlane>> {
 }
 
 /// Operator routes (behind the API's authentication).
-pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+pub(crate) fn routes() -> Router<HttpState> {
     Router::new().route("/api/v1/session/codes", post(mint_code))
 }
 
@@ -132,12 +133,13 @@ fn cookie(value: &str, max_age: Option<u64>) -> HeaderValue {
 
 pub(crate) async fn sign_in(
     State(control): State<Arc<ControlPlane>>,
+    State(logins): State<Arc<LoginCodes>>,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(crate::http::json_error)?;
+    let Json(body) = body.map_err(crate::api::http::json_error)?;
     let token = match (body.token, body.code) {
         (Some(token), None) => token,
-        (None, Some(code)) => control.logins.redeem(&code).ok_or_else(|| {
+        (None, Some(code)) => logins.redeem(&code).ok_or_else(|| {
             ApiError::unauthorized("this sign-in code is unknown, used or expired")
         })?,
         _ => {
@@ -173,13 +175,14 @@ pub(crate) async fn sign_out() -> Response {
 }
 
 pub(crate) async fn mint_code(
-    State(control): State<Arc<ControlPlane>>,
+    State(_control): State<Arc<ControlPlane>>,
+    State(logins): State<Arc<LoginCodes>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let token = session_token(&headers)
         .ok_or_else(|| ApiError::unauthorized("sign in first"))?
         .to_owned();
-    let code = control.logins.issue(&token);
+    let code = logins.issue(&token);
     Ok(Json(serde_json::json!({
         "code": code,
         "expires_in_secs": CODE_TTL.as_secs(),

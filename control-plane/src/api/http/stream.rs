@@ -54,6 +54,7 @@ use flotilla_stream::hub::{Hub, Message, Viewer};
 use flotilla_stream::input::ViewerMessage;
 use serde::Deserialize;
 
+use super::HttpState;
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorKind};
 use crate::tunnel::{Request, Session, SessionEvent};
@@ -66,7 +67,7 @@ const MIN_BITRATE: u32 = 250_000;
 /// How long a thumbnail is served from the cache.
 const THUMBNAIL_TTL: Duration = Duration::from_secs(1);
 
-pub(crate) fn routes() -> Router<Arc<ControlPlane>> {
+pub(crate) fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/v1/desktops/{id}/stream", get(stream))
         .route("/api/v1/desktops/{id}/thumbnail", get(thumbnail))
@@ -91,11 +92,12 @@ pub(crate) struct ThumbnailQuery {
 
 pub(crate) async fn thumbnail(
     State(control): State<Arc<ControlPlane>>,
+    State(http): State<HttpState>,
     Path(id): Path<String>,
     query: Result<Query<ThumbnailQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(crate::http::query_error)?;
+    let Query(query) = query.map_err(crate::api::http::query_error)?;
     let width = query.width.unwrap_or(320);
     if !(16..=1280).contains(&width) {
         return Err(ApiError::bad_request(
@@ -103,13 +105,13 @@ pub(crate) async fn thumbnail(
             "width is 16-1280 pixels",
         ));
     }
-    let (node_id, generation) = crate::http_exec::running_desktop(&control, &id).await?;
+    let (node_id, generation) = crate::api::http::exec::running_desktop(&control, &id).await?;
     if !control.is_leader() {
         let path = format!("/api/v1/desktops/{id}/thumbnail?width={width}");
-        return crate::http_exec::forward_get(&control, &path, &headers).await;
+        return crate::api::http::exec::forward_get(&control, &path, &headers).await;
     }
     let key = (id.clone(), generation, width);
-    let cached = control
+    let cached = http
         .streams
         .thumbnails
         .lock()
@@ -120,8 +122,8 @@ pub(crate) async fn thumbnail(
     let (sequence, jpeg) = match cached {
         Some((_, sequence, jpeg)) => (sequence, jpeg),
         None => {
-            let message = crate::http_exec::collect(
-                &control,
+            let message = crate::api::http::exec::collect(
+                &http.tunnels,
                 &node_id,
                 Request::Thumbnail {
                     desktop_id: id.clone(),
@@ -149,7 +151,7 @@ pub(crate) async fn thumbnail(
                 ));
             }
             let jpeg = axum::body::Bytes::copy_from_slice(payload);
-            let mut cache = control
+            let mut cache = http
                 .streams
                 .thumbnails
                 .lock()
@@ -189,12 +191,13 @@ pub(crate) struct StreamQuery {
 
 pub(crate) async fn stream(
     State(control): State<Arc<ControlPlane>>,
+    State(http): State<HttpState>,
     Path(id): Path<String>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(crate::http::query_error)?;
+    let Query(query) = query.map_err(crate::api::http::query_error)?;
     let name: String = query
         .name
         .unwrap_or_else(|| "viewer".to_owned())
@@ -202,7 +205,7 @@ pub(crate) async fn stream(
         .filter(|c| !c.is_control())
         .take(64)
         .collect();
-    let (node_id, generation) = crate::http_exec::running_desktop(&control, &id).await?;
+    let (node_id, generation) = crate::api::http::exec::running_desktop(&control, &id).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::bad_request(
             "not_websocket",
@@ -212,13 +215,11 @@ pub(crate) async fn stream(
     if !control.is_leader() {
         return relay_to_leader(&control, &id, &name, &headers, upgrade).await;
     }
-    let hub = hub_for(&control, &node_id, &id, generation)?;
+    let hub = hub_for(&http, &node_id, &id, generation)?;
     let viewer = hub.join(&name);
     Ok(upgrade
         .max_message_size(flotilla_stream::input::MAX_MESSAGE)
-        .on_upgrade(move |socket| {
-            serve_viewer(control, node_id, id, generation, hub, viewer, socket)
-        }))
+        .on_upgrade(move |socket| serve_viewer(http, node_id, id, generation, hub, viewer, socket)))
 }
 
 /// A follower's answer to a viewer: the same stream, relayed from the
@@ -234,17 +235,17 @@ async fn relay_to_leader(
 ) -> Result<Response, ApiError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Error as WsError;
-    if headers.contains_key(crate::http_exec::FORWARDED) {
+    if headers.contains_key(crate::api::http::exec::FORWARDED) {
         return Err(ApiError::unavailable(
             "relayed to a server that is not the leader; retry",
         ));
     }
-    let leader = crate::http_exec::leader_to_forward_to(control)?;
-    let name = crate::http_fleet::urlencode(name);
+    let leader = crate::api::http::exec::leader_to_forward_to(control)?;
+    let name = crate::api::http::fleet::urlencode(name);
     let mut request = format!("ws://{leader}/api/v1/desktops/{id}/stream?name={name}")
         .into_client_request()
         .map_err(|error| ApiError::internal(error.to_string()))?;
-    let token = crate::http_session::session_token(headers)
+    let token = crate::api::http::session::session_token(headers)
         .ok_or_else(|| ApiError::unauthorized("sign in first"))?;
     let outgoing = request.headers_mut();
     outgoing.insert(
@@ -252,7 +253,10 @@ async fn relay_to_leader(
         HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| ApiError::unauthorized("a malformed token"))?,
     );
-    outgoing.insert(crate::http_exec::FORWARDED, HeaderValue::from_static("1"));
+    outgoing.insert(
+        crate::api::http::exec::FORWARDED,
+        HeaderValue::from_static("1"),
+    );
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(
             flotilla_stream::frame::HEADER_LEN + flotilla_stream::frame::MAX_PAYLOAD,
@@ -336,21 +340,17 @@ async fn relay(
 /// The desktop's hub, opening its stream on the node if nobody watches
 /// yet.
 fn hub_for(
-    control: &Arc<ControlPlane>,
+    http: &HttpState,
     node_id: &str,
     id: &str,
     generation: u64,
 ) -> Result<Arc<Hub>, ApiError> {
-    let mut hubs = control
-        .streams
-        .hubs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut hubs = http.streams.hubs.lock().unwrap_or_else(|p| p.into_inner());
     let key = (id.to_owned(), generation);
     if let Some(hub) = hubs.get(&key).filter(|hub| !hub.is_closed()) {
         return Ok(hub.clone());
     }
-    let session = control.tunnels.open(
+    let session = http.tunnels.open(
         node_id,
         Request::Stream {
             desktop_id: id.to_owned(),
@@ -361,7 +361,7 @@ fn hub_for(
     )?;
     let hub = Hub::new();
     hubs.insert(key.clone(), hub.clone());
-    tokio::spawn(feed(control.clone(), key, hub.clone(), session));
+    tokio::spawn(feed(http.streams.clone(), key, hub.clone(), session));
     Ok(hub)
 }
 
@@ -469,7 +469,7 @@ impl Adapt {
 
 /// Feeds a hub from its node's stream session until the last viewer
 /// leaves or the session ends.
-async fn feed(control: Arc<ControlPlane>, key: (String, u64), hub: Arc<Hub>, mut session: Session) {
+async fn feed(streams: Arc<Streams>, key: (String, u64), hub: Arc<Hub>, mut session: Session) {
     let mut adapt = Adapt::new();
     // What the node was last asked for.
     let mut asked = (MAX_BITRATE, MAX_FPS);
@@ -530,11 +530,7 @@ async fn feed(control: Arc<ControlPlane>, key: (String, u64), hub: Arc<Hub>, mut
         }
     };
     {
-        let mut hubs = control
-            .streams
-            .hubs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut hubs = streams.hubs.lock().unwrap_or_else(|p| p.into_inner());
         if hubs.get(&key).is_some_and(|h| Arc::ptr_eq(h, &hub)) {
             hubs.remove(&key);
         }
@@ -554,7 +550,7 @@ fn error_event(error: &str) -> WsMessage {
 
 /// One viewer's WebSocket: frames and events out, messages in.
 async fn serve_viewer(
-    control: Arc<ControlPlane>,
+    http: HttpState,
     node_id: String,
     id: String,
     generation: u64,
@@ -632,7 +628,7 @@ async fn serve_viewer(
                     ViewerMessage::TakeControl => {
                         viewer.take_control();
                         if input.is_none() {
-                            match control.tunnels.open(
+                            match http.tunnels.open(
                                 &node_id,
                                 Request::InputSession { desktop_id: id.clone(), generation },
                             ) {
