@@ -107,7 +107,7 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
     #[cfg(feature = "nvml")]
     let nvml = flotilla_gpu::nvml::Nvml::open();
     #[cfg(not(feature = "nvml"))]
-    let nvml: Result<(), String> = Err("built without --features nvml".to_owned());
+    let nvml: anyhow::Result<()> = Err(anyhow::anyhow!("built without --features nvml"));
     if let Err(error) = &nvml {
         println!("# NVML: {error}");
     }

@@ -32,6 +32,43 @@
 
 use crate::protocol::Rect;
 
+/// Why a composition list was refused, decoding it or planning it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComposeError {
+    #[error("{len} bytes is shorter than the list's header")]
+    Short { len: usize },
+    #[error("not a composition list (bad magic)")]
+    Magic,
+    #[error("composition list version {version} (1 and 2 are known)")]
+    Version { version: u32 },
+    #[error("target resource 0")]
+    TargetZero,
+    #[error("{draws} draws and {damage} damage rects (at most {MAX_DRAWS} and {MAX_DAMAGE})")]
+    Counts { draws: u32, damage: u32 },
+    #[error("{len} bytes; the counts say {expected}")]
+    Length { len: usize, expected: usize },
+    #[error("a damage rectangle overflows")]
+    DamageOverflows,
+    #[error("draw {index} is {width}×{height} on the target (1-{MAX_DRAW_SIZE} each, or 0×0)")]
+    DrawSize {
+        index: usize,
+        width: u32,
+        height: u32,
+    },
+    #[error("draw {index} names resource 0")]
+    DrawResourceZero { index: usize },
+    #[error("draw {index} has unknown flags")]
+    DrawFlags { index: usize },
+    #[error("draw {index} has an overflowing rectangle")]
+    DrawOverflows { index: usize },
+    #[error("draw {index}: no resource {resource_id}")]
+    NoResource { index: usize, resource_id: u32 },
+    #[error("draw {index}: its source lies outside resource {resource_id}")]
+    SourceOutside { index: usize, resource_id: u32 },
+    #[error("draw {index}: an empty source cannot be scaled")]
+    EmptyScaledSource { index: usize },
+}
+
 pub const MAGIC: u32 = 0x504d_4346;
 /// The version [`CompositionList::encode`] writes; 1 is read too.
 pub const VERSION: u32 = 2;
@@ -106,46 +143,40 @@ fn fits(rect: &Rect) -> bool {
 
 impl CompositionList {
     /// Decodes a stream; every count, length, rectangle and field checked.
-    pub fn decode(bytes: &[u8]) -> Result<CompositionList, String> {
+    pub fn decode(bytes: &[u8]) -> Result<CompositionList, ComposeError> {
         if bytes.len() < 20 {
-            return Err(format!(
-                "{} bytes is shorter than the list's header",
-                bytes.len()
-            ));
+            return Err(ComposeError::Short { len: bytes.len() });
         }
         if u32_at(bytes, 0) != MAGIC {
-            return Err("not a composition list (bad magic)".to_owned());
+            return Err(ComposeError::Magic);
         }
         let version = u32_at(bytes, 4);
         let draw_bytes = match version {
             1 => DRAW_BYTES_V1,
             2 => DRAW_BYTES,
-            other => {
-                return Err(format!(
-                    "composition list version {other} (1 and 2 are known)"
-                ))
-            }
+            other => return Err(ComposeError::Version { version: other }),
         };
         let target = u32_at(bytes, 8);
         let draws = u32_at(bytes, 12);
         let damage = u32_at(bytes, 16);
         if target == 0 {
-            return Err("target resource 0".to_owned());
+            return Err(ComposeError::TargetZero);
         }
         if draws > MAX_DRAWS || damage > MAX_DAMAGE {
-            return Err(format!(
-                "{draws} draws and {damage} damage rects (at most {MAX_DRAWS} and {MAX_DAMAGE})"
-            ));
+            return Err(ComposeError::Counts { draws, damage });
         }
         let expected = 20 + damage as usize * 16 + draws as usize * draw_bytes;
         if bytes.len() != expected {
-            return Err(format!("{} bytes; the counts say {expected}", bytes.len()));
+            return Err(ComposeError::Length {
+                len: bytes.len(),
+                expected,
+            });
         }
         let damage: Vec<Rect> = (0..damage as usize)
             .map(|i| rect_at(bytes, 20 + i * 16))
             .collect();
         if !damage.iter().all(fits) {
-            return Err("a damage rectangle overflows".to_owned());
+            return Err(ComposeError::DamageOverflows);
         }
         let base = 20 + damage.len() * 16;
         let mut list = Vec::with_capacity(draws as usize);
@@ -167,19 +198,21 @@ impl CompositionList {
             };
             if let Some((width, height)) = draw.size {
                 if width == 0 || height == 0 || width > MAX_DRAW_SIZE || height > MAX_DRAW_SIZE {
-                    return Err(format!(
-                        "draw {i} is {width}×{height} on the target (1-{MAX_DRAW_SIZE} each, or 0×0)"
-                    ));
+                    return Err(ComposeError::DrawSize {
+                        index: i,
+                        width,
+                        height,
+                    });
                 }
             }
             if draw.resource_id == 0 {
-                return Err(format!("draw {i} names resource 0"));
+                return Err(ComposeError::DrawResourceZero { index: i });
             }
             if bytes[at + 29] & !FLAG_OPAQUE != 0 || bytes[at + 30] != 0 || bytes[at + 31] != 0 {
-                return Err(format!("draw {i} has unknown flags"));
+                return Err(ComposeError::DrawFlags { index: i });
             }
             if !fits(&draw.source) || !fits(&draw.clip) {
-                return Err(format!("draw {i} has an overflowing rectangle"));
+                return Err(ComposeError::DrawOverflows { index: i });
             }
             list.push(draw);
         }
@@ -314,21 +347,24 @@ pub fn plan(
     width: u32,
     height: u32,
     size: impl Fn(u32) -> Option<(u32, u32)>,
-) -> Result<Vec<Piece>, String> {
+) -> Result<Vec<Piece>, ComposeError> {
     let screen = (0, 0, i64::from(width), i64::from(height));
     let damage = disjoint_damage(&list.damage, width, height);
     let mut pieces = Vec::new();
     for (index, draw) in list.draws.iter().enumerate() {
-        let (source_width, source_height) = size(draw.resource_id)
-            .ok_or_else(|| format!("draw {index}: no resource {}", draw.resource_id))?;
+        let (source_width, source_height) =
+            size(draw.resource_id).ok_or(ComposeError::NoResource {
+                index,
+                resource_id: draw.resource_id,
+            })?;
         if !draw.source.within(source_width, source_height) {
-            return Err(format!(
-                "draw {index}: its source lies outside resource {}",
-                draw.resource_id
-            ));
+            return Err(ComposeError::SourceOutside {
+                index,
+                resource_id: draw.resource_id,
+            });
         }
         if draw.scaled() && (draw.source.width == 0 || draw.source.height == 0) {
-            return Err(format!("draw {index}: an empty source cannot be scaled"));
+            return Err(ComposeError::EmptyScaledSource { index });
         }
         let (target_width, target_height) = draw.target_size();
         let placed = (
@@ -368,7 +404,7 @@ pub fn compose_cpu<'a>(
     width: u32,
     height: u32,
     source: impl Fn(u32) -> Option<Image<'a>>,
-) -> Result<(), String> {
+) -> Result<(), ComposeError> {
     let pieces = plan(list, width, height, |id| {
         source(id).map(|image| (image.width, image.height))
     })?;

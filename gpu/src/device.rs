@@ -204,13 +204,32 @@ fn open_on(instance: &ash::Instance, selector: &Selector) -> Result<Opened, GpuE
     Ok((physical, device, queue, capabilities))
 }
 
+/// Why the dma-buf round trip did not work, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaBufError {
+    #[error("the device has no VK_EXT_external_memory_dma_buf")]
+    NoExtension,
+    #[error("no memory type")]
+    NoMemoryType,
+    #[error("allocate exportable memory: {0}")]
+    Allocate(#[source] vk::Result),
+    #[error("export as a dma-buf: {0}")]
+    Export(#[source] vk::Result),
+    #[error("dma-buf properties: {0}")]
+    Properties(#[source] vk::Result),
+    #[error("no memory type can import it")]
+    NoImportType,
+    #[error("import the dma-buf: {0}")]
+    Import(#[source] vk::Result),
+}
+
 impl Device {
     /// Exports 1 MiB of device memory as a dma-buf and imports it back:
     /// what zero-copy sharing with other drivers (a compositor's client
     /// buffers, an encoder) needs. Says what it did, or why it could not.
-    pub fn dma_buf_round_trip(&self) -> Result<String, String> {
+    pub fn dma_buf_round_trip(&self) -> Result<String, DmaBufError> {
         if !self.capabilities.dma_buf {
-            return Err("the device has no VK_EXT_external_memory_dma_buf".to_owned());
+            return Err(DmaBufError::NoExtension);
         }
         let size = 1u64 << 20;
         let vk = &self.device;
@@ -238,7 +257,7 @@ impl Device {
         // SAFETY: valid create-infos; everything made is freed below.
         unsafe {
             let mut export = vk::ExportMemoryAllocateInfo::default().handle_types(handle);
-            let index = device_local(u32::MAX).ok_or("no memory type")?;
+            let index = device_local(u32::MAX).ok_or(DmaBufError::NoMemoryType)?;
             let exported = vk
                 .allocate_memory(
                     &vk::MemoryAllocateInfo::default()
@@ -247,7 +266,7 @@ impl Device {
                         .push_next(&mut export),
                     None,
                 )
-                .map_err(|e| format!("allocate exportable memory: {e}"))?;
+                .map_err(DmaBufError::Allocate)?;
             let fd = match fd_api.get_memory_fd(
                 &vk::MemoryGetFdInfoKHR::default()
                     .memory(exported)
@@ -256,7 +275,7 @@ impl Device {
                 Ok(fd) => fd,
                 Err(error) => {
                     vk.free_memory(exported, None);
-                    return Err(format!("export as a dma-buf: {error}"));
+                    return Err(DmaBufError::Export(error));
                 }
             };
             let kind = std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -265,10 +284,10 @@ impl Device {
             let mut properties = vk::MemoryFdPropertiesKHR::default();
             let result = fd_api
                 .get_memory_fd_properties(handle, fd, &mut properties)
-                .map_err(|e| format!("dma-buf properties: {e}"))
+                .map_err(DmaBufError::Properties)
                 .and_then(|()| {
                     let index = device_local(properties.memory_type_bits)
-                        .ok_or("no memory type can import it")?;
+                        .ok_or(DmaBufError::NoImportType)?;
                     let mut import = vk::ImportMemoryFdInfoKHR::default()
                         .handle_type(handle)
                         .fd(fd);
@@ -279,7 +298,7 @@ impl Device {
                             .push_next(&mut import),
                         None,
                     )
-                    .map_err(|e| format!("import the dma-buf: {e}"))
+                    .map_err(DmaBufError::Import)
                 });
             let answer = match result {
                 Ok(imported) => {

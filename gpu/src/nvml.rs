@@ -10,6 +10,23 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
+/// Why NVML could not be used, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NvmlError {
+    #[error("cannot load libnvidia-ml.so.1 (NVIDIA's driver)")]
+    Load,
+    #[error("NVML has no {name}")]
+    Symbol { name: String },
+    #[error("nvmlInit: {message}")]
+    Init { message: String },
+    #[error("a UUID with a NUL byte")]
+    Uuid,
+    #[error("no NVML device {uuid}: {message}")]
+    NoDevice { uuid: String, message: String },
+    #[error("NVML processes: {message}")]
+    Processes { message: String },
+}
+
 type Return = c_int;
 const SUCCESS: Return = 0;
 const INSUFFICIENT_SIZE: Return = 7;
@@ -43,11 +60,13 @@ unsafe impl Sync for Nvml {}
 
 /// # Safety
 /// `library` is a live dlopen handle; `T` is the symbol's true type.
-unsafe fn symbol<T: Copy>(library: *mut c_void, name: &CStr) -> Result<T, String> {
+unsafe fn symbol<T: Copy>(library: *mut c_void, name: &CStr) -> Result<T, NvmlError> {
     // SAFETY: dlsym on a live handle with a NUL-terminated name.
     let pointer = unsafe { libc::dlsym(library, name.as_ptr()) };
     if pointer.is_null() {
-        return Err(format!("NVML has no {}", name.to_string_lossy()));
+        return Err(NvmlError::Symbol {
+            name: name.to_string_lossy().into_owned(),
+        });
     }
     // SAFETY: the caller names the symbol's type; a function pointer is
     // pointer-sized.
@@ -56,15 +75,15 @@ unsafe fn symbol<T: Copy>(library: *mut c_void, name: &CStr) -> Result<T, String
 
 impl Nvml {
     /// Loads and initialises NVML.
-    pub fn open() -> Result<Nvml, String> {
+    pub fn open() -> Result<Nvml, NvmlError> {
         // SAFETY: dlopen with a constant name; the result is checked.
         let library = unsafe { libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_NOW) };
         if library.is_null() {
-            return Err("cannot load libnvidia-ml.so.1 (NVIDIA's driver)".to_owned());
+            return Err(NvmlError::Load);
         }
         // SAFETY: the types are NVML's documented signatures.
         let loaded = unsafe {
-            (|| -> Result<(Nvml, unsafe extern "C" fn() -> Return), String> {
+            (|| -> Result<(Nvml, unsafe extern "C" fn() -> Return), NvmlError> {
                 let init: unsafe extern "C" fn() -> Return = symbol(library, c"nvmlInit_v2")?;
                 Ok((
                     Nvml {
@@ -90,12 +109,12 @@ impl Nvml {
         // SAFETY: NVML's init, no arguments.
         let result = unsafe { init() };
         if result != SUCCESS {
-            let error = nvml.error(result);
+            let message = nvml.error(result);
             // Not initialised: close without nvmlShutdown.
             // SAFETY: our handle, closed once; `nvml` is forgotten.
             unsafe { libc::dlclose(library) };
             std::mem::forget(nvml);
-            return Err(format!("nvmlInit: {error}"));
+            return Err(NvmlError::Init { message });
         }
         Ok(nvml)
     }
@@ -115,18 +134,21 @@ impl Nvml {
     /// GPU memory `pid` holds on the GPU with Vulkan UUID `uuid` (as
     /// [`crate::GpuInfo::uuid`] prints it): compute and graphics contexts
     /// together. None when the process holds none.
-    pub fn process_memory(&self, uuid: &str, pid: u32) -> Result<Option<u64>, String> {
+    pub fn process_memory(&self, uuid: &str, pid: u32) -> Result<Option<u64>, NvmlError> {
         let name = if uuid.starts_with("GPU-") {
             uuid.to_owned()
         } else {
             format!("GPU-{uuid}")
         };
-        let name = CString::new(name).map_err(|_| "a UUID with a NUL byte".to_owned())?;
+        let name = CString::new(name).map_err(|_| NvmlError::Uuid)?;
         let mut device: Device = std::ptr::null_mut();
         // SAFETY: a NUL-terminated UUID and a place for the handle.
         let result = unsafe { (self.by_uuid)(name.as_ptr(), &mut device) };
         if result != SUCCESS {
-            return Err(format!("no NVML device {uuid}: {}", self.error(result)));
+            return Err(NvmlError::NoDevice {
+                uuid: uuid.to_owned(),
+                message: self.error(result),
+            });
         }
         let mut total = None;
         for query in [self.compute, self.graphics] {
@@ -147,7 +169,11 @@ impl Nvml {
                     INSUFFICIENT_SIZE if (count as usize) > infos.len() => {
                         infos = vec![ProcessInfo::default(); count as usize + 16];
                     }
-                    _ => return Err(format!("NVML processes: {}", self.error(result))),
+                    _ => {
+                        return Err(NvmlError::Processes {
+                            message: self.error(result),
+                        })
+                    }
                 }
             }
         }

@@ -14,6 +14,8 @@ use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
 use flotilla_gpu::render::Renderer;
 use flotilla_gpu::session::{Ledger, Session, CAPSET_COMPOSE};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 
 fn answer(response: &[u8]) -> u32 {
     u32::from_le_bytes(response[0..4].try_into().unwrap())
@@ -28,18 +30,18 @@ fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
     }
 }
 
-struct Rng(u64);
+/// A seeded generator (the same lists every run) with the one draw the
+/// lists need.
+struct Rng(StdRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+    fn seeded(seed: u64) -> Rng {
+        Rng(StdRng::seed_from_u64(seed))
     }
 
+    /// A number in `0..n` (0 when `n` is 0).
     fn below(&mut self, n: u32) -> u32 {
-        (self.next() % u64::from(n.max(1))) as u32
+        self.0.random_range(0..n.max(1))
     }
 }
 
@@ -132,7 +134,9 @@ fn solid(width: u32, height: u32, bgra: [u8; 4]) -> Vec<u8> {
 }
 
 fn noise(rng: &mut Rng, width: u32, height: u32) -> Vec<u8> {
-    (0..width * height * 4).map(|_| rng.next() as u8).collect()
+    (0..width * height * 4)
+        .map(|_| rng.0.random::<u8>())
+        .collect()
 }
 
 fn draw(resource_id: u32, source: Rect, x: i32, y: i32, opacity: u8, clip: Rect) -> Draw {
@@ -155,7 +159,7 @@ fn the_gpu_composes_and_converts_exactly_like_the_cpu_reference() {
     };
     let ledger = Arc::new(Ledger::default());
     let mut pair = Pair::new(renderer, &ledger);
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut rng = Rng::seeded(0x5eed_1234_abcd_ef01);
     let (width, height) = (320u32, 200u32);
     // Target 1 is the scanout; sources: opaque red, half-transparent
     // green, a noise image with every alpha, a fully transparent one.
