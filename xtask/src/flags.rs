@@ -25,6 +25,10 @@ Usage:
         -- TEST_ARGS        given to the test binaries, as in
                             `cargo test --workspace -- TEST_ARGS`: a test name
                             filter, `--test-threads 1`, `--nocapture`
+  cargo xtask tidy
+      Run the tidy checks (file length, module docs, todo!/#[ignore], Result<_, String>,
+      ARCHITECTURE.md names, import circles) and print each problem; the same checks
+      run as tests in `cargo test`. Known offenders are listed in xtask/src/tidy.rs.
   cargo xtask help | --help | -h
       Print this text.
 ";
@@ -35,6 +39,7 @@ pub enum Task {
     Help,
     Dev { flotilla_args: Vec<String> },
     Test(TestOptions),
+    Tidy,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,9 +63,14 @@ pub enum FlagsError {
 impl fmt::Display for FlagsError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FlagsError::MissingTask => write!(formatter, "no task given; pick one of dev, test"),
+            FlagsError::MissingTask => {
+                write!(formatter, "no task given; pick one of dev, test, tidy")
+            }
             FlagsError::UnknownTask(task) => {
-                write!(formatter, "unknown task `{task}`; pick one of dev, test")
+                write!(
+                    formatter,
+                    "unknown task `{task}`; pick one of dev, test, tidy"
+                )
             }
             FlagsError::UnknownOption { task, option } => write!(
                 formatter,
@@ -89,6 +99,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task, FlagsError>
             flotilla_args: args.collect(),
         }),
         "test" => parse_test(args),
+        "tidy" => match args.next() {
+            None => Ok(Task::Tidy),
+            Some(help) if help == "--help" || help == "-h" => Ok(Task::Help),
+            Some(option) => Err(FlagsError::UnknownOption {
+                task: "tidy",
+                option,
+            }),
+        },
         _ => Err(FlagsError::UnknownTask(task)),
     }
 }
@@ -173,11 +191,18 @@ mod tests {
                 option: "-p".into()
             })
         );
+        assert_eq!(
+            parse_words("tidy extra"),
+            Err(FlagsError::UnknownOption {
+                task: "tidy",
+                option: "extra".into()
+            })
+        );
     }
 
     #[test]
     fn help_everywhere() {
-        for words in ["help", "--help", "-h", "test --help"] {
+        for words in ["help", "--help", "-h", "test --help", "tidy -h"] {
             assert_eq!(parse_words(words), Ok(Task::Help), "{words}");
         }
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask`: Flotilla's project tasks (`dev`, `test`) as a Rust program in the
+//! `cargo xtask`: Flotilla's project tasks (`dev`, `test`, `tidy`) as a Rust program in the
 //! workspace, the way rust-analyzer keeps its own, so that a developer's machine and CI run
 //! the same steps and need nothing but cargo to start them.
 //!
@@ -6,7 +6,7 @@
 //! it: it has to build on a bare Debian with just a Rust toolchain, because its first job
 //! is to install the system libraries (libxkbcommon, a C++ compiler, ...) the rest of the
 //! workspace needs in order to build. For the same reason the arguments are parsed by hand
-//! (`flags.rs`): two subcommands and a few options do not justify pulling in an argument
+//! (`flags.rs`): three subcommands and two options do not justify pulling in an argument
 //! parser and its dependency tree.
 
 mod dev;
@@ -14,6 +14,7 @@ mod flags;
 mod packages;
 mod project;
 mod test_suite;
+mod tidy;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         // `dev` only comes back when it could not replace itself with flotilla.
         Task::Dev { flotilla_args } => Err(Box::new(dev::run(&flotilla_args)) as Box<dyn Error>),
         Task::Test(test_options) => test_suite::run(&test_options).map_err(Box::from),
+        Task::Tidy => tidy::run_command(&project::workspace_root()).map_err(Box::from),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

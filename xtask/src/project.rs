@@ -36,15 +36,15 @@ pub fn target_dir(workspace_root: &Path) -> PathBuf {
     }
 }
 
-/// `cargo <args>` run in the workspace root, with the cargo that started xtask (`CARGO`)
-/// and the target directory made absolute, so the child builds where xtask looks.
+/// `cargo <args>` run in the workspace root with the cargo that started xtask (`CARGO`).
+/// A `CARGO_TARGET_DIR` is passed on made absolute, so the child builds where xtask looks.
 pub fn cargo(workspace_root: &Path, args: &[&str]) -> Command {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command
-        .args(args)
-        .current_dir(workspace_root)
-        .env("CARGO_TARGET_DIR", target_dir(workspace_root));
+    command.args(args).current_dir(workspace_root);
+    if env::var_os("CARGO_TARGET_DIR").is_some_and(|dir| !dir.is_empty()) {
+        command.env("CARGO_TARGET_DIR", target_dir(workspace_root));
+    }
     command
 }
 
