@@ -38,6 +38,44 @@ use crate::options::{MAX_OUTPUT, MIN_OUTPUT};
 
 mod execute;
 
+/// Why a request line was refused; its text is the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("bad request: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("a request is a JSON object with an \"op\"")]
+    NotAnObject,
+    #[error("unknown op {op:?}")]
+    UnknownOp { op: String },
+    #[error("a request needs an \"op\"")]
+    NoOp,
+    #[error("unknown field {field:?}")]
+    UnknownField { field: String },
+    #[error("bad request: {0}")]
+    Fields(#[source] serde_json::Error),
+    #[error("key code {code} is outside 1-767")]
+    KeyCode { code: u32 },
+    #[error("a key name is 1-64 characters")]
+    KeyName,
+    #[error("a key needs exactly one of code and name")]
+    KeyCodeOrName,
+    #[error("text longer than {MAX_TEXT} characters")]
+    TextTooLong,
+    #[error("a position must be a finite number")]
+    Position,
+    #[error(
+        "an output of {width}×{height}: sizes are even, {min}×{min} to {}×{}",
+        MAX_OUTPUT.0,
+        MAX_OUTPUT.1,
+        min = MIN_OUTPUT
+    )]
+    OutputSize { width: u32, height: u32 },
+    #[error("button {button} is not a mouse button (272-279, BTN_LEFT..BTN_TASK)")]
+    Button { button: u32 },
+    #[error("scroll amounts must be finite and at most 10000")]
+    Scroll,
+}
+
 /// Longest request line.
 const MAX_LINE: usize = 64 * 1024;
 /// Most characters one `text` request types.
@@ -95,20 +133,20 @@ pub enum Request {
 
 impl Request {
     /// Checks what the request alone can show.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ControlError> {
         match self {
             Request::Key { code, name, .. } => match (code, name) {
                 (Some(code), None) if (1..=767).contains(code) => Ok(()),
-                (Some(code), None) => Err(format!("key code {code} is outside 1-767")),
+                (Some(code), None) => Err(ControlError::KeyCode { code: *code }),
                 (None, Some(name)) if !name.is_empty() && name.len() <= 64 => Ok(()),
-                (None, Some(_)) => Err("a key name is 1-64 characters".to_owned()),
-                _ => Err("a key needs exactly one of code and name".to_owned()),
+                (None, Some(_)) => Err(ControlError::KeyName),
+                _ => Err(ControlError::KeyCodeOrName),
             },
             Request::Text { text } if text.chars().count() > MAX_TEXT => {
-                Err(format!("text longer than {MAX_TEXT} characters"))
+                Err(ControlError::TextTooLong)
             }
             Request::Motion { x, y } if !x.is_finite() || !y.is_finite() => {
-                Err("a position must be a finite number".to_owned())
+                Err(ControlError::Position)
             }
             Request::Output { width, height }
                 if !(MIN_OUTPUT..=MAX_OUTPUT.0).contains(width)
@@ -116,23 +154,21 @@ impl Request {
                     || width % 2 != 0
                     || height % 2 != 0 =>
             {
-                Err(format!(
-                    "an output of {width}×{height}: sizes are even, {min}×{min} to {}×{}",
-                    MAX_OUTPUT.0,
-                    MAX_OUTPUT.1,
-                    min = MIN_OUTPUT
-                ))
+                Err(ControlError::OutputSize {
+                    width: *width,
+                    height: *height,
+                })
             }
-            Request::Button { button, .. } if !(272..=279).contains(button) => Err(format!(
-                "button {button} is not a mouse button (272-279, BTN_LEFT..BTN_TASK)"
-            )),
+            Request::Button { button, .. } if !(272..=279).contains(button) => {
+                Err(ControlError::Button { button: *button })
+            }
             Request::Scroll { dx, dy }
                 if !dx.is_finite()
                     || !dy.is_finite()
                     || dx.abs() > 10_000.0
                     || dy.abs() > 10_000.0 =>
             {
-                Err("scroll amounts must be finite and at most 10000".to_owned())
+                Err(ControlError::Scroll)
             }
             _ => Ok(()),
         }
@@ -148,12 +184,9 @@ pub struct Call {
 }
 
 /// Parses one line into a validated request.
-pub fn parse(line: &str) -> Result<Request, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|error| format!("bad request: {error}"))?;
-    let object = value
-        .as_object()
-        .ok_or("a request is a JSON object with an \"op\"")?;
+pub fn parse(line: &str) -> Result<Request, ControlError> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(ControlError::Json)?;
+    let object = value.as_object().ok_or(ControlError::NotAnObject)?;
     // serde cannot refuse unknown fields of a tagged enum's unit variants:
     // every op's fields, checked here.
     let allowed: &[&str] = match object.get("op").and_then(|op| op.as_str()) {
@@ -166,17 +199,18 @@ pub fn parse(line: &str) -> Result<Request, String> {
         Some("scroll") => &["dx", "dy"],
         Some("output") => &["width", "height"],
         Some("watched") => &["watched"],
-        Some(op) => return Err(format!("unknown op {op:?}")),
-        None => return Err("a request needs an \"op\"".to_owned()),
+        Some(op) => return Err(ControlError::UnknownOp { op: op.to_owned() }),
+        None => return Err(ControlError::NoOp),
     };
     if let Some(field) = object
         .keys()
         .find(|key| *key != "op" && !allowed.contains(&key.as_str()))
     {
-        return Err(format!("unknown field {field:?}"));
+        return Err(ControlError::UnknownField {
+            field: field.clone(),
+        });
     }
-    let request: Request =
-        serde_json::from_value(value).map_err(|error| format!("bad request: {error}"))?;
+    let request: Request = serde_json::from_value(value).map_err(ControlError::Fields)?;
     request.validate()?;
     Ok(request)
 }
@@ -230,7 +264,7 @@ fn connection_loop(stream: UnixStream, connection: u64, calls: &Sender<Call>) {
             }
             Ok(_) if line.trim().is_empty() => continue,
             Ok(_) => match parse(line.trim()) {
-                Err(message) => error(message),
+                Err(refused) => error(refused.to_string()),
                 Ok(request) => {
                     let (reply, answer) = mpsc::channel();
                     if calls
@@ -273,16 +307,16 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_are_refused() {
-        assert_eq!(parse(r#"{"op":"windows"}"#), Ok(Request::Windows));
+        assert_eq!(parse(r#"{"op":"windows"}"#).ok(), Some(Request::Windows));
         assert_eq!(
-            parse(r#"{"op":"watched","watched":true}"#),
-            Ok(Request::Watched { watched: true })
+            parse(r#"{"op":"watched","watched":true}"#).ok(),
+            Some(Request::Watched { watched: true })
         );
         assert!(parse(r#"{"op":"watched","watched":1}"#).is_err());
         assert!(parse(r#"{"op":"watched","watched":true,"rate":5}"#).is_err());
         assert_eq!(
-            parse(r#"{"op":"key","code":28}"#),
-            Ok(Request::Key {
+            parse(r#"{"op":"key","code":28}"#).ok(),
+            Some(Request::Key {
                 code: Some(28),
                 name: None,
                 state: KeyAction::Tap
@@ -308,5 +342,31 @@ mod tests {
         }
         let long = format!(r#"{{"op":"text","text":"{}"}}"#, "a".repeat(MAX_TEXT + 1));
         assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn refusals_answer_the_protocols_texts() {
+        let text = |line: &str| parse(line).expect_err(line).to_string();
+        assert_eq!(text(r#"{"op":"fly"}"#), r#"unknown op "fly""#);
+        assert_eq!(text("[]"), r#"a request is a JSON object with an "op""#);
+        assert_eq!(text(r#"{"x":1}"#), r#"a request needs an "op""#);
+        assert_eq!(
+            text(r#"{"op":"windows","extra":1}"#),
+            r#"unknown field "extra""#
+        );
+        assert_eq!(
+            text(r#"{"op":"key","code":768}"#),
+            "key code 768 is outside 1-767"
+        );
+        assert_eq!(
+            text(r#"{"op":"output","width":63,"height":64}"#),
+            "an output of 63×64: sizes are even, 64×64 to 7680×4320"
+        );
+        assert_eq!(
+            text(r#"{"op":"button","button":1}"#),
+            "button 1 is not a mouse button (272-279, BTN_LEFT..BTN_TASK)"
+        );
+        assert!(text("{").starts_with("bad request: "));
+        assert!(text(r#"{"op":"motion","x":"a","y":1}"#).starts_with("bad request: "));
     }
 }

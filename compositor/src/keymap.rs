@@ -7,6 +7,17 @@ use std::collections::HashMap;
 
 use smithay::input::keyboard::xkb;
 
+/// Why a keyboard name or keymap was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeymapError {
+    #[error("longer than 64 characters")]
+    NameTooLong,
+    #[error("{character:?} is not in an xkb name (a-z, 0-9, _ , - ( ))")]
+    NameCharacter { character: char },
+    #[error("no xkb keymap for layout {layout:?} variant {variant:?} (unknown, or xkb-data is not installed)")]
+    NoKeymap { layout: String, variant: String },
+}
+
 /// evdev's KEY_LEFTSHIFT.
 pub const LEFT_SHIFT: u32 = 42;
 
@@ -18,17 +29,15 @@ pub struct Keymap {
 /// Checks an xkb layout or variant name from the command line: short,
 /// and only the characters xkb's names use (`us`, `de`, `fr`, `us,de`,
 /// `dvorak`, `nodeadkeys`...); empty means xkb's default.
-pub fn check_name(name: &str) -> Result<String, String> {
+pub fn check_name(name: &str) -> Result<String, KeymapError> {
     if name.len() > 64 {
-        return Err("longer than 64 characters".to_owned());
+        return Err(KeymapError::NameTooLong);
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_,-()".contains(*c)))
     {
-        return Err(format!(
-            "{bad:?} is not in an xkb name (a-z, 0-9, _ , - ( ))"
-        ));
+        return Err(KeymapError::NameCharacter { character: bad });
     }
     Ok(name.to_owned())
 }
@@ -36,7 +45,7 @@ pub fn check_name(name: &str) -> Result<String, String> {
 impl Keymap {
     /// The keymap of xkb `layout` and `variant` (empty: xkb's default,
     /// `us`), the one the seat gives clients.
-    pub fn new(layout: &str, variant: &str) -> anyhow::Result<Keymap> {
+    pub fn new(layout: &str, variant: &str) -> Result<Keymap, KeymapError> {
         let context = xkb::Context::new(xkb::CONTEXT_NO_FLAGS);
         let keymap = xkb::Keymap::new_from_names(
             &context,
@@ -47,10 +56,9 @@ impl Keymap {
             None,
             xkb::KEYMAP_COMPILE_NO_FLAGS,
         )
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no xkb keymap for layout {layout:?} variant {variant:?} (unknown, or xkb-data is not installed)"
-            )
+        .ok_or_else(|| KeymapError::NoKeymap {
+            layout: layout.to_owned(),
+            variant: variant.to_owned(),
         })?;
         let mut by_keysym = HashMap::new();
         let (min, max) = (keymap.min_keycode().raw(), keymap.max_keycode().raw());
