@@ -141,9 +141,23 @@ pub fn disk_bytes(path: &Path) -> anyhow::Result<u64> {
     Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
 }
 
+/// A size or duration on the command line that does not parse; each
+/// message says what would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0:?} is not a size; use e.g. 2GiB, 512MiB or a byte count")]
+    NotASize(String),
+    #[error("unknown size unit {unit:?} in {text:?}; use KiB, MiB, GiB or TiB")]
+    SizeUnit { unit: String, text: String },
+    #[error("{0:?} is out of range")]
+    SizeOutOfRange(String),
+    #[error("{0:?} is not a duration; use e.g. 30s, 5m, 1h30m or 250ms")]
+    NotADuration(String),
+}
+
 /// Parses a byte size: `2147483648`, `512MiB`, `2GiB`, `1TiB` (also `G`,
 /// `GB` as binary units, as operators mean them).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub fn parse_bytes(text: &str) -> Result<u64, ParseError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -151,7 +165,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a size; use e.g. 2GiB, 512MiB or a byte count"))?;
+        .map_err(|_| ParseError::NotASize(text.to_owned()))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -159,21 +173,22 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?}; use KiB, MiB, GiB or TiB"
-            ))
+            return Err(ParseError::SizeUnit {
+                unit: other.to_owned(),
+                text: text.to_owned(),
+            })
         }
     };
     let bytes = number * multiplier as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 / 2.0 {
-        return Err(format!("{text:?} is out of range"));
+        return Err(ParseError::SizeOutOfRange(text.to_owned()));
     }
     Ok(bytes as u64)
 }
 
 /// Parses a duration: `250ms`, `30s`, `5m`, `2h`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{text:?} is not a duration; use e.g. 30s, 5m, 1h30m or 250ms");
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, ParseError> {
+    let bad = || ParseError::NotADuration(text.to_owned());
     let mut total_ms: u64 = 0;
     let mut rest = text.trim();
     if rest.is_empty() {

@@ -115,8 +115,7 @@ pub(super) fn desktop_runtime(
         None => runtime,
     };
     let mut runtime = runtime;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     let mut network_set_up = None;
     match (&options.network, sandboxed && root) {
         (Some(settings), true) => {
@@ -157,8 +156,7 @@ fn cgroup_scope(options: &AgentOptions) -> Option<crate::sandbox::cgroup::Scope>
         tracing::warn!("--no-cgroups: desktops run without CPU, memory and pids limits");
         return None;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         tracing::warn!("not running as root: desktops run without CPU, memory and pids limits (cgroups need root or delegation)");
         return None;
     }
@@ -206,8 +204,7 @@ fn sandboxes_possible(options: &AgentOptions) -> bool {
         tracing::warn!("--runtime process: desktops run as plain processes, not sandboxed");
         return false;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return true;
     }
     if !unprivileged_user_namespaces() {

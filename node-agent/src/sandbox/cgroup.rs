@@ -644,18 +644,19 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     /// is charged, and destroy kills it and leaves no directory.
     #[test]
     fn real_cgroup_limits_and_cleans_up_as_root() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root");
+        let test = "real_cgroup_limits_and_cleans_up_as_root";
+        if !crate::test_support::require_root(test) {
             return;
         }
         let hierarchy = match detect_host() {
             Ok(hierarchy) => hierarchy,
-            Err(error) if std::env::var_os("FLOTILLA_REQUIRE_NETNS").is_none() => {
-                eprintln!("skipping: {error}");
+            Err(error) => {
+                crate::test_support::skip_or_fail(
+                    test,
+                    format_args!("the host's cgroups ({error})"),
+                );
                 return;
             }
-            Err(error) => panic!("{error}"),
         };
         let hierarchy = hierarchy
             .scope(&format!("test-{}", std::process::id()))

@@ -147,32 +147,54 @@ impl SandboxSpec {
     }
 }
 
+/// A node option granting something to every sandbox that cannot be
+/// granted as given.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the base image path is not UTF-8")]
+    ImageNotUtf8,
+    #[error("base image {0:?} must be an absolute path without ':', ',', '\\' or '..'")]
+    ImagePath(String),
+    #[error("base image {0:?} has no usr/ directory")]
+    ImageWithoutUsr(String),
+    #[error("device {} must be a path under /dev", .0.display())]
+    DeviceOutsideDev(PathBuf),
+    #[error("device {}: {source}", path.display())]
+    Device {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a character device", .0.display())]
+    NotACharacterDevice(PathBuf),
+}
+
 /// Checks a base image directory: absolute, a directory with a `usr/`, and
 /// no character that would break overlayfs' mount options.
-pub fn validate_base_image(path: &std::path::Path) -> Result<(), String> {
-    let text = path.to_str().ok_or("the base image path is not UTF-8")?;
+pub fn validate_base_image(path: &std::path::Path) -> Result<(), SandboxError> {
+    let text = path.to_str().ok_or(SandboxError::ImageNotUtf8)?;
     if !path.is_absolute() || text.contains([':', ',', '\\']) || text.contains("..") {
-        return Err(format!(
-            "base image {text:?} must be an absolute path without ':', ',', '\\' or '..'"
-        ));
+        return Err(SandboxError::ImagePath(text.to_owned()));
     }
     if !path.join("usr").is_dir() {
-        return Err(format!("base image {text:?} has no usr/ directory"));
+        return Err(SandboxError::ImageWithoutUsr(text.to_owned()));
     }
     Ok(())
 }
 
 /// Checks a device grant: a character device directly under `/dev` (or a
 /// subdirectory), named without `..`.
-pub fn validate_device(path: &std::path::Path) -> Result<(), String> {
+pub fn validate_device(path: &std::path::Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::FileTypeExt;
-    let text = path.display();
     if !path.starts_with("/dev/") || path.components().any(|c| c.as_os_str() == "..") {
-        return Err(format!("device {text} must be a path under /dev"));
+        return Err(SandboxError::DeviceOutsideDev(path.to_owned()));
     }
-    let metadata = std::fs::metadata(path).map_err(|e| format!("device {text}: {e}"))?;
+    let metadata = std::fs::metadata(path).map_err(|source| SandboxError::Device {
+        path: path.to_owned(),
+        source,
+    })?;
     if !metadata.file_type().is_char_device() {
-        return Err(format!("{text} is not a character device"));
+        return Err(SandboxError::NotACharacterDevice(path.to_owned()));
     }
     Ok(())
 }

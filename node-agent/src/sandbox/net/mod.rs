@@ -25,17 +25,28 @@
 //! The rules are loaded with the `nft` tool (one atomic transaction at
 //! start); links, addresses and routes go over rtnetlink ([`super::netlink`]).
 
+//!
+//! [`settings`] is the layout and rules (pure), [`pool`] the namespace
+//! pool's thread; this module sets the host side up and hands out and
+//! releases desktops' networks.
+
+mod pool;
+mod settings;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::netlink::{Netlink, MAX_IFNAME};
+use super::netlink::Netlink;
+use pool::{make_ready, pool_thread, PoolState, Ready, Shared};
+use settings::RANGE_SIZE;
+
+pub use settings::NetworkSettings;
 
 /// What a desktop may reach on the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,176 +167,6 @@ fn netlink(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkErr
     move |source| NetworkError::Netlink { step, source }
 }
 
-/// How a node's desktop network is laid out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkSettings {
-    /// The host bridge every desktop's veth is a port of.
-    pub bridge: String,
-    /// Host ends of the veths are called `<prefix><n>`.
-    pub veth_prefix: String,
-    /// The nftables table (family `inet`) holding the node's rules.
-    pub nft_table: String,
-    /// First address of the desktop /16; the bridge is its `.0.1`.
-    pub subnet: Ipv4Addr,
-    /// The control plane's endpoints that `control-plane` (and `open`)
-    /// desktops may reach. Loopback endpoints are reached at the bridge's
-    /// address and forwarded to the host's loopback.
-    pub control_plane: Vec<SocketAddr>,
-    /// Ready namespaces kept by the pool.
-    pub pool_size: usize,
-}
-
-impl Default for NetworkSettings {
-    fn default() -> NetworkSettings {
-        NetworkSettings {
-            bridge: "flotilla0".to_owned(),
-            veth_prefix: "flv".to_owned(),
-            nft_table: "flotilla".to_owned(),
-            subnet: Ipv4Addr::new(10, 88, 0, 0),
-            control_plane: Vec::new(),
-            pool_size: 4,
-        }
-    }
-}
-
-/// Addresses per policy range (a /18), less the first two.
-const RANGE_SIZE: u32 = 1 << 14;
-
-impl NetworkSettings {
-    /// Checks names and the subnet.
-    pub fn validate(&self) -> Result<(), NetworkError> {
-        if self.bridge.is_empty() || self.bridge.len() > MAX_IFNAME {
-            return Err(NetworkError::BridgeName(self.bridge.clone()));
-        }
-        if self.veth_prefix.is_empty() || self.veth_prefix.len() > 5 {
-            return Err(NetworkError::VethPrefix(self.veth_prefix.clone()));
-        }
-        let valid = |name: &str| {
-            name.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if !valid(&self.bridge) || !valid(&self.veth_prefix) || !valid(&self.nft_table) {
-            return Err(NetworkError::BadName);
-        }
-        if u32::from(self.subnet) & 0xFFFF != 0 {
-            return Err(NetworkError::Subnet(self.subnet));
-        }
-        Ok(())
-    }
-
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet) + 1)
-    }
-
-    fn range_cidr(&self, egress: Egress) -> String {
-        let start = u32::from(self.subnet) + egress.range() * RANGE_SIZE;
-        format!("{}/18", Ipv4Addr::from(start))
-    }
-
-    /// The `n`th address (from 0) of `egress`'s range.
-    fn address(&self, egress: Egress, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet) + egress.range() * RANGE_SIZE + 2 + n)
-    }
-
-    /// Which policy an address in the subnet belongs to, and its number.
-    fn address_slot(&self, address: Ipv4Addr) -> Option<(Egress, u32)> {
-        let offset = u32::from(address).checked_sub(u32::from(self.subnet))?;
-        let egress = Egress::ALL
-            .into_iter()
-            .find(|e| e.range() == offset / RANGE_SIZE)?;
-        let n = (offset % RANGE_SIZE).checked_sub(2)?;
-        Some((egress, n))
-    }
-
-    /// The addresses desktops use for the control plane (loopback ones
-    /// become the bridge's address).
-    pub fn desktop_endpoints(&self) -> Vec<SocketAddr> {
-        self.control_plane
-            .iter()
-            .filter(|endpoint| endpoint.is_ipv4())
-            .map(|endpoint| {
-                if endpoint.ip().is_loopback() {
-                    SocketAddr::V4(SocketAddrV4::new(self.gateway(), endpoint.port()))
-                } else {
-                    *endpoint
-                }
-            })
-            .collect()
-    }
-
-    /// The nftables transaction that (re)creates the node's table.
-    pub fn ruleset(&self) -> String {
-        let table = &self.nft_table;
-        let bridge = &self.bridge;
-        let gateway = self.gateway();
-        let endpoints: Vec<String> = self
-            .control_plane
-            .iter()
-            .filter_map(|endpoint| match endpoint {
-                SocketAddr::V4(v4) => Some(format!("{} . {}", v4.ip(), v4.port())),
-                SocketAddr::V6(_) => None,
-            })
-            .collect();
-        let elements = if endpoints.is_empty() {
-            String::new()
-        } else {
-            format!("elements = {{ {} }}", endpoints.join(", "))
-        };
-        let dnat: String = self
-            .control_plane
-            .iter()
-            .filter(|endpoint| endpoint.is_ipv4() && endpoint.ip().is_loopback())
-            .map(|endpoint| {
-                format!(
-                    "    iifname \"{bridge}\" ip daddr {gateway} tcp dport {port} dnat ip to {ip}:{port}\n",
-                    port = endpoint.port(),
-                    ip = endpoint.ip()
-                )
-            })
-            .collect();
-        let none = self.range_cidr(Egress::None);
-        let control_plane = self.range_cidr(Egress::ControlPlane);
-        let open = self.range_cidr(Egress::Open);
-        let subnet = format!("{}/16", self.subnet);
-        format!(
-            "add table inet {table}
-delete table inet {table}
-table inet {table} {{
-  set control_plane {{
-    type ipv4_addr . inet_service
-    {elements}
-  }}
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-{dnat}  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    oifname \"{bridge}\" ct state established,related accept
-    oifname \"{bridge}\" drop
-    iifname \"{bridge}\" meta nfproto != ipv4 drop
-    iifname \"{bridge}\" ip saddr {none} drop
-    iifname \"{bridge}\" ip saddr {open} ip daddr != {subnet} accept
-    iifname \"{bridge}\" ip saddr {control_plane} ip daddr . tcp dport @control_plane accept
-    iifname \"{bridge}\" ip saddr {open} ip daddr . tcp dport @control_plane accept
-    iifname \"{bridge}\" drop
-  }}
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname \"{bridge}\" ct state established,related accept
-    iifname \"{bridge}\" ip saddr {control_plane} ip daddr . tcp dport @control_plane accept
-    iifname \"{bridge}\" ip saddr {open} ip daddr . tcp dport @control_plane accept
-    iifname \"{bridge}\" drop
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} oifname != \"{bridge}\" masquerade
-  }}
-}}
-"
-        )
-    }
-}
-
 fn nft(script: &str) -> Result<(), NetworkError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -356,15 +197,6 @@ fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(path, value)
 }
 
-/// A ready network namespace: loopback up, `eth0` up and bridged, no
-/// address yet.
-struct Ready {
-    netns: OwnedFd,
-    inside: Netlink,
-    eth0: i32,
-    host_veth: String,
-}
-
 /// One desktop's network, handed to its sandbox.
 #[derive(Debug)]
 pub struct DesktopNet {
@@ -392,17 +224,6 @@ impl DesktopNet {
             egress: self.egress,
         }
     }
-}
-
-struct PoolState {
-    ready: VecDeque<Ready>,
-    stop: bool,
-}
-
-struct Shared {
-    state: Mutex<PoolState>,
-    changed: Condvar,
-    next_veth: std::sync::atomic::AtomicU32,
 }
 
 /// Addresses in use, per policy range; shared with the release thread,
@@ -669,103 +490,10 @@ impl Drop for Network {
     }
 }
 
-fn pool_thread(settings: &NetworkSettings, bridge: i32, shared: &Shared) {
-    let mut host = match Netlink::open() {
-        Ok(host) => host,
-        Err(error) => {
-            tracing::warn!(%error, "the namespace pool cannot open rtnetlink: every start makes its own namespace");
-            return;
-        }
-    };
-    loop {
-        {
-            let mut state = shared.state.lock().unwrap();
-            while !state.stop && state.ready.len() >= settings.pool_size {
-                state = shared.changed.wait(state).unwrap();
-            }
-            if state.stop {
-                return;
-            }
-        }
-        match make_ready(settings, &mut host, bridge, shared) {
-            Ok(ready) => {
-                let mut state = shared.state.lock().unwrap();
-                if state.stop {
-                    drop(state);
-                    let _ = host.delete(&ready.host_veth);
-                    return;
-                }
-                state.ready.push_back(ready);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot prepare a network namespace");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// Makes one network namespace ready. Moves the calling thread into it
-/// (only call it on a thread of its own).
-fn make_ready(
-    settings: &NetworkSettings,
-    host: &mut Netlink,
-    bridge: i32,
-    shared: &Shared,
-) -> Result<Ready, NetworkError> {
-    // SAFETY: only the calling thread's network namespace changes; its
-    // file descriptor table (what `unshare_unsafe` warns about) stays
-    // shared, as CLONE_FILES is not asked for.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }.map_err(
-        |error| NetworkError::Namespace {
-            step: "create a network namespace",
-            source: error.into(),
-        },
-    )?;
-    let netns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
-        .map_err(|source| NetworkError::Namespace {
-            step: "open the new network namespace",
-            source,
-        })?
-        .into();
-    let mut inside = Netlink::open().map_err(netlink("open rtnetlink inside"))?;
-    let lo = inside.index("lo").map_err(netlink("find lo"))?;
-    inside.set_up(lo).map_err(netlink("bring lo up"))?;
-    for file in ["all", "default"] {
-        // Absent without IPv6; the rules drop IPv6 from desktops anyway.
-        let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{file}/disable_ipv6"), "1");
-    }
-    let n = shared
-        .next_veth
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let host_veth = format!("{}{n}", settings.veth_prefix);
-    host.create_veth(&host_veth, "eth0", netns.as_raw_fd())
-        .map_err(netlink(format!("create veth {host_veth}")))?;
-    let mut wire = || -> std::io::Result<i32> {
-        let index = host.index(&host_veth)?;
-        host.set_master(index, bridge)?;
-        host.isolate_port(index)?;
-        host.set_up(index)?;
-        let eth0 = inside.index("eth0")?;
-        inside.set_up(eth0)?;
-        Ok(eth0)
-    };
-    match wire() {
-        Ok(eth0) => Ok(Ready {
-            netns,
-            inside,
-            eth0,
-            host_veth,
-        }),
-        Err(source) => {
-            let _ = host.delete(&host_veth);
-            Err(netlink(format!("wire veth {host_veth}"))(source))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     #[test]
