@@ -6,10 +6,14 @@ mod desktops;
 mod invariants;
 mod nodes;
 mod tasks;
+
+pub use invariants::InvariantError;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 

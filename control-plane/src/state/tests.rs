@@ -332,36 +332,3 @@ fn newer_log_format_is_refused_not_misapplied() {
     ));
     assert_eq!(state.task_count(), 0);
 }
-
-/// A deterministic pseudo-random walk over creates, moves and deletes,
-/// checking the invariants after every step (seed printed on failure).
-#[test]
-fn random_operations_keep_invariants() {
-    for seed in 0..20u64 {
-        let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let mut next = move |bound: u64| {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (rng >> 33) % bound
-        };
-        let mut state = State::default();
-        for step in 0..300u64 {
-            let id = format!("t{}", next(12));
-            let column = Column::ALL[next(5) as usize];
-            let command = match next(4) {
-                0 | 1 => create(&id, column),
-                2 => Command::MoveTask {
-                    id,
-                    column,
-                    position: Some(next(8) as u32),
-                },
-                _ => Command::DeleteTask { id },
-            };
-            state.apply(step + 1, &request(&format!("{seed}-{step}"), command));
-            if let Err(problem) = state.verify_invariants() {
-                panic!("seed {seed} step {step}: {problem}");
-            }
-        }
-    }
-}

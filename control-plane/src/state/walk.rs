@@ -1,0 +1,329 @@
+//! The state walk: random sequences over the whole command set (nodes
+//! joining and leaving, heartbeats' status changes, cordon, drains,
+//! desktops placed by the real scheduler and at random, reports true and
+//! stale, migrations, tasks created, moved and deleted, tokens), with the
+//! invariants checked after every step and every entry applied a second
+//! time to prove that changes nothing.
+//!
+//! `FLOTILLA_WALK_STEPS` (default 1,000) and `FLOTILLA_WALK_SEED` (default:
+//! seeds 0..8) choose the walk; a failure names its seed and step so it
+//! can be replayed with exactly those variables.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::testkit::request;
+use super::State;
+use crate::scheduler::{self, DesktopRequest, Strategy};
+use crate::types::{
+    Column, Command, DesktopReport, DesktopResources, DesktopState, Gpu, NodeCapacity,
+    NodeRegistration, NodeStatus, NodeStatusUpdate, PendingReason, Placement, TokenKind,
+    TokenRecord,
+};
+
+const NODE_IDS: u32 = 6;
+const TASK_IDS: u32 = 24;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
+    )
+}
+
+/// The same node id always registers with the same capacity (a restart of
+/// the same host), so allocations never exceed a capacity that shrank
+/// under them.
+fn registration(node: u32) -> NodeRegistration {
+    let gpus = (0..node % 3)
+        .map(|index| Gpu {
+            index,
+            memory_bytes: 8 << 30,
+            ..Gpu::default()
+        })
+        .collect();
+    NodeRegistration {
+        id: format!("n{node}"),
+        name: format!("node-{node}"),
+        labels: BTreeMap::from([("zone".to_owned(), format!("z{}", node % 2))]),
+        capacity: NodeCapacity {
+            cpu_millis: 2000 + u64::from(node) * 1000,
+            memory_bytes: (8 + u64::from(node) * 4) << 30,
+            disk_bytes: 0,
+            desktop_slots: 1 + node % 4,
+        },
+        reserved: NodeCapacity::default(),
+        gpus,
+        agent_version: "walk".into(),
+        address: String::new(),
+    }
+}
+
+fn resources(rng: &mut StdRng) -> DesktopResources {
+    let mut resources = DesktopResources {
+        cpu_millis: [250, 1000, 2000, 5000][rng.random_range(0..4)],
+        memory_bytes: [1u64 << 30, 4 << 30, 16 << 30][rng.random_range(0..3)],
+        ..DesktopResources::default()
+    };
+    match rng.random_range(0..6) {
+        0 => resources.needs_gpu = true,
+        1 => resources.gpu_memory_bytes = [1u64 << 30, 6 << 30][rng.random_range(0..2)],
+        2 => {
+            resources
+                .labels
+                .insert("zone".to_owned(), format!("z{}", rng.random_range(0..3)));
+        }
+        _ => {}
+    }
+    resources
+}
+
+fn node(rng: &mut StdRng) -> String {
+    format!("n{}", rng.random_range(0..NODE_IDS))
+}
+
+fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> Option<&'a T> {
+    (!items.is_empty()).then(|| &items[rng.random_range(0..items.len())])
+}
+
+/// One command drawn over the whole command set, mostly about entities
+/// that exist so that most steps do something.
+fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
+    let task = format!("t{}", rng.random_range(0..TASK_IDS));
+    let desktops: Vec<_> = state.desktops().cloned().collect();
+    let placed: Vec<_> = desktops.iter().filter(|d| d.node_id.is_some()).collect();
+    let column = Column::ALL[rng.random_range(0..Column::ALL.len())];
+    match rng.random_range(0..20) {
+        0 | 1 => Command::CreateTask {
+            id: task,
+            title: format!("task {step}"),
+            description: String::new(),
+            repository: None,
+            column,
+            resources: resources(rng),
+        },
+        2 => Command::UpdateTask {
+            id: task,
+            title: Some(format!("renamed at {step}")),
+            description: None,
+            repository: Some(Some("r".into())),
+        },
+        3..=5 => Command::MoveTask {
+            id: task,
+            column,
+            position: rng.random_bool(0.5).then(|| rng.random_range(0..10)),
+        },
+        6 => Command::DeleteTask { id: task },
+        7 => Command::RegisterNode {
+            registration: registration(rng.random_range(0..NODE_IDS)),
+        },
+        8 | 9 => Command::SetNodeStatus {
+            updates: (0..rng.random_range(1..3))
+                .map(|_| NodeStatusUpdate {
+                    id: node(rng),
+                    status: [NodeStatus::Ready, NodeStatus::Ready, NodeStatus::Down]
+                        [rng.random_range(0..3)],
+                })
+                .collect(),
+        },
+        10 => Command::SetNodeEligibility {
+            id: node(rng),
+            eligible: rng.random_bool(0.6),
+        },
+        11 => Command::StartDrain {
+            id: node(rng),
+            deadline_ms: rng.random_range(0..2_000),
+            max_parallel: rng.random_range(0..3),
+        },
+        12 => Command::CancelDrain { id: node(rng) },
+        13 => Command::RemoveNode { id: node(rng) },
+        // What the leader's scheduler would place now.
+        14 | 15 => {
+            let pending = state.pending_desktops(16);
+            let requests: Vec<_> = pending
+                .iter()
+                .map(|desktop| DesktopRequest::from_desktop(desktop))
+                .collect();
+            let mut views = state.node_views();
+            let strategy = [Strategy::Binpack, Strategy::Spread][rng.random_range(0..2)];
+            let placements = scheduler::place(&mut views, &requests, strategy)
+                .into_iter()
+                .filter_map(|decision| match decision {
+                    scheduler::Decision::Placed {
+                        desktop_id,
+                        node_id,
+                        gpu,
+                    } => Some(Placement {
+                        desktop_id,
+                        node_id,
+                        gpu: gpu.map(|gpu| gpu as u32),
+                    }),
+                    scheduler::Decision::Pending { .. } => None,
+                })
+                .collect();
+            Command::PlaceDesktops { placements }
+        }
+        // A stale or wrong placement: apply must refuse what does not fit.
+        16 => Command::PlaceDesktops {
+            placements: pick(rng, &desktops)
+                .map(|desktop| Placement {
+                    desktop_id: desktop.id.clone(),
+                    node_id: node(rng),
+                    gpu: rng.random_bool(0.3).then(|| rng.random_range(0..3)),
+                })
+                .into_iter()
+                .collect(),
+        },
+        17 => match rng.random_range(0..3) {
+            0 => Command::SetPendingReasons {
+                reasons: pick(rng, &desktops)
+                    .map(|desktop| PendingReason {
+                        desktop_id: desktop.id.clone(),
+                        reason: format!("reason {}", rng.random_range(0..3)),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+            1 => Command::MigrateDesktops {
+                ids: pick(rng, &placed)
+                    .map(|desktop| desktop.id.clone())
+                    .into_iter()
+                    .collect(),
+            },
+            _ => Command::PutToken {
+                token: TokenRecord {
+                    name: format!("token {step}"),
+                    kind: TokenKind::Operator,
+                    sha256_hex: format!("{:064x}", rng.random_range(0..4u32)),
+                },
+            },
+        },
+        // Node reports: mostly from the desktop's own node at its
+        // generation, sometimes from another node or a stale generation.
+        _ => {
+            let Some(desktop) = pick(rng, &placed) else {
+                return Command::ReportDesktops {
+                    node_id: node(rng),
+                    reports: Vec::new(),
+                };
+            };
+            let own_node = desktop.node_id.clone().expect("placed");
+            let fenced = rng.random_bool(0.2);
+            let state = [
+                DesktopState::Starting,
+                DesktopState::Running,
+                DesktopState::Running,
+                DesktopState::Stopped,
+                DesktopState::Failed,
+            ][rng.random_range(0..5)];
+            Command::ReportDesktops {
+                node_id: if fenced { node(rng) } else { own_node },
+                reports: vec![DesktopReport {
+                    desktop_id: desktop.id.clone(),
+                    generation: desktop
+                        .generation
+                        .saturating_sub(u64::from(rng.random_bool(0.1))),
+                    state,
+                    reason: (state == DesktopState::Failed).then(|| "it broke".to_owned()),
+                }],
+            }
+        }
+    }
+}
+
+/// Walks `steps` random commands from seed `seed`; returns how many of
+/// each kind of command changed the state.
+fn walk(seed: u64, steps: u64) -> BTreeMap<&'static str, u64> {
+    let mut effective = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut state = State::default();
+    let mut index = 0;
+    let replay = format!("FLOTILLA_WALK_SEED={seed} FLOTILLA_WALK_STEPS={steps}");
+    for step in 0..steps {
+        let command = random_command(&mut rng, &state, step);
+        let entry = request(&format!("{seed}-{step}"), command);
+        index += 1;
+        let (_, changes) = state.apply(index, &entry);
+        if !changes.is_empty() {
+            *effective.entry(kind(&entry.command)).or_default() += 1;
+        }
+        if let Err(problem) = state.verify_invariants() {
+            panic!("{replay}: step {step} broke an invariant: {problem}\ncommand: {entry:?}");
+        }
+        // The same entry applied again (a retry, or a replica replaying
+        // its log) changes nothing and answers as the first time did.
+        let before = state.clone();
+        index += 1;
+        let (again, changes) = state.apply(index, &entry);
+        assert!(
+            again.duplicate && changes.is_empty() && state == before,
+            "{replay}: step {step} applied twice changed the state\ncommand: {entry:?}"
+        );
+    }
+    effective
+}
+
+fn kind(command: &Command) -> &'static str {
+    match command {
+        Command::CreateTask { .. } => "create_task",
+        Command::UpdateTask { .. } => "update_task",
+        Command::MoveTask { .. } => "move_task",
+        Command::DeleteTask { .. } => "delete_task",
+        Command::RegisterNode { .. } => "register_node",
+        Command::SetNodeStatus { .. } => "set_node_status",
+        Command::SetNodeEligibility { .. } => "set_node_eligibility",
+        Command::StartDrain { .. } => "start_drain",
+        Command::CancelDrain { .. } => "cancel_drain",
+        Command::RemoveNode { .. } => "remove_node",
+        Command::PlaceDesktops { .. } => "place_desktops",
+        Command::SetPendingReasons { .. } => "set_pending_reasons",
+        Command::MigrateDesktops { .. } => "migrate_desktops",
+        Command::ReportDesktops { .. } => "report_desktops",
+        Command::PutToken { .. } => "put_token",
+    }
+}
+
+#[test]
+fn random_walks_over_every_command_keep_the_invariants() {
+    let steps = env_u64("FLOTILLA_WALK_STEPS").unwrap_or(1_000);
+    let seeds: Vec<u64> = match env_u64("FLOTILLA_WALK_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..8).collect(),
+    };
+    let mut effective: BTreeMap<&str, u64> = BTreeMap::new();
+    for seed in seeds {
+        for (kind, count) in walk(seed, steps) {
+            *effective.entry(kind).or_default() += count;
+        }
+    }
+    eprintln!("state walk: commands that changed the state: {effective:?}");
+    // A walk that never reaches a command proves nothing about it. Tokens
+    // change no watched entity, so they are not counted.
+    if steps >= 500 {
+        for kind in [
+            "create_task",
+            "update_task",
+            "move_task",
+            "delete_task",
+            "register_node",
+            "set_node_status",
+            "set_node_eligibility",
+            "start_drain",
+            "cancel_drain",
+            "remove_node",
+            "place_desktops",
+            "set_pending_reasons",
+            "migrate_desktops",
+            "report_desktops",
+        ] {
+            assert!(
+                effective.get(kind).copied().unwrap_or(0) > 0,
+                "the walk never applied {kind} with an effect: widen it"
+            );
+        }
+    }
+}
