@@ -315,20 +315,44 @@ impl GpuService {
         after: Option<u64>,
         timeout: std::time::Duration,
     ) -> Option<I420Frame> {
+        // Only a new frame is read (and so converted and copied).
+        self.wait_for_sequence(desktop, after, timeout, |_| self.frame(desktop))
+    }
+
+    /// Waits up to `timeout` for `desktop`'s frame number to be other
+    /// than `after` and returns it, reading (converting) nothing: gpud's
+    /// frame signal for whoever looks at the scanout instead (tests).
+    pub fn wait_for_frame(
+        &self,
+        desktop: &str,
+        after: Option<u64>,
+        timeout: std::time::Duration,
+    ) -> Option<u64> {
+        self.wait_for_sequence(desktop, after, timeout, Some)
+    }
+
+    /// Waits on the frame signal until `desktop`'s frame number is other
+    /// than `after` and `read` of it gives something, or `timeout` ends.
+    fn wait_for_sequence<T>(
+        &self,
+        desktop: &str,
+        after: Option<u64>,
+        timeout: std::time::Duration,
+        mut read: impl FnMut(u64) -> Option<T>,
+    ) -> Option<T> {
         let deadline = std::time::Instant::now() + timeout;
         let (count, woken) = &*self.frames;
         loop {
             let seen = *count.lock().unwrap_or_else(|p| p.into_inner());
-            // Only a new frame is read (and so converted and copied).
             let sequence = self.session(desktop).and_then(|session| {
                 session
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .frame_sequence()
             });
-            if sequence.is_some() && sequence != after {
-                if let Some(frame) = self.frame(desktop) {
-                    return Some(frame);
+            if let Some(sequence) = sequence.filter(|sequence| Some(*sequence) != after) {
+                if let Some(value) = read(sequence) {
+                    return Some(value);
                 }
             }
             let now = std::time::Instant::now();

@@ -30,6 +30,9 @@ fn client_available(program: &str, package: &str) -> bool {
         found || std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_none(),
         "{program} is missing (apt-get install {package})"
     );
+    if !found {
+        eprintln!("skipping: {program} is missing (apt-get install {package})");
+    }
     found
 }
 
@@ -138,8 +141,12 @@ impl Desktop {
         self.service.scanout("dt-c")
     }
 
+    /// Waits until `done`, checked again at each of gpud's frames (most
+    /// conditions are about the screen) and at least every 20 ms (for
+    /// those about files, sockets or the control socket), for 30 s.
     fn wait(&self, what: &str, mut done: impl FnMut(&Desktop) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut frame = None;
         while !done(self) {
             if Instant::now() > deadline {
                 let path = std::env::temp_dir().join("flotilla-compositor-timeout.ppm");
@@ -151,7 +158,10 @@ impl Desktop {
                     path.display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            frame = self
+                .service
+                .wait_for_frame("dt-c", frame, Duration::from_millis(20))
+                .or(frame);
         }
     }
 }
@@ -174,6 +184,24 @@ impl Control {
     fn ok(&mut self, request: serde_json::Value) {
         let answer = self.send(&request.to_string());
         assert_eq!(answer["ok"], true, "{request} → {answer}");
+    }
+
+    /// Goes away (its end of the connection shut) and waits for the
+    /// compositor to close it, which it does once it has released what
+    /// this connection held.
+    fn hang_up_and_wait_for_release(mut self) {
+        use std::io::Read;
+        self.writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut the control connection");
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .expect("the compositor closes the connection after releasing its keys");
     }
 }
 
@@ -356,8 +384,7 @@ fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
     // text is typed unshifted.
     let mut holder = desktop.control();
     holder.ok(serde_json::json!({"op": "key", "code": 42, "state": "press"}));
-    drop(holder);
-    std::thread::sleep(Duration::from_millis(200));
+    holder.hang_up_and_wait_for_release();
     let lower = out.path().join("lower");
     control.ok(serde_json::json!({
         "op": "text",
@@ -387,6 +414,7 @@ fn text_typed_through_the_control_socket_reaches_a_shell_in_foot() {
     let repeated = out.path().join("repeated");
     control.ok(serde_json::json!({"op": "text", "text": "echo "}));
     control.ok(serde_json::json!({"op": "key", "name": "x", "state": "press"}));
+    // The workload, not a wait: the key is held down for a second.
     std::thread::sleep(Duration::from_millis(1000));
     control.ok(serde_json::json!({"op": "key", "name": "x", "state": "release"}));
     control.ok(serde_json::json!({
@@ -762,18 +790,16 @@ fn chromium_renders_a_page_and_its_menu_stays_inside_the_output() {
     // keeps inside the output (flipped or slid up).
     control.ok(serde_json::json!({"op": "motion", "x": 700, "y": 565}));
     control.ok(serde_json::json!({"op": "button", "button": 272}));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let popup = loop {
+    let mut popup = None;
+    desktop.wait("the menu to open", |_| {
         let windows = control.send(r#"{"op":"windows"}"#);
-        if let Some(popup) = windows["windows"][0]["popups"].get(0) {
-            let popup = geometry(popup);
-            if popup.2 > 1 && popup.3 > 1 {
-                break popup;
-            }
-        }
-        assert!(Instant::now() < deadline, "no menu opened: {windows}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        popup = windows["windows"][0]["popups"]
+            .get(0)
+            .map(geometry)
+            .filter(|popup| popup.2 > 1 && popup.3 > 1);
+        popup.is_some()
+    });
+    let popup = popup.expect("waited for");
     let (x, y, width, height) = popup;
     assert!(
         x >= 0 && y >= 0 && x + width <= 800 && y + height <= 600,
@@ -915,15 +941,20 @@ fn an_unwatched_desktop_is_composed_at_most_ten_times_a_second() {
         std::thread::sleep(Duration::from_secs(seconds));
         sequence() - before
     };
-    // Unwatched (the start), after its first second of animation: an
-    // upper bound only — a loaded machine makes fewer frames, never more.
-    std::thread::sleep(flotilla_compositor::ANIMATION_AFTER);
+    // Unwatched (the start), once the animation has run for
+    // ANIMATION_AFTER and the compositor says it paces it (the period
+    // its `watched` answer gives): an upper bound only — a loaded
+    // machine makes fewer frames, never more.
+    let mut control = desktop.control();
+    desktop.wait("the unwatched animation to be paced", |_| {
+        let answer = control.send(r#"{"op":"watched","watched":false}"#);
+        answer["frame_period_us"] == 100_000
+    });
     let unwatched = frames_in(2);
     assert!(
         (1..=2 * 10 + 2).contains(&unwatched),
         "{unwatched} frames in 2 s unwatched"
     );
-    let mut control = desktop.control();
     let answer = control.send(r#"{"op":"watched","watched":true}"#);
     assert_eq!(answer["frame_period_us"], 16_666, "{answer}");
     let watched = frames_in(2);
