@@ -99,7 +99,8 @@ impl ControlPlane {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = channel(addr).map_err(ApiError::internal)?;
+                let channel =
+                    channel(addr).map_err(|error| ApiError::internal(error.to_string()))?;
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
@@ -554,10 +555,10 @@ impl ControlPlane {
 pub fn cluster_client(
     addr: &str,
 ) -> Result<pb::cluster_client::ClusterClient<tonic::transport::Channel>, ApiError> {
-    Ok(
-        pb::cluster_client::ClusterClient::new(channel(addr).map_err(ApiError::internal)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    Ok(pb::cluster_client::ClusterClient::new(
+        channel(addr).map_err(|error| ApiError::internal(error.to_string()))?,
     )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Checks a `host:port` a server advertises.

@@ -219,6 +219,24 @@ fn fits(node: &NodeView, request: &DesktopRequest, strategy: Strategy) -> Option
     Some(None)
 }
 
+/// Why a placement does not fit; the text becomes the desktop's pending
+/// reason, which people read on the board.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FitError {
+    #[error("node {node} is not ready and eligible")]
+    NotSchedulable { node: String },
+    #[error("node {node} has no room left for it")]
+    NoRoom { node: String },
+    #[error("a GPU was chosen for a desktop that asks for none")]
+    UnwantedGpu,
+    #[error("the desktop needs a GPU and none was chosen")]
+    NoGpuChosen,
+    #[error("gpu-{index} of node {node} has not enough free memory")]
+    GpuMemory { node: String, index: usize },
+    #[error("node {node} has no gpu-{index}")]
+    NoSuchGpu { node: String, index: usize },
+}
+
 /// Checks that placing `request` on `node` (charged to `gpu`) overcommits
 /// nothing and respects the node's state; says what is wrong otherwise.
 /// Applying a placement calls this, so a decision made on stale state can
@@ -227,20 +245,21 @@ pub fn check_fit(
     node: &NodeView,
     request: &DesktopRequest,
     gpu: Option<usize>,
-) -> Result<(), String> {
+) -> Result<(), FitError> {
+    let node_name = || node.name.clone();
     if !schedulable(node) {
-        return Err(format!("node {} is not ready and eligible", node.name));
+        return Err(FitError::NotSchedulable { node: node_name() });
     }
     let mut resources_only = request.clone();
     resources_only.needs_gpu = false;
     resources_only.gpu_memory_bytes = 0;
     if fits(node, &resources_only, Strategy::Binpack).is_none() {
-        return Err(format!("node {} has no room left for it", node.name));
+        return Err(FitError::NoRoom { node: node_name() });
     }
     match (request.wants_gpu(), gpu) {
         (false, None) => Ok(()),
-        (false, Some(_)) => Err("a GPU was chosen for a desktop that asks for none".to_owned()),
-        (true, None) => Err("the desktop needs a GPU and none was chosen".to_owned()),
+        (false, Some(_)) => Err(FitError::UnwantedGpu),
+        (true, None) => Err(FitError::NoGpuChosen),
         (true, Some(index)) => match node.gpus.get(index) {
             Some(gpu)
                 if gpu.memory_bytes.saturating_sub(gpu.allocated_bytes)
@@ -248,11 +267,14 @@ pub fn check_fit(
             {
                 Ok(())
             }
-            Some(_) => Err(format!(
-                "gpu-{index} of node {} has not enough free memory",
-                node.name
-            )),
-            None => Err(format!("node {} has no gpu-{index}", node.name)),
+            Some(_) => Err(FitError::GpuMemory {
+                node: node_name(),
+                index,
+            }),
+            None => Err(FitError::NoSuchGpu {
+                node: node_name(),
+                index,
+            }),
         },
     }
 }

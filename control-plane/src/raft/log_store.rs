@@ -80,7 +80,7 @@ enum WriteOp {
     Purge(LogId),
     SaveVote {
         vote: Vec<u8>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), Arc<WriteBatchError>>>,
     },
     SaveCommitted(Vec<u8>),
 }
@@ -221,7 +221,7 @@ fn run_writer(database: Database, requests: mpsc::Receiver<WriteOp>) {
         while let Ok(more) = requests.try_recv() {
             batch.push(more);
         }
-        let result = write_batch(&database, &batch).map_err(|error| error.to_string());
+        let result = write_batch(&database, &batch).map_err(Arc::new);
         if let Err(error) = &result {
             tracing::error!(%error, "raft log write failed; the server cannot make progress");
         }
@@ -240,7 +240,23 @@ fn run_writer(database: Database, requests: mpsc::Receiver<WriteOp>) {
     }
 }
 
-fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<(), Box<dyn std::error::Error>> {
+/// Why a batch of log writes failed. Every op of the batch gets the same
+/// error (shared, hence the `Arc` at the call site).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBatchError {
+    #[error("begin a raft log transaction")]
+    Begin(#[from] redb::TransactionError),
+    #[error("open a raft log table")]
+    Table(#[from] redb::TableError),
+    #[error("write the raft log")]
+    Write(#[from] redb::StorageError),
+    #[error("encode the purge point")]
+    Encode(#[from] serde_json::Error),
+    #[error("commit (fsync) the raft log")]
+    Commit(#[from] redb::CommitError),
+}
+
+fn write_batch(database: &Database, batch: &[WriteOp]) -> Result<(), WriteBatchError> {
     let transaction = database.begin_write()?;
     {
         let mut log = transaction.open_table(LOG_TABLE)?;
@@ -340,7 +356,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.lock().vote = Some(*vote);
                 Ok(())
             }
-            Ok(Err(error)) => Err(io_error(StorageIOError::write_vote(AnyError::error(error)))),
+            Ok(Err(error)) => Err(io_error(StorageIOError::write_vote(AnyError::new(&*error)))),
             Err(_) => Err(io_error(StorageIOError::write_vote(AnyError::error(
                 "raft log writer thread has stopped",
             )))),

@@ -28,10 +28,22 @@ use crate::types::{NodeId, TypeConfig};
 /// Largest gRPC message a server accepts or sends (snapshot chunks, batches).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// A peer address that is not a `host:port` tonic can dial.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid server address {addr:?}: {source}")]
+pub struct AddressError {
+    addr: String,
+    #[source]
+    source: tonic::codegen::http::uri::InvalidUri,
+}
+
 /// Opens a lazily connected channel to `addr` (`host:port`).
-pub fn channel(addr: &str) -> Result<Channel, String> {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|error| format!("invalid server address {addr:?}: {error}"))?;
+pub fn channel(addr: &str) -> Result<Channel, AddressError> {
+    let endpoint =
+        Channel::from_shared(format!("http://{addr}")).map_err(|source| AddressError {
+            addr: addr.to_owned(),
+            source,
+        })?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -39,7 +51,7 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         .connect_lazy())
 }
 
-pub fn raft_client(addr: &str) -> Result<RaftClient<Channel>, String> {
+pub fn raft_client(addr: &str) -> Result<RaftClient<Channel>, AddressError> {
     Ok(RaftClient::new(channel(addr)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

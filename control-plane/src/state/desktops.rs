@@ -22,9 +22,9 @@ impl State {
         for placement in placements {
             match self.place_desktop(index, placement, changes) {
                 Ok(()) => placed += 1,
-                Err(reason) => refused.push(PendingReason {
+                Err(refusal) => refused.push(PendingReason {
                     desktop_id: placement.desktop_id.clone(),
-                    reason,
+                    reason: refusal.to_string(),
                 }),
             }
         }
@@ -198,17 +198,17 @@ impl State {
         index: u64,
         placement: &Placement,
         changes: &mut Vec<Change>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlacementRefused> {
         let desktop = self
             .desktops
             .get(&placement.desktop_id)
-            .ok_or("the desktop no longer exists")?;
+            .ok_or(PlacementRefused::NoDesktop)?;
         if desktop.node_id.is_some() || desktop.intent != DesktopIntent::Run {
-            return Err("the desktop is not pending".to_owned());
+            return Err(PlacementRefused::NotPending);
         }
         let view = self
             .node_view(&placement.node_id)
-            .ok_or("the node does not exist")?;
+            .ok_or(PlacementRefused::NoNode)?;
         let request = scheduler::DesktopRequest::from_desktop(desktop);
         scheduler::check_fit(&view, &request, placement.gpu.map(|gpu| gpu as usize))?;
         let node_id = placement.node_id.clone();
@@ -261,6 +261,20 @@ impl State {
             _ => {}
         }
     }
+}
+
+/// Why apply refused a placement the scheduler decided on an older state;
+/// the text is recorded as the refusal's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementRefused {
+    #[error("the desktop no longer exists")]
+    NoDesktop,
+    #[error("the desktop is not pending")]
+    NotPending,
+    #[error("the node does not exist")]
+    NoNode,
+    #[error(transparent)]
+    DoesNotFit(#[from] scheduler::FitError),
 }
 
 /// Takes a desktop off its node and back to the scheduler.

@@ -18,6 +18,34 @@ pub use desktop::*;
 pub use node::*;
 pub use task::*;
 
+/// Why a field a client or node agent sent was refused; each message says
+/// what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("label key {key:?} must be 1-63 characters of letters, digits, '.', '_', '-', '/', starting with a letter or digit")]
+    LabelKey { key: String },
+    #[error("label value {value:?} (key {key:?}) must be at most 63 characters of letters, digits, '.', '_', '-', '/'")]
+    LabelValue { key: String, value: String },
+    #[error(
+        "node name {name:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
+    )]
+    NodeName { name: String },
+    #[error("a profile starts at most {MAX_PROFILE_APPS} apps, got {count}")]
+    TooManyApps { count: usize },
+    #[error("app {app:?} must be a command line of 1-512 characters without control characters")]
+    App { app: String },
+    #[error("{field} {name:?} must be an xkb name: up to 64 of letters, digits, '_', '-', '+', '(', ')', ':'")]
+    KeyboardName { field: &'static str, name: String },
+    #[error("keyboard_variant needs a keyboard_layout")]
+    VariantWithoutLayout,
+    #[error("cpu_millis must be between 1 and {MAX_CPU_MILLIS}, got {0}")]
+    CpuMillis(u64),
+    #[error("memory_bytes must be between 1 MiB and 64 TiB, got {0}")]
+    MemoryBytes(u64),
+    #[error("gpu_memory_bytes must be at most 16 TiB, got {0}")]
+    GpuMemoryBytes(u64),
+}
+
 /// Format of [`ClientRequest`] written to the log. A server refuses entries
 /// with a newer format than it understands instead of misapplying them.
 pub const LOG_FORMAT_VERSION: u32 = 1;

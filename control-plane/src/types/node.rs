@@ -6,29 +6,32 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::ValidationError;
+
 /// Label keys: 1–63 characters of `[A-Za-z0-9._/-]`, starting alphanumeric;
 /// values: up to 63 of the same, possibly empty.
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+pub fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
     if key.is_empty()
         || key.len() > 63
         || !key.chars().all(allowed)
         || !key.starts_with(|c: char| c.is_ascii_alphanumeric())
     {
-        return Err(format!(
-            "label key {key:?} must be 1-63 characters of letters, digits, '.', '_', '-', '/', starting with a letter or digit"
-        ));
+        return Err(ValidationError::LabelKey {
+            key: key.to_owned(),
+        });
     }
     if value.len() > 63 || !value.chars().all(allowed) {
-        return Err(format!(
-            "label value {value:?} (key {key:?}) must be at most 63 characters of letters, digits, '.', '_', '-', '/'"
-        ));
+        return Err(ValidationError::LabelValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Node names: 1–63 characters of `[a-z0-9-]`, like a host name.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
+pub fn validate_node_name(name: &str) -> Result<(), ValidationError> {
     if name.is_empty()
         || name.len() > 63
         || !name
@@ -36,9 +39,9 @@ pub fn validate_node_name(name: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         || name.starts_with('-')
     {
-        return Err(format!(
-            "node name {name:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
-        ));
+        return Err(ValidationError::NodeName {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }

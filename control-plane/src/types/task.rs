@@ -137,18 +137,15 @@ impl DesktopProfile {
     /// overlong command lines, control characters, keyboard names that
     /// are not xkb names (checked again on the node, which also knows
     /// whether xkb has the layout).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValidationError> {
         if self.apps.len() > MAX_PROFILE_APPS {
-            return Err(format!(
-                "a profile starts at most {MAX_PROFILE_APPS} apps, got {}",
-                self.apps.len()
-            ));
+            return Err(ValidationError::TooManyApps {
+                count: self.apps.len(),
+            });
         }
         for app in &self.apps {
             if app.trim().is_empty() || app.len() > 512 || app.chars().any(char::is_control) {
-                return Err(format!(
-                    "app {app:?} must be a command line of 1-512 characters without control characters"
-                ));
+                return Err(ValidationError::App { app: app.clone() });
             }
         }
         for (what, name) in [
@@ -160,13 +157,14 @@ impl DesktopProfile {
                     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '(' | ')' | ':')
                 })
             {
-                return Err(format!(
-                    "{what} {name:?} must be an xkb name: up to 64 of letters, digits, '_', '-', '+', '(', ')', ':'"
-                ));
+                return Err(ValidationError::KeyboardName {
+                    field: what,
+                    name: name.clone(),
+                });
             }
         }
         if self.keyboard_layout.is_empty() && !self.keyboard_variant.is_empty() {
-            return Err("keyboard_variant needs a keyboard_layout".to_owned());
+            return Err(ValidationError::VariantWithoutLayout);
         }
         Ok(())
     }
@@ -220,24 +218,15 @@ pub const MAX_GPU_MEMORY_BYTES: u64 = 16 << 40;
 
 impl DesktopResources {
     /// Refuses zero, absurd or malformed requests.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValidationError> {
         if self.cpu_millis == 0 || self.cpu_millis > MAX_CPU_MILLIS {
-            return Err(format!(
-                "cpu_millis must be between 1 and {MAX_CPU_MILLIS}, got {}",
-                self.cpu_millis
-            ));
+            return Err(ValidationError::CpuMillis(self.cpu_millis));
         }
         if self.memory_bytes < (1 << 20) || self.memory_bytes > MAX_MEMORY_BYTES {
-            return Err(format!(
-                "memory_bytes must be between 1 MiB and 64 TiB, got {}",
-                self.memory_bytes
-            ));
+            return Err(ValidationError::MemoryBytes(self.memory_bytes));
         }
         if self.gpu_memory_bytes > MAX_GPU_MEMORY_BYTES {
-            return Err(format!(
-                "gpu_memory_bytes must be at most 16 TiB, got {}",
-                self.gpu_memory_bytes
-            ));
+            return Err(ValidationError::GpuMemoryBytes(self.gpu_memory_bytes));
         }
         for (key, value) in &self.labels {
             validate_label(key, value)?;

@@ -119,12 +119,12 @@ pub fn registration(
     address: String,
 ) -> Result<NodeRegistration, Status> {
     validate_node_id(&request.node_id)?;
-    validate_node_name(&request.name).map_err(invalid)?;
+    validate_node_name(&request.name).map_err(|error| invalid(error.to_string()))?;
     if request.labels.len() > MAX_LABELS {
         return Err(invalid(format!("at most {MAX_LABELS} labels")));
     }
     for (key, value) in &request.labels {
-        validate_label(key, value).map_err(invalid)?;
+        validate_label(key, value).map_err(|error| invalid(error.to_string()))?;
     }
     let capacity_value = capacity("capacity", request.capacity)?;
     if capacity_value.cpu_millis == 0

@@ -151,12 +151,12 @@ fn create_task_command(fleet: &Fleet, body: CreateTaskBody) -> Result<Command, A
     if let Some(profile) = body.profile {
         profile
             .validate()
-            .map_err(|message| ApiError::bad_request("invalid_profile", message))?;
+            .map_err(|error| ApiError::bad_request("invalid_profile", error.to_string()))?;
         resources.profile = profile;
     }
     resources
         .validate()
-        .map_err(|message| ApiError::bad_request("invalid_resources", message))?;
+        .map_err(|error| ApiError::bad_request("invalid_resources", error.to_string()))?;
     Ok(Command::CreateTask {
         id: uuid::Uuid::new_v4().to_string(),
         title,
