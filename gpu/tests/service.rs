@@ -15,7 +15,9 @@ fn service() -> Vec<GpuService> {
         _ if std::env::var_os("FLOTILLA_REQUIRE_VULKAN").is_some() => {
             panic!("no Vulkan device (install mesa-vulkan-drivers)")
         }
-        _ => eprintln!("no Vulkan device: the CPU service only"),
+        _ => eprintln!(
+            "skipping: the GPU service (no Vulkan device: install mesa-vulkan-drivers); the CPU service only"
+        ),
     }
     services
 }
