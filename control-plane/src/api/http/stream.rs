@@ -614,7 +614,7 @@ async fn serve_viewer(
                 let message = match ViewerMessage::parse(&text) {
                     Ok(message) => message,
                     Err(error) => {
-                        if socket.send(error_event(&error)).await.is_err() {
+                        if socket.send(error_event(&error.to_string())).await.is_err() {
                             return;
                         }
                         continue;
