@@ -23,6 +23,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
 use super::HttpState;
@@ -109,10 +110,10 @@ pub fn session_token(headers: &HeaderMap) -> Option<&str> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == COOKIE)
+        .and_then(|cookie| cookie.value_raw())
         .filter(|value| !value.is_empty())
 }
 
@@ -123,12 +124,18 @@ pub(crate) struct SignIn {
     code: Option<String>,
 }
 
-fn cookie(value: &str, max_age: Option<u64>) -> HeaderValue {
-    let age = max_age.map_or(String::new(), |secs| format!("; Max-Age={secs}"));
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/{age}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("flotilla_session=; Path=/"))
+/// The session cookie: script cannot read it, other sites cannot send it.
+fn session_cookie(value: &str) -> Cookie<'_> {
+    Cookie::build((COOKIE, value))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .build()
+}
+
+fn set_cookie(cookie: &Cookie<'_>) -> HeaderValue {
+    HeaderValue::from_str(&cookie.encoded().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("flotilla_session=; Path=/"))
 }
 
 pub(crate) async fn sign_in(
@@ -162,15 +169,17 @@ pub(crate) async fn sign_in(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&token, None));
+        .insert(header::SET_COOKIE, set_cookie(&session_cookie(&token)));
     Ok(response)
 }
 
 pub(crate) async fn sign_out() -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", Some(0)));
+    response.headers_mut().insert(header::SET_COOKIE, {
+        let mut cookie = session_cookie("");
+        cookie.make_removal();
+        set_cookie(&cookie)
+    });
     response
 }
 
