@@ -125,6 +125,31 @@ fn sandbox_pid(data: &Path, id: &str) -> Option<i64> {
     state["pid"].as_i64()
 }
 
+/// How often a sandbox reads its lease file (its outer process checks
+/// every 250 ms), with room to act on it.
+const SANDBOX_LEASE_CHECK: Duration = Duration::from_millis(500);
+
+/// The lease deadline (CLOCK_MONOTONIC ns) the agent last wrote for its
+/// sandboxes.
+fn lease_deadline(data: &Path) -> Option<u128> {
+    std::fs::read_to_string(data.join(flotilla_node_agent::agent::LEASE_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The parent pid of process `pid`, while it lives.
+fn parent_of(pid: i64) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
@@ -179,9 +204,23 @@ async fn a_restarted_agent_adopts_its_sandboxes_and_a_lost_one_stops_them() -> a
     let pid = sandbox_pid(&data, &id).expect("the sandbox's state file");
     assert!(alive(pid));
 
-    // The agent crashes and comes back: the same sandbox runs on.
+    // The agent crashes and comes back: the same sandbox runs on. Its
+    // parent (the agent's zygote, which goes with the agent) is gone once
+    // the sandbox has been handed to another: a sandbox that died with its
+    // agent would have been told then.
+    let parent = parent_of(pid).expect("the sandbox's parent");
     agent.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The lease the crashed agent last wrote for its sandboxes.
+    let crashed_lease = lease_deadline(&data).expect("the agent's lease file");
+    let reparented = Instant::now();
+    while parent_of(pid) == Some(parent) {
+        assert!(
+            reparented.elapsed() < Duration::from_secs(10),
+            "the crashed agent's zygote never went away\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(alive(pid), "the sandbox outlives its agent");
     agent.spawn()?;
     wait_for(
@@ -191,9 +230,24 @@ async fn a_restarted_agent_adopts_its_sandboxes_and_a_lost_one_stops_them() -> a
     )
     .await
     .map_err(|error| anyhow::anyhow!("{error}\n{}", agent.log()))?;
-    // Past the lease the crashed agent last wrote: still the same process,
-    // still running (the new agent renewed it).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Past the lease the crashed agent last wrote, and past the sandbox's
+    // next look at it: still the same process, still running (the new
+    // agent renewed it).
+    let past_lease = Instant::now();
+    while flotilla_node_agent::clock::monotonic_ns()
+        < crashed_lease + SANDBOX_LEASE_CHECK.as_nanos()
+    {
+        assert!(
+            past_lease.elapsed() < Duration::from_secs(20),
+            "the crashed agent's lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lease_deadline(&data).is_some_and(|renewed| renewed > crashed_lease),
+        "the new agent renewed the lease\n{}",
+        agent.log()
+    );
     assert!(
         alive(pid),
         "the adopted sandbox keeps running\n{}",
