@@ -12,10 +12,12 @@
 //!
 //! A surface that is opaque (XRGB, or its opaque region covers it) is
 //! flagged so in the composition list: gpud copies it instead of
-//! blending it.
+//! blending it. The memfds it shares with gpud are `staging`'s.
+
+mod staging;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -23,6 +25,7 @@ use flotilla_gpu::compose::{CompositionList, Draw, MAX_DAMAGE, MAX_DRAWS};
 use flotilla_gpu::guest::{answer_type, Guest};
 use flotilla_gpu::protocol::{build, resp, Format, MemEntry, Rect};
 use flotilla_gpu::session::CAPSET_COMPOSE;
+use staging::Staging;
 
 const SCANOUT: u32 = 1;
 const BACKGROUND: u32 = 2;
@@ -31,73 +34,6 @@ const CONTEXT: u32 = 1;
 const MAX_SPARE: usize = 64 << 20;
 /// The desktop's background, B G R X.
 pub const BACKGROUND_BGRX: [u8; 4] = [0x30, 0x28, 0x20, 0xff];
-
-/// A writable shared mapping of a memfd (a resource's backing).
-struct Staging {
-    fd: OwnedFd,
-    map: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned by the value alone (like a Vec's buffer);
-// nothing else refers to it, so moving it to another thread is sound.
-unsafe impl Send for Staging {}
-
-impl Staging {
-    fn new(len: usize) -> anyhow::Result<Staging> {
-        Staging::map(len, 0)
-    }
-
-    /// One whose pages are already there (MAP_POPULATE): the first copy
-    /// into it does not fault page by page (≈ 1,000 faults for a 4 MB
-    /// window, milliseconds on a first frame).
-    fn populated(len: usize) -> anyhow::Result<Staging> {
-        Staging::map(len, libc::MAP_POPULATE)
-    }
-
-    fn map(len: usize, flags: libc::c_int) -> anyhow::Result<Staging> {
-        // SAFETY: memfd_create/ftruncate/mmap with checked results; the
-        // mapping belongs to the value and is unmapped on drop.
-        unsafe {
-            let fd = libc::memfd_create(c"flotilla-surface".as_ptr(), libc::MFD_CLOEXEC);
-            if fd < 0 {
-                bail!("memfd_create: {}", std::io::Error::last_os_error());
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
-                bail!("ftruncate: {}", std::io::Error::last_os_error());
-            }
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | flags,
-                fd.as_raw_fd(),
-                0,
-            );
-            if map == libc::MAP_FAILED {
-                bail!("mmap: {}", std::io::Error::last_os_error());
-            }
-            Ok(Staging {
-                fd,
-                map: map.cast(),
-                len,
-            })
-        }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping covers `len` bytes for the value's life.
-        unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(self.map.cast(), self.len) };
-    }
-}
 
 /// One surface's resource on gpud.
 struct SurfaceResource {
