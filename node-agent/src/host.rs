@@ -4,7 +4,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -41,9 +40,8 @@ impl DataDir {
             .mode(0o600)
             .open(path.join(LOCK_FILE))
             .with_context(|| format!("open {}", path.join(LOCK_FILE).display()))?;
-        // SAFETY: flock on a file descriptor this function owns.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
+        let locked = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        if locked.is_err() {
             bail!(
                 "{} is in use by another node agent (it holds {LOCK_FILE})",
                 path.display()
@@ -126,19 +124,10 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
 
 /// Space available to unprivileged users under `path`.
 pub fn disk_bytes(path: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .context("data directory path contains a NUL byte")?;
-    // SAFETY: statvfs writes into the zeroed struct it is given; the path is
-    // a valid NUL-terminated string for the duration of the call.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let result = unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) };
-    if result != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", path.display()));
-    }
-    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+    let stats = rustix::fs::statvfs(path)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("statvfs {}", path.display()))?;
+    Ok(stats.f_bavail * stats.f_frsize)
 }
 
 /// A size or duration on the command line that does not parse; each

@@ -102,17 +102,7 @@ impl Sys for RealSys {
     }
 
     fn statvfs_flags(&mut self, path: &Path) -> u64 {
-        let Ok(path) = cstring(path, "statvfs") else {
-            return 0;
-        };
-        // SAFETY: statvfs into a zeroed struct with a valid path.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } == 0 {
-            stats.f_flag
-        } else {
-            0
-        }
+        rustix::fs::statvfs(path).map_or(0, |stats| stats.f_flag.bits())
     }
 
     fn mkdir(&mut self, path: &Path) -> SysResult {
@@ -131,21 +121,17 @@ impl Sys for RealSys {
     }
 
     fn chown(&mut self, path: &Path, uid: u32) -> SysResult {
-        let step = format!("chown {}", path.display());
-        let path = cstring(path, &step)?;
-        // SAFETY: chown with a valid C string.
-        check(|| step, unsafe { libc::chown(path.as_ptr(), uid, uid) })
+        let (owner, group) = (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(uid),
+        );
+        rustix::fs::chown(path, Some(owner), Some(group))
+            .map_err(|error| step_error(format!("chown {}", path.display()), error.into()))
     }
 
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> SysResult {
-        let (new_c, old_c) = (
-            cstring(new_root, "pivot_root")?,
-            cstring(put_old, "pivot_root")?,
-        );
-        // SAFETY: pivot_root via syscall with two valid C strings.
-        check(|| "pivot_root".to_owned(), unsafe {
-            libc::syscall(libc::SYS_pivot_root, new_c.as_ptr(), old_c.as_ptr()) as libc::c_int
-        })
+        rustix::process::pivot_root(new_root, put_old)
+            .map_err(|error| step_error("pivot_root".to_owned(), error.into()))
     }
 
     fn chdir(&mut self, path: &Path) -> SysResult {
@@ -154,12 +140,8 @@ impl Sys for RealSys {
     }
 
     fn umount_detach(&mut self, path: &Path) -> SysResult {
-        let step = format!("detach {}", path.display());
-        let path = cstring(path, &step)?;
-        // SAFETY: umount2 with a valid C string.
-        check(|| step, unsafe {
-            libc::umount2(path.as_ptr(), libc::MNT_DETACH)
-        })
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|error| step_error(format!("detach {}", path.display()), error.into()))
     }
 
     fn rmdir(&mut self, path: &Path) -> SysResult {
@@ -168,10 +150,8 @@ impl Sys for RealSys {
     }
 
     fn sethostname(&mut self, name: &str) -> SysResult {
-        // SAFETY: sethostname with a valid buffer and its length.
-        check(|| "sethostname".to_owned(), unsafe {
-            libc::sethostname(name.as_ptr().cast(), name.len())
-        })
+        rustix::system::sethostname(name.as_bytes())
+            .map_err(|error| step_error("sethostname".to_owned(), error.into()))
     }
 
     fn loopback_up(&mut self) -> SysResult {
