@@ -10,6 +10,30 @@ use smithay::reexports::wayland_server::Resource;
 use super::{KeyAction, Request};
 use crate::state::State;
 
+/// Why a request could not be carried out; its text is the answer's
+/// `error` (the control socket's protocol).
+#[derive(Debug, thiserror::Error)]
+enum ExecuteError {
+    #[error("no window {id}")]
+    NoWindow { id: u32 },
+    #[error("no key {name:?} in the keymap")]
+    NoKeyNamed { name: String },
+    #[error("no key")]
+    NoKey,
+    #[error("the keymap cannot type {character:?} (U+{:04X}); nothing was typed", u32::from(*character))]
+    CannotType { character: char },
+    #[error("({x}, {y}) is outside the {width}×{height} output")]
+    OutsideOutput {
+        x: f64,
+        y: f64,
+        width: f64,
+        height: f64,
+    },
+    /// gpud refused the size (the desktop's budget); the old one is back.
+    #[error("cannot resize the output: {0:#}")]
+    Resize(#[source] anyhow::Error),
+}
+
 impl State {
     fn window_id(&self, window: &Window) -> Option<u32> {
         let toplevel = window.toplevel()?;
@@ -71,17 +95,27 @@ impl State {
         })
     }
 
+    /// Carries out `request` from control connection `connection`; the
+    /// answer is `{"ok":true,...}` or `{"ok":false,"error":...}`.
     pub(crate) fn execute(&mut self, request: Request, connection: u64) -> serde_json::Value {
-        let ok = serde_json::json!({"ok": true});
-        let fail = |message: String| serde_json::json!({"ok": false, "error": message});
+        self.carry_out(request, connection)
+            .unwrap_or_else(|error| serde_json::json!({"ok": false, "error": error.to_string()}))
+    }
+
+    fn carry_out(
+        &mut self,
+        request: Request,
+        connection: u64,
+    ) -> Result<serde_json::Value, ExecuteError> {
+        let ok = Ok(serde_json::json!({"ok": true}));
         match request {
-            Request::Windows => self.windows(),
+            Request::Windows => Ok(self.windows()),
             Request::Watched { watched } => {
                 self.clock.watched = watched;
-                serde_json::json!({
+                Ok(serde_json::json!({
                     "ok": true,
                     "frame_period_us": self.clock.period().as_micros() as u64,
-                })
+                }))
             }
             Request::Focus { id } => {
                 let window = self
@@ -94,7 +128,7 @@ impl State {
                         self.focus_window(&window);
                         ok
                     }
-                    None => fail(format!("no window {id}")),
+                    None => Err(ExecuteError::NoWindow { id }),
                 }
             }
             Request::Key { code, name, state } => {
@@ -102,9 +136,9 @@ impl State {
                     (Some(code), _) => (code, false),
                     (None, Some(name)) => match self.keymap.for_name(&name) {
                         Some(key) => key,
-                        None => return fail(format!("no key {name:?} in the keymap")),
+                        None => return Err(ExecuteError::NoKeyNamed { name }),
                     },
-                    (None, None) => return fail("no key".to_owned()),
+                    (None, None) => return Err(ExecuteError::NoKey),
                 };
                 let held = &mut self.held.entry(connection).or_default().0;
                 match state {
@@ -127,12 +161,7 @@ impl State {
                 for c in text.chars() {
                     match self.keymap.for_char(c) {
                         Some(key) => keys.push(key),
-                        None => {
-                            return fail(format!(
-                                "the keymap cannot type {c:?} (U+{:04X}); nothing was typed",
-                                c as u32
-                            ))
-                        }
+                        None => return Err(ExecuteError::CannotType { character: c }),
                     }
                 }
                 for (code, shift) in keys {
@@ -143,7 +172,12 @@ impl State {
             Request::Motion { x, y } => {
                 let (width, height) = (f64::from(self.gpu.width), f64::from(self.gpu.height));
                 if !(0.0..width).contains(&x) || !(0.0..height).contains(&y) {
-                    return fail(format!("({x}, {y}) is outside the {width}×{height} output"));
+                    return Err(ExecuteError::OutsideOutput {
+                        x,
+                        y,
+                        width,
+                        height,
+                    });
                 }
                 self.pointer_motion(x, y);
                 ok
@@ -184,7 +218,7 @@ impl State {
                             self.gpu_failed = Some(again);
                             self.signal.stop();
                         }
-                        fail(format!("cannot resize the output: {error:#}"))
+                        Err(ExecuteError::Resize(error))
                     }
                 }
             }
@@ -199,5 +233,40 @@ impl State {
                 ok
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecuteError;
+
+    #[test]
+    fn refusals_answer_the_protocols_texts() {
+        let text = |error: ExecuteError| error.to_string();
+        assert_eq!(text(ExecuteError::NoWindow { id: 99 }), "no window 99");
+        assert_eq!(
+            text(ExecuteError::NoKeyNamed {
+                name: "NoSuchKey".to_owned()
+            }),
+            r#"no key "NoSuchKey" in the keymap"#
+        );
+        assert_eq!(
+            text(ExecuteError::CannotType { character: 'é' }),
+            "the keymap cannot type 'é' (U+00E9); nothing was typed"
+        );
+        assert_eq!(
+            text(ExecuteError::OutsideOutput {
+                x: 10000.0,
+                y: 1.0,
+                width: 640.0,
+                height: 480.0
+            }),
+            "(10000, 1) is outside the 640×480 output"
+        );
+        let refused = anyhow::anyhow!("ERR_OUT_OF_MEMORY").context("resize the scanout");
+        assert_eq!(
+            text(ExecuteError::Resize(refused)),
+            "cannot resize the output: resize the scanout: ERR_OUT_OF_MEMORY"
+        );
     }
 }
