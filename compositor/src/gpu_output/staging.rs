@@ -2,73 +2,57 @@
 //! maps writable (never a client's pool), into which a surface's damaged
 //! rows are copied and which gpud maps as the resource's backing.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::bail;
+use memmap2::{MmapMut, MmapOptions};
 
 /// A writable shared mapping of a memfd (a resource's backing).
 pub(super) struct Staging {
-    pub(super) fd: OwnedFd,
-    map: *mut u8,
+    pub(super) fd: File,
+    map: MmapMut,
     pub(super) len: usize,
 }
 
-// SAFETY: the mapping is owned by the value alone (like a Vec's buffer);
-// nothing else refers to it, so moving it to another thread is sound.
-unsafe impl Send for Staging {}
-
 impl Staging {
     pub(super) fn new(len: usize) -> anyhow::Result<Staging> {
-        Staging::map(len, 0)
+        Staging::map(len, false)
     }
 
     /// One whose pages are already there (MAP_POPULATE): the first copy
     /// into it does not fault page by page (≈ 1,000 faults for a 4 MB
     /// window, milliseconds on a first frame).
     pub(super) fn populated(len: usize) -> anyhow::Result<Staging> {
-        Staging::map(len, libc::MAP_POPULATE)
+        Staging::map(len, true)
     }
 
-    fn map(len: usize, flags: libc::c_int) -> anyhow::Result<Staging> {
-        // SAFETY: memfd_create/ftruncate/mmap with checked results; the
-        // mapping belongs to the value and is unmapped on drop.
-        unsafe {
-            let fd = libc::memfd_create(c"flotilla-surface".as_ptr(), libc::MFD_CLOEXEC);
-            if fd < 0 {
-                bail!("memfd_create: {}", std::io::Error::last_os_error());
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
-                bail!("ftruncate: {}", std::io::Error::last_os_error());
-            }
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | flags,
-                fd.as_raw_fd(),
-                0,
-            );
-            if map == libc::MAP_FAILED {
-                bail!("mmap: {}", std::io::Error::last_os_error());
-            }
-            Ok(Staging {
-                fd,
-                map: map.cast(),
-                len,
-            })
+    fn map(len: usize, populate: bool) -> anyhow::Result<Staging> {
+        // SAFETY: memfd_create with a constant name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"flotilla-surface".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            bail!("memfd_create: {}", std::io::Error::last_os_error());
         }
+        // SAFETY: a descriptor just made, owned by nothing else.
+        let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if let Err(error) = fd.set_len(len as u64) {
+            bail!("ftruncate: {error}");
+        }
+        let mut options = MmapOptions::new();
+        options.len(len);
+        if populate {
+            options.populate();
+        }
+        // SAFETY: a shared mapping of our own memfd, `len` bytes long (set
+        // above); gpud maps it read-only, nothing else writes it.
+        let map = match unsafe { options.map_mut(&fd) } {
+            Ok(map) => map,
+            Err(error) => bail!("mmap: {error}"),
+        };
+        Ok(Staging { fd, map, len })
     }
 
     pub(super) fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping covers `len` bytes for the value's life.
-        unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(self.map.cast(), self.len) };
+        &mut self.map
     }
 }

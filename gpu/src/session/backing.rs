@@ -23,32 +23,19 @@ pub enum BackingError {
     Map(#[source] std::io::Error),
 }
 
-/// A guest's memory for a resource: a mapped descriptor range.
+/// A guest's memory for a resource: a mapped descriptor range (memmap2
+/// maps from the page the range starts in and unmaps on drop).
 pub(super) struct Backing {
-    map: *mut libc::c_void,
-    map_len: usize,
-    /// Where the entry's bytes start within the mapping.
-    start: usize,
-    pub(super) len: usize,
+    map: memmap2::Mmap,
 }
-
-// SAFETY: the mapping is private to the session and only read through
-// `bytes`; it is unmapped once, on drop.
-unsafe impl Send for Backing {}
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
-        // SAFETY: [start, start + len) lies within the live mapping (checked
-        // when mapped); the guest may change it concurrently, which can
-        // only change pixel values we copy, never bounds.
-        unsafe { std::slice::from_raw_parts(self.map.cast::<u8>().add(self.start), self.len) }
+        &self.map
     }
-}
 
-impl Drop for Backing {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping this value owns.
-        unsafe { libc::munmap(self.map, self.map_len) };
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -65,7 +52,7 @@ pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, Backi
         return Err(BackingError::NotAFile);
     }
     let size = stat.st_size as u64;
-    let end = entry
+    entry
         .offset
         .checked_add(u64::from(entry.length))
         .filter(|end| *end <= size)
@@ -77,31 +64,17 @@ pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, Backi
     if entry.length == 0 {
         return Err(BackingError::Empty);
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    let map_offset = entry.offset / page * page;
-    let map_len = (end - map_offset) as usize;
-    // SAFETY: a read-only shared mapping of a range checked to lie within
-    // the file; the result is checked.
+    // SAFETY: a read-only shared mapping of a range checked above to lie
+    // within the regular file. The guest may write the file meanwhile,
+    // which changes only the pixel values gpud copies, never a bound.
     let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            map_offset as libc::off_t,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(BackingError::Map(std::io::Error::last_os_error()));
+        memmap2::MmapOptions::new()
+            .offset(entry.offset)
+            .len(entry.length as usize)
+            .map(fd)
     }
-    Ok(Backing {
-        map,
-        map_len,
-        start: (entry.offset - map_offset) as usize,
-        len: entry.length as usize,
-    })
+    .map_err(BackingError::Map)?;
+    Ok(Backing { map })
 }
 
 /// Copies `rect` of the guest's backing (rows of the resource's stride,
@@ -111,7 +84,7 @@ pub(super) fn transfer(resource: &mut Resource, rect: Rect, offset: u64) -> Resu
     let bpp = Format::BYTES_PER_PIXEL as usize;
     let row_bytes = rect.width as usize * bpp;
     // The backing as one logical byte range: entries in order.
-    let total: usize = resource.backing.iter().map(|b| b.len).sum();
+    let total: usize = resource.backing.iter().map(Backing::len).sum();
     for row in 0..rect.height as usize {
         let source = (offset as usize)
             .checked_add(row * stride)
