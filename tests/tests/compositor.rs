@@ -100,10 +100,12 @@ impl Desktop {
             _root: root,
         };
         // The Wayland socket is bound first, the control socket once the
-        // compositor is set up.
+        // compositor is set up: listening once a connection is taken (its
+        // file appears a moment before, at bind).
         desktop.wait("the Wayland and control sockets", |d| {
             d.runtime_dir.join("wayland-test").exists()
-                && d.runtime_dir.join("control.sock").exists()
+                && std::os::unix::net::UnixStream::connect(d.runtime_dir.join("control.sock"))
+                    .is_ok()
         });
         desktop
     }
