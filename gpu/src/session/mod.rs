@@ -30,7 +30,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use backing::Backing;
-pub use backing::BackingError;
 use frame::Frame;
 pub use ledger::{Account, Ledger};
 
