@@ -25,6 +25,26 @@
 
 use serde::Deserialize;
 
+/// Why a viewer's message was refused; its text is the error event the
+/// viewer gets.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("a message is at most {MAX_MESSAGE} bytes")]
+    TooLong,
+    #[error("not a viewer message: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("unknown key code {code:?}")]
+    KeyCode { code: String },
+    #[error("a position must be finite")]
+    Position,
+    #[error("mouse button {button} (0-4)")]
+    Button { button: u8 },
+    #[error("scroll amounts must be finite and at most 10000")]
+    Scroll,
+    #[error("a paste is at most {MAX_PASTE} characters")]
+    PasteTooLong,
+}
+
 /// Most characters one paste types.
 pub const MAX_PASTE: usize = 4096;
 /// Longest message accepted.
@@ -65,21 +85,20 @@ pub enum ViewerMessage {
 
 impl ViewerMessage {
     /// Parses and checks one message.
-    pub fn parse(text: &str) -> Result<ViewerMessage, String> {
+    pub fn parse(text: &str) -> Result<ViewerMessage, InputError> {
         if text.len() > MAX_MESSAGE {
-            return Err(format!("a message is at most {MAX_MESSAGE} bytes"));
+            return Err(InputError::TooLong);
         }
-        let message: ViewerMessage =
-            serde_json::from_str(text).map_err(|e| format!("not a viewer message: {e}"))?;
+        let message: ViewerMessage = serde_json::from_str(text).map_err(InputError::Json)?;
         match &message {
             ViewerMessage::Key { code, .. } if evdev(code).is_none() => {
-                Err(format!("unknown key code {code:?}"))
+                Err(InputError::KeyCode { code: code.clone() })
             }
             ViewerMessage::Motion { x, y } if !x.is_finite() || !y.is_finite() => {
-                Err("a position must be finite".to_owned())
+                Err(InputError::Position)
             }
             ViewerMessage::Button { button, .. } if *button > 4 => {
-                Err(format!("mouse button {button} (0-4)"))
+                Err(InputError::Button { button: *button })
             }
             ViewerMessage::Scroll { dx, dy }
                 if !dx.is_finite()
@@ -87,10 +106,10 @@ impl ViewerMessage {
                     || dx.abs() > 10_000.0
                     || dy.abs() > 10_000.0 =>
             {
-                Err("scroll amounts must be finite and at most 10000".to_owned())
+                Err(InputError::Scroll)
             }
             ViewerMessage::Paste { text } if text.chars().count() > MAX_PASTE => {
-                Err(format!("a paste is at most {MAX_PASTE} characters"))
+                Err(InputError::PasteTooLong)
             }
             _ => Ok(message),
         }
@@ -266,5 +285,17 @@ mod tests {
         }
         let long = serde_json::json!({"type":"paste","text":"a".repeat(MAX_PASTE + 1)}).to_string();
         assert!(ViewerMessage::parse(&long).is_err());
+        // The texts are what the viewer's error events say.
+        let text = |message: &str| ViewerMessage::parse(message).unwrap_err().to_string();
+        assert_eq!(
+            text(r#"{"type":"key","code":"Blah","down":true}"#),
+            r#"unknown key code "Blah""#
+        );
+        assert_eq!(
+            text(r#"{"type":"button","button":9,"down":true}"#),
+            "mouse button 9 (0-4)"
+        );
+        assert_eq!(text(&long), "a paste is at most 4096 characters");
+        assert!(text("not json").starts_with("not a viewer message: "));
     }
 }
