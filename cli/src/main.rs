@@ -128,9 +128,7 @@ fn main() -> ExitCode {
     // The compositor and the session run their own event loops, single-threaded.
     match &cli.command {
         TopCommand::Compositor(args) => return commands::compositor::run_compositor(args),
-        TopCommand::DesktopSession(args) => {
-            return commands::compositor::run_desktop_session(args)
-        }
+        TopCommand::DesktopSession(args) => return commands::compositor::run_desktop_session(args),
         _ => {}
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -175,9 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Capacity { client, stale } => {
             commands::capacity::run(&connect(client)?, stale).await
         }
-        TopCommand::Gpu { client, command } => {
-            commands::gpu::run(&connect(client)?, command).await
-        }
+        TopCommand::Gpu { client, command } => commands::gpu::run(&connect(client)?, command).await,
         TopCommand::Desktop { client, command } => {
             commands::desktop::run(&connect(client)?, command).await
         }

@@ -171,9 +171,10 @@ mod tests {
         table.row(["a", "backlog", "1", "first"]);
         table.row(["b", "planning", "12", "second"]);
         let mut expected = format!("{:<36}  {:<14}  {:>3}  TITLE\n", "ID", "COLUMN", "POS");
-        for (id, column, position, title) in
-            [("a", "backlog", "1", "first"), ("b", "planning", "12", "second")]
-        {
+        for (id, column, position, title) in [
+            ("a", "backlog", "1", "first"),
+            ("b", "planning", "12", "second"),
+        ] {
             expected += &format!("{id:<36}  {column:<14}  {position:>3}  {title}\n");
         }
         assert_eq!(table.render(), expected);
@@ -199,7 +200,10 @@ mod tests {
         table.row(["dt-1", "256 MiB", "of", "1.0 GiB"]);
         assert_eq!(
             table.render(),
-            format!("    {:<24} {:>10} of {:>10}\n", "dt-1", "256 MiB", "1.0 GiB")
+            format!(
+                "    {:<24} {:>10} of {:>10}\n",
+                "dt-1", "256 MiB", "1.0 GiB"
+            )
         );
         let empty = TextTable::new(&[Column::left("", 3)]);
         assert_eq!(empty.render(), "");

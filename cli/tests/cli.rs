@@ -126,9 +126,14 @@ fn dev_quick_start_needs_no_token_typed() {
     let stdout = dev.stdout.take().expect("piped stdout");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut running = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("Flotilla is running") {
-                let _ = ready_tx.send(());
+            running |= line.contains("Flotilla is running");
+            // The announcement ends with the board's sign-in link.
+            if let Some((_, link)) = line.split_once("board:") {
+                if running {
+                    let _ = ready_tx.send(link.trim().to_owned());
+                }
             }
         }
     });
@@ -147,7 +152,14 @@ fn dev_quick_start_needs_no_token_typed() {
         serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON output")
     };
     let outcome = std::panic::catch_unwind(|| {
-        ready.expect("flotilla dev announces itself");
+        let board = ready.expect("flotilla dev announces itself and the board");
+        // The printed sign-in link carries a code the server redeems once.
+        let code = board
+            .split_once("#login=")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no sign-in code in the board line: {board}"));
+        assert_eq!(sign_in(&addr, code), 204, "the printed code signs in");
+        assert_eq!(sign_in(&addr, code), 401, "a code signs in once");
         let task = run(&["task", "create", "--title", "first card"]);
         let id = task["id"].as_str().expect("id").to_owned();
         assert_eq!(task["column"], "backlog");
@@ -204,4 +216,24 @@ fn dev_quick_start_needs_no_token_typed() {
         before,
         "desktop bridge and nft table left behind"
     );
+}
+
+/// `POST /api/v1/session {"code": CODE}` over plain HTTP/1.1; the status.
+fn sign_in(addr: &str, code: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({ "code": code }).to_string();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
+    write!(
+        stream,
+        "POST /api/v1/session HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
 }

@@ -96,6 +96,8 @@ pub struct ServerOptions {
 pub struct RunningServer {
     pub control: Arc<ControlPlane>,
     pub local_addr: SocketAddr,
+    /// The board's one-time sign-in codes (`flotilla dev` prints one).
+    pub logins: Arc<crate::api::http::session::LoginCodes>,
 }
 
 /// Runs a server until `shutdown` resolves. `on_ready` is called once the
@@ -223,6 +225,7 @@ pub async fn run(
         background.push(tokio::spawn(promote_until_voter(control.clone())));
     }
 
+    let http = crate::api::http::HttpState::new(control.clone(), fleet.clone(), tunnels.clone());
     let app = tonic::service::Routes::new(crate::api::grpc::cluster::raft_service(control.clone()))
         .add_service(crate::api::grpc::cluster::cluster_service(control.clone()))
         .add_service(crate::api::grpc::node::node_service(
@@ -231,16 +234,13 @@ pub async fn run(
             tunnels.clone(),
         ))
         .into_axum_router()
-        .merge(crate::api::http::router(crate::api::http::HttpState::new(
-            control.clone(),
-            fleet,
-            tunnels,
-        )))
+        .merge(crate::api::http::router(http.clone()))
         .fallback(crate::api::http::not_found);
 
     let running = RunningServer {
         control: control.clone(),
         local_addr,
+        logins: http.logins.clone(),
     };
     tracing::info!(node_id = options.node_id, %local_addr, %advertise, "serving gRPC and HTTP");
     on_ready(&running);

@@ -65,7 +65,11 @@ fn capacity_table(capacity: &Value) -> TextTable {
         }
     }
     let total = &capacity["total"];
-    line(&mut table, format!("TOTAL ({} ready)", total["nodes"]), total);
+    line(
+        &mut table,
+        format!("TOTAL ({} ready)", total["nodes"]),
+        total,
+    );
     table
 }
 
@@ -76,9 +80,7 @@ mod tests {
 
     #[test]
     fn node_lines_read_as_before_with_gpus_in_their_column() {
-        let amounts = |allocated: u64, capacity: u64| {
-            json!({"allocated": allocated, "capacity": capacity, "free": capacity - allocated})
-        };
+        let amounts = |allocated: u64, capacity: u64| json!({"allocated": allocated, "capacity": capacity, "free": capacity - allocated});
         let node = json!({
             "name": "gpu-01", "status": "ready",
             "cpu_millis": amounts(500, 16000),

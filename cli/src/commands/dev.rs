@@ -54,6 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let run_node = !args.no_node;
     let result = server::run(options, shutdown_signal(), move |running| {
         let control = running.control.clone();
+        let logins = running.logins.clone();
         let addr = running.local_addr;
         let handle = tokio::spawn(async move {
             // Announce once the token works, so the printed command succeeds.
@@ -70,7 +71,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             match std::fs::read_to_string(&token_path) {
                 Ok(token) => println!(
                     "  board:  http://{addr}/#login={}   (sign-in link, valid once for 10 minutes)",
-                    { let _ = &token; "TEMPORARY" }
+                    logins.issue(token.trim())
                 ),
                 Err(_) => println!("  board:  http://{addr}/"),
             }

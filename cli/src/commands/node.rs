@@ -133,7 +133,11 @@ async fn list(client: &Client, stale: bool) -> anyhow::Result<()> {
 
 async fn get_node(client: &Client, name: &str) -> anyhow::Result<Value> {
     client
-        .send(client.http.get(client.url(&format!("/api/v1/nodes/{name}"))))
+        .send(
+            client
+                .http
+                .get(client.url(&format!("/api/v1/nodes/{name}"))),
+        )
         .await
 }
 
@@ -219,7 +223,11 @@ async fn set_eligibility(client: &Client, name: &str, eligible: bool) -> anyhow:
 
 async fn remove(client: &Client, name: &str) -> anyhow::Result<()> {
     let _: Value = client
-        .send(client.http.delete(client.url(&format!("/api/v1/nodes/{name}"))))
+        .send(
+            client
+                .http
+                .delete(client.url(&format!("/api/v1/nodes/{name}"))),
+        )
         .await?;
     match client.output {
         Output::Json => println!("{}", json!({ "removed": name })),

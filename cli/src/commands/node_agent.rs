@@ -169,13 +169,12 @@ fn parse_subnet(text: &str) -> Result<Ipv4Addr, NodeAgentArgError> {
             prefix: prefix.to_owned(),
         });
     }
-    let address: Ipv4Addr =
-        address
-            .parse()
-            .map_err(|source| NodeAgentArgError::SubnetAddress {
-                address: address.to_owned(),
-                source,
-            })?;
+    let address: Ipv4Addr = address
+        .parse()
+        .map_err(|source| NodeAgentArgError::SubnetAddress {
+            address: address.to_owned(),
+            source,
+        })?;
     if u32::from(address) & 0xFFFF != 0 {
         return Err(NodeAgentArgError::SubnetHostBits {
             text: text.to_owned(),
@@ -186,11 +185,11 @@ fn parse_subnet(text: &str) -> Result<Ipv4Addr, NodeAgentArgError> {
 
 /// `WIDTHxHEIGHT`, each 64 to 8192 and even.
 fn parse_display_size(text: &str) -> Result<(u32, u32), NodeAgentArgError> {
-    let (width, height) = text
-        .split_once('x')
-        .ok_or_else(|| NodeAgentArgError::NotADisplaySize {
-            text: text.to_owned(),
-        })?;
+    let (width, height) =
+        text.split_once('x')
+            .ok_or_else(|| NodeAgentArgError::NotADisplaySize {
+                text: text.to_owned(),
+            })?;
     let parse = |part: &str, side: &'static str| -> Result<u32, NodeAgentArgError> {
         let value: u32 =
             part.parse()
@@ -309,7 +308,10 @@ mod tests {
             "\"1280\" is not WIDTHxHEIGHT (e.g. 1280x800)"
         );
         assert_eq!(message("widex800"), "width \"wide\" is not a number");
-        assert_eq!(message("1280x801"), "height 801 must be even, from 64 to 8192");
+        assert_eq!(
+            message("1280x801"),
+            "height 801 must be even, from 64 to 8192"
+        );
         assert_eq!(message("32x800"), "width 32 must be even, from 64 to 8192");
     }
 

@@ -5,9 +5,7 @@
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use flotilla_control_plane::types::{
-    Column, DesktopProfile, DesktopResources, Egress, Task,
-};
+use flotilla_control_plane::types::{Column, DesktopProfile, DesktopResources, Egress, Task};
 use serde_json::{json, Value};
 
 use crate::client::Client;
@@ -180,7 +178,11 @@ pub async fn run(client: &Client, command: TaskCommand) -> anyhow::Result<()> {
         }
         TaskCommand::Delete { id } => {
             let _: Value = client
-                .send(client.http.delete(client.url(&format!("/api/v1/tasks/{id}"))))
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/api/v1/tasks/{id}"))),
+                )
                 .await?;
             match client.output {
                 Output::Json => println!("{}", json!({"deleted": id})),
