@@ -20,13 +20,14 @@ pub async fn run(client: &Client, stale: bool) -> anyhow::Result<()> {
     if let Output::Json = client.output {
         return print_json(&capacity);
     }
-    capacity_table(&capacity).print();
+    print!("{}", capacity_table(&capacity));
     Ok(())
 }
 
 /// One line per node (`alloc/cap free` of each resource), its GPUs under
-/// it (their GPU memory in that column), then the fleet's total.
-fn capacity_table(capacity: &Value) -> TextTable {
+/// it (outside the table, so a long GPU name widens no column), then the
+/// fleet's total.
+fn capacity_table(capacity: &Value) -> String {
     let mut table = TextTable::new(&[
         Column::left("NODE", 24),
         Column::right("CPU (alloc/cap free)", 21),
@@ -50,19 +51,24 @@ fn capacity_table(capacity: &Value) -> TextTable {
             free("desktops", count),
         ]);
     };
+    // The GPU lines printed after each table row (by row).
+    let mut gpu_lines = Vec::new();
     for node in capacity["nodes"].as_array().into_iter().flatten() {
         let label = format!("{} ({})", text(&node["name"]), text(&node["status"]));
         line(&mut table, label, node);
-        for gpu in node["gpus"].as_array().into_iter().flatten() {
-            table.row([
-                // `{:<3}` never padded a JSON value: `  gpu-0 NVIDIA H200`.
-                format!("  gpu-{} {}", gpu["index"], text(&gpu["name"])),
-                String::new(),
-                String::new(),
-                amount(&gpu["memory_bytes"], human_bytes),
-                String::new(),
-            ]);
-        }
+        let gpus = node["gpus"].as_array().into_iter().flatten();
+        gpu_lines.push(
+            gpus.map(|gpu| {
+                // `{:<3}` never padded a JSON value: `  gpu-0 NVIDIA H200 ...`.
+                format!(
+                    "  gpu-{} {:<40} {}\n",
+                    gpu["index"],
+                    text(&gpu["name"]),
+                    amount(&gpu["memory_bytes"], human_bytes)
+                )
+            })
+            .collect::<String>(),
+        );
     }
     let total = &capacity["total"];
     line(
@@ -70,7 +76,16 @@ fn capacity_table(capacity: &Value) -> TextTable {
         format!("TOTAL ({} ready)", total["nodes"]),
         total,
     );
-    table
+    let mut out = String::new();
+    // Line 0 is the header; line i + 1 is row i.
+    for (index, table_line) in table.render().lines().enumerate() {
+        out.push_str(table_line);
+        out.push('\n');
+        if let Some(gpus) = index.checked_sub(1).and_then(|row| gpu_lines.get(row)) {
+            out.push_str(gpus);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -79,7 +94,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn node_lines_read_as_before_with_gpus_in_their_column() {
+    fn node_lines_read_as_before_with_gpus_under_their_node() {
         let amounts = |allocated: u64, capacity: u64| json!({"allocated": allocated, "capacity": capacity, "free": capacity - allocated});
         let node = json!({
             "name": "gpu-01", "status": "ready",
@@ -87,12 +102,12 @@ mod tests {
             "memory_bytes": amounts(2 << 30, 64 << 30),
             "gpu_memory_bytes": amounts(0, 140 << 30),
             "desktops": amounts(1, 16),
-            "gpus": [{"index": 0, "name": "NVIDIA H200", "memory_bytes": amounts(0, 140 << 30)}],
+            "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_bytes": amounts(0, 140 << 30)}],
         });
         let mut total = node.clone();
         total["nodes"] = json!(1);
         let capacity = json!({"nodes": [node], "total": total});
-        let text = capacity_table(&capacity).render();
+        let text = capacity_table(&capacity);
         let lines: Vec<&str> = text.lines().collect();
         let row = |name: &str| {
             format!(
@@ -114,10 +129,7 @@ mod tests {
         assert_eq!(lines[1], row("gpu-01 (ready)"));
         assert_eq!(
             lines[2],
-            format!(
-                "{:<24}  {:>21}  {:>27}  {:>27}",
-                "  gpu-0 NVIDIA H200", "", "", "0 MiB/140.0 GiB"
-            )
+            format!("  gpu-0 {:<40} 0 MiB/140.0 GiB", "NVIDIA H100 80GB HBM3")
         );
         assert_eq!(lines[3], row("TOTAL (1 ready)"));
         assert_eq!(lines.len(), 4);
