@@ -38,13 +38,33 @@ enum OutputArg {
     Json,
 }
 
-/// The default dev data directory, shared by `flotilla dev` and the CLI's
-/// token lookup.
+/// The dev data directory, shared by `flotilla dev` and the CLI's token
+/// lookup: `FLOTILLA_DEV_DIR` when set; as root `/var/lib/flotilla/dev`
+/// (root sandboxes run as host uids of their own, which cannot enter a
+/// 0700 home such as Debian's `/root`); otherwise the user's data
+/// directory (`~/.local/share/flotilla/dev`: rootless sandboxes run as the
+/// user, who can).
 pub fn dev_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from(".local/share"))
-        .join("flotilla")
-        .join("dev")
+    dev_data_dir_for(
+        std::env::var_os("FLOTILLA_DEV_DIR").filter(|dir| !dir.is_empty()),
+        rustix::process::geteuid().is_root(),
+        dirs::data_dir(),
+    )
+}
+
+fn dev_data_dir_for(
+    explicit: Option<std::ffi::OsString>,
+    root: bool,
+    user_data: Option<PathBuf>,
+) -> PathBuf {
+    match explicit {
+        Some(dir) => PathBuf::from(dir),
+        None if root => PathBuf::from("/var/lib/flotilla/dev"),
+        None => user_data
+            .unwrap_or_else(|| PathBuf::from(".local/share"))
+            .join("flotilla")
+            .join("dev"),
+    }
 }
 
 /// A client for the server `args` name, with the token given or the one
@@ -158,5 +178,27 @@ impl Client {
             bail!("{message} (HTTP {})", status.as_u16());
         }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_directory_is_outside_any_home_for_root() {
+        let home = Some(PathBuf::from("/root/.local/share"));
+        assert_eq!(
+            dev_data_dir_for(None, true, home.clone()),
+            PathBuf::from("/var/lib/flotilla/dev")
+        );
+        assert_eq!(
+            dev_data_dir_for(None, false, Some(PathBuf::from("/home/ada/.local/share"))),
+            PathBuf::from("/home/ada/.local/share/flotilla/dev")
+        );
+        assert_eq!(
+            dev_data_dir_for(Some("/srv/dev".into()), true, home),
+            PathBuf::from("/srv/dev")
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ fn flotilla(home: &std::path::Path) -> Command {
     let mut command = Command::new(FLOTILLA);
     command
         .env("HOME", home)
+        // As root the dev directory is not under HOME: keep tests apart.
+        .env("FLOTILLA_DEV_DIR", home.join("dev"))
         .env_remove("XDG_DATA_HOME")
         .env_remove("FLOTILLA_TOKEN")
         .env_remove("FLOTILLA_ADDR");
@@ -110,7 +113,31 @@ fn dev_quick_start_needs_no_token_typed() {
         )
     };
     let before = host_setup();
+    // A fresh home of mode 0700, as every home on Debian 12 (and `/root`).
     let home = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod the home");
+    // As root the README's command keeps its data in /var/lib/flotilla/dev;
+    // a machine that already has one gets a directory of the test's own
+    // beside it (same ancestors), and what the test made goes at the end.
+    let root = is_root();
+    let default_dev = std::path::PathBuf::from("/var/lib/flotilla/dev");
+    let dev_env = (root && default_dev.exists())
+        .then(|| format!("/var/lib/flotilla/test-dev-{}", std::process::id()));
+    let made = match &dev_env {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None if root => Some(default_dev),
+        None => None,
+    };
+    let flotilla = |home: &std::path::Path| {
+        let mut command = flotilla(home);
+        // The README's command: the default directory unless it is taken.
+        match &dev_env {
+            Some(dir) => command.env("FLOTILLA_DEV_DIR", dir),
+            None => command.env_remove("FLOTILLA_DEV_DIR"),
+        };
+        command
+    };
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -184,6 +211,59 @@ fn dev_quick_start_needs_no_token_typed() {
         }
         let shown = run(&["task", "show", &id]);
         assert_eq!(shown["desktop"]["state"], "running");
+        let desktop = run(&["desktop", "list"])[0]["id"]
+            .as_str()
+            .expect("desktop id")
+            .to_owned();
+        // Usable, not only `running`: the terminal (foot) is on its screen,
+        // takes typing as the README shows, and the screen can be taken.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let output = flotilla(home.path())
+                .args(["desktop", "input", &desktop, "--windows"])
+                .args(["--addr", &addr, "--output", "json"])
+                .output()
+                .expect("run flotilla");
+            let windows: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            let foot = windows["windows"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|w| w["app_id"] == "foot"));
+            if foot {
+                break;
+            }
+            let desktops = run(&["desktop", "list"]);
+            assert!(
+                Instant::now() < deadline,
+                "no foot window on {desktop}: {windows} {} / {desktops}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let typed = flotilla(home.path())
+            .args(["desktop", "input", &desktop, "--text", "ls -l\\n"])
+            .args(["--addr", &addr])
+            .output()
+            .expect("run flotilla");
+        assert!(
+            typed.status.success(),
+            "typing: {}",
+            String::from_utf8_lossy(&typed.stderr)
+        );
+        let png = home.path().join("screen.png");
+        let shot = flotilla(home.path())
+            .args(["desktop", "screenshot", &desktop, "-o"])
+            .arg(&png)
+            .args(["--addr", &addr])
+            .output()
+            .expect("run flotilla");
+        assert!(
+            shot.status.success(),
+            "screenshot: {}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
+        let bytes = std::fs::read(&png).expect("the screenshot file");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
         let nodes = run(&["node", "list"]);
         assert_eq!(nodes[0]["status"], "ready", "{nodes}");
         assert_eq!(nodes[0]["desktops"]["allocated"], 1, "{nodes}");
@@ -206,6 +286,9 @@ fn dev_quick_start_needs_no_token_typed() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    if let Some(dir) = &made {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -236,4 +319,35 @@ fn sign_in(addr: &str, code: &str) -> u16 {
         .nth(1)
         .and_then(|status| status.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_data_dir_sandboxes_cannot_enter_is_refused_at_start_making_nothing() {
+    if !is_root() {
+        println!("skip: root sandboxes (and this check) need root");
+        return;
+    }
+    let private = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let data_dir = private.path().join("flotilla");
+    let output = flotilla(private.path())
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("run flotilla dev");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "dev started: {stderr}");
+    assert!(
+        stderr.contains(&*private.path().to_string_lossy())
+            && stderr.contains("chmod o+x")
+            && stderr.contains("--data-dir"),
+        "the error names the directory and the fixes: {stderr}"
+    );
+    assert!(!data_dir.exists(), "nothing is created");
 }

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod clock;
 pub mod fsutil;
 pub mod host;
+pub mod preflight;
 pub mod runtime;
 pub mod sandbox;
 #[cfg(test)]

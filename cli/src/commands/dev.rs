@@ -1,6 +1,6 @@
 //! `flotilla dev`: the whole system on this machine: one bootstrapped
 //! server and (unless `--no-node`) one node agent for this host, with the
-//! data in the user's data directory and the operator token where the CLI
+//! data in the dev directory (`client::dev_data_dir`) and the operator token where the CLI
 //! finds it by itself. It prints how to reach the board once the token works.
 
 use std::net::SocketAddr;
@@ -18,7 +18,8 @@ use crate::commands::server::FleetArgs;
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Data directory (default: the user's data directory, flotilla/dev).
+    /// Data directory (default: $FLOTILLA_DEV_DIR, else
+    /// /var/lib/flotilla/dev as root, else ~/.local/share/flotilla/dev).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:7100")]
@@ -33,6 +34,13 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_logging();
     let data_dir = args.data_dir.unwrap_or_else(dev_data_dir);
+    if !args.no_node {
+        // The node agent's directory lies inside: refuse now, having made
+        // nothing, if its sandboxes could not reach their roots there (and
+        // make the directory so that they can).
+        let root = rustix::process::geteuid().is_root();
+        flotilla_node_agent::preflight::prepare_data_dir(&data_dir, root)?;
+    }
     let start = if data_dir.join("flotilla-server.json").exists() {
         StartMode::Existing
     } else {

@@ -84,6 +84,10 @@ pub async fn run(
     for device in &options.devices {
         crate::sandbox::validate_device(device).map_err(anyhow::Error::msg)?;
     }
+    // Root sandboxes (host uids of their own) must reach their roots under
+    // it: refused here, before anything is made, when they could not.
+    let root_sandboxes = options.sandbox && rustix::process::geteuid().is_root();
+    crate::preflight::prepare_data_dir(&options.data_dir, root_sandboxes)?;
     let data_dir = DataDir::open(&options.data_dir)?;
     let identity = data_dir.identity(&options.name)?;
     let gpus = setup::enumerate_gpus(&options);
