@@ -146,9 +146,8 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         started.elapsed()
     );
 
-    // foot is the focused window (the browser is, once it draws: focus
-    // goes to the newest window); focus foot, and typing reaches its
-    // shell.
+    // foot, the first window, keeps the keyboard after the browser opened
+    // and drew (no focus stealing); `--window` moves it.
     let windows = cli(&[
         "desktop",
         "input",
@@ -175,18 +174,38 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
             && w["x"] == 320),
         "{windows}"
     );
-    let focused = cli(&[
+    assert_eq!(foot["focused"], true, "foot has the keyboard: {windows}");
+    let browser = cli(&[
         "desktop",
         "input",
         &desktop_id,
-        "--json",
-        &json!({"op": "focus", "id": foot["id"]}).to_string(),
+        "--window",
+        "chrom",
+        "--key",
+        "F6",
     ]);
-    assert!(focused.status.success(), "{focused:?}");
+    assert!(browser.status.success(), "{browser:?}");
+    let windows = cli(&[
+        "desktop",
+        "input",
+        &desktop_id,
+        "--windows",
+        "--output",
+        "json",
+    ]);
+    let windows: Value = serde_json::from_slice(&windows.stdout)?;
+    assert!(
+        windows["windows"].as_array().is_some_and(|list| list
+            .iter()
+            .any(|w| w["focused"] == true && w["app_id"] != "foot")),
+        "--window chrom gave the browser the keyboard: {windows}"
+    );
     let typed = cli(&[
         "desktop",
         "input",
         &desktop_id,
+        "--window",
+        "foot",
         "--text",
         r"printf 'typed:%s' $((6*7)) > /tmp/typed\n",
     ]);

@@ -52,6 +52,10 @@ pub enum DesktopCommand {
         /// Any control request as JSON (e.g. {"op":"motion","x":10,"y":20}).
         #[arg(long, group = "what")]
         json: Option<String>,
+        /// Give this window the keyboard first: an app id (foot, chromium)
+        /// or a part of its title (`--windows` lists them).
+        #[arg(long, requires = "what", conflicts_with = "windows")]
+        window: Option<String>,
     },
     /// The tail of a running desktop's output.
     Logs {
@@ -82,6 +86,7 @@ pub async fn run(client: &Client, command: DesktopCommand) -> anyhow::Result<()>
             key,
             windows,
             json,
+            window,
         } => {
             let request = match (text, key, windows, json) {
                 (Some(text), None, false, None) => {
@@ -94,6 +99,12 @@ pub async fn run(client: &Client, command: DesktopCommand) -> anyhow::Result<()>
                 }
                 _ => anyhow::bail!("give one of --text, --key, --windows or --json"),
             };
+            if let Some(name) = window {
+                let listed = send_input(client, &id, &json!({"op": "windows"})).await?;
+                let windows = listed["windows"].as_array().map_or(&[][..], Vec::as_slice);
+                let window = find_window(windows, &name)?;
+                send_input(client, &id, &json!({"op": "focus", "id": window})).await?;
+            }
             input(client, &id, request).await
         }
     }
@@ -214,16 +225,64 @@ async fn screenshot(client: &Client, id: &str, path: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// Sends one control request (a JSON object) to desktop `id`.
-async fn input(client: &Client, id: &str, request: Value) -> anyhow::Result<()> {
-    let answer: Value = client
+/// Sends one control request (a JSON object) to desktop `id`; its answer.
+async fn send_input(client: &Client, id: &str, request: &Value) -> anyhow::Result<Value> {
+    client
         .send(
             client
                 .http
                 .post(client.url(&format!("/api/v1/desktops/{id}/input")))
-                .json(&request),
+                .json(request),
         )
-        .await?;
+        .await
+}
+
+/// No window of the desktop answers to a `--window` name.
+#[derive(Debug, thiserror::Error)]
+#[error("no window is {name:?} (by app id or title); the desktop has: {have}")]
+pub struct NoSuchWindow {
+    name: String,
+    have: String,
+}
+
+/// The id of the window `name` means: the one whose app id is `name`,
+/// else the first whose app id starts with it (chromium's app windows are
+/// `chrome-<page>-<profile>`), else the first whose title contains it
+/// (ignoring case).
+fn find_window(windows: &[Value], name: &str) -> Result<u64, NoSuchWindow> {
+    let app_id = |w: &&Value| w["app_id"].as_str().unwrap_or_default().to_owned();
+    let lower = name.to_lowercase();
+    let by_app = windows.iter().find(|w| app_id(w) == name);
+    let by_prefix = || windows.iter().find(|w| app_id(w).starts_with(name));
+    let by_title = || {
+        windows.iter().find(|w| {
+            w["title"]
+                .as_str()
+                .is_some_and(|title| title.to_lowercase().contains(&lower))
+        })
+    };
+    by_app
+        .or_else(by_prefix)
+        .or_else(by_title)
+        .and_then(|w| w["id"].as_u64())
+        .ok_or_else(|| NoSuchWindow {
+            name: name.to_owned(),
+            have: match windows
+                .iter()
+                .map(|w| format!("{} ({})", text(&w["app_id"]), text(&w["title"])))
+                .collect::<Vec<_>>()
+                .join(", ")
+            {
+                none if none.is_empty() => "no windows".to_owned(),
+                some => some,
+            },
+        })
+}
+
+/// Sends one control request (a JSON object) to desktop `id` and prints
+/// the answer.
+async fn input(client: &Client, id: &str, request: Value) -> anyhow::Result<()> {
+    let answer = send_input(client, id, &request).await?;
     if let Output::Json = client.output {
         return print_json(&answer);
     }
@@ -327,6 +386,29 @@ mod tests {
     fn text_escapes_become_keys() {
         assert_eq!(unescape(r"ls -l\n"), "ls -l\n");
         assert_eq!(unescape(r"a\tb\\c\q\"), "a\tb\\c\\q\\");
+    }
+
+    #[test]
+    fn a_window_is_found_by_app_id_then_by_title() {
+        let windows = [
+            json!({"id": 1, "app_id": "foot", "title": "chromium notes"}),
+            json!({"id": 2, "app_id": "chromium", "title": "New Tab - Chromium"}),
+        ];
+        assert_eq!(find_window(&windows, "chromium").ok(), Some(2));
+        assert_eq!(find_window(&windows, "foot").ok(), Some(1));
+        assert_eq!(find_window(&windows, "new tab").ok(), Some(2));
+        assert_eq!(find_window(&windows, "chrom").ok(), Some(2));
+        assert_eq!(find_window(&windows, "NOTES").ok(), Some(1));
+        let error = find_window(&windows, "gimp").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "no window is \"gimp\" (by app id or title); the desktop has: \
+             foot (chromium notes), chromium (New Tab - Chromium)"
+        );
+        assert!(find_window(&[], "foot")
+            .unwrap_err()
+            .to_string()
+            .ends_with("no windows"));
     }
 
     #[test]

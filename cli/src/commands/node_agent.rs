@@ -70,8 +70,9 @@ pub struct NodeAgentArgs {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
     pids_limit: u64,
     /// Run each desktop's session in its sandbox: the compositor (through
-    /// gpud) and the --desktop-app apps, instead of --desktop-command.
-    #[arg(long)]
+    /// gpud) and the --desktop-app apps. The default; kept so that older
+    /// command lines still work.
+    #[arg(long, conflicts_with = "desktop_command")]
     desktop_session: bool,
     /// An app the desktop session runs (program and arguments, split at
     /// spaces); repeatable. Default: foot and chromium (skipped when not
@@ -84,9 +85,12 @@ pub struct NodeAgentArgs {
     /// The desktops' keyboard: xkb variant (dvorak, nodeadkeys, ...).
     #[arg(long, default_value = "", value_parser = flotilla_compositor::keymap::check_name)]
     desktop_keyboard_variant: String,
-    /// Command each desktop runs under the process runtime.
-    #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["sleep", "infinity"])]
-    desktop_command: Vec<String>,
+    /// Run this command in each desktop instead of its session (no
+    /// screen: for tests and special nodes). Also what desktops run when a
+    /// session is impossible here (no sandboxes or no gpud): default
+    /// `sleep infinity`.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    desktop_command: Option<Vec<String>>,
     /// Give sandboxes loopback only (no veth, bridge or NAT).
     #[arg(long)]
     no_desktop_network: bool,
@@ -234,7 +238,9 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
     options.stop_grace = args.stop_grace;
     options.gpus = !args.no_gpus;
     options.gpud = !args.no_gpud;
-    options.desktop_session = args.desktop_session;
+    // The session unless a command was asked for (--desktop-session is
+    // the default, said explicitly).
+    options.desktop_session = args.desktop_session || args.desktop_command.is_none();
     if !args.desktop_apps.is_empty() {
         options.desktop_apps = args.desktop_apps;
     }
@@ -269,13 +275,69 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
             .map_err(|error| anyhow::anyhow!("desktop network: {error}"))?;
         Some(settings)
     };
-    options.desktop_command = args.desktop_command;
+    if let Some(command) = args.desktop_command {
+        options.desktop_command = command;
+    }
     Ok(options)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `flotilla node-agent ARGS` parsed as the binary parses it.
+    fn parse(args: &[&str]) -> Result<NodeAgentArgs, clap::Error> {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: NodeAgentArgs,
+        }
+        let matches = <Cli as clap::CommandFactory>::command()
+            .try_get_matches_from(std::iter::once("node-agent").chain(args.iter().copied()))?;
+        Cli::from_arg_matches(&matches).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn the_readme_node_agent_runs_desktop_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("node-join.token");
+        std::fs::write(&token, "flo_node_x\n").expect("write the token");
+        let token = token.to_str().expect("utf-8 path");
+        // The README's "A real cluster" command, as written.
+        let readme = [
+            "--join",
+            "10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100",
+            "--token-file",
+            token,
+            "--name",
+            "gpu-01",
+            "--data-dir",
+            "/var/lib/flotilla-node",
+            "--label",
+            "zone=west",
+        ];
+        let options = agent_options(parse(&readme).expect("parses")).expect("options");
+        assert!(
+            options.desktop_session,
+            "desktops run the compositor and apps"
+        );
+        // --desktop-command opts out; --desktop-session says the default.
+        let mut command = readme.to_vec();
+        command.extend(["--desktop-command", "sleep", "60"]);
+        let options = agent_options(parse(&command).expect("parses")).expect("options");
+        assert!(!options.desktop_session);
+        assert_eq!(options.desktop_command, ["sleep", "60"]);
+        let mut session = readme.to_vec();
+        session.push("--desktop-session");
+        assert!(
+            agent_options(parse(&session).expect("parses"))
+                .expect("options")
+                .desktop_session
+        );
+        session.extend(["--desktop-command", "true"]);
+        assert!(parse(&session).is_err(), "the two conflict");
+    }
 
     #[test]
     fn subnets_are_slash_16s_without_host_bits() {

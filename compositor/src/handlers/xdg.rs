@@ -27,9 +27,18 @@ impl XdgShellHandler for State {
             state.states.set(xdg_toplevel::State::Activated);
             state.decoration_mode = Some(DecorationMode::ServerSide);
         });
-        // Keyboard focus once it shows something: an enter before the
+        // A new window takes the keyboard only when no window has it (no
+        // focus stealing: the terminal a desktop starts with keeps typing
+        // when the browser opens after it; a click or a focus request
+        // moves it). Given once it shows something: an enter before the
         // first configure crashes some clients (foot 1.13).
-        self.pending_focus = Some(surface.wl_surface().clone());
+        let keyboard_taken = self
+            .seat
+            .get_keyboard()
+            .is_some_and(|keyboard| keyboard.current_focus().is_some());
+        if !keyboard_taken && self.pending_focus.is_none() {
+            self.pending_focus = Some(surface.wl_surface().clone());
+        }
         self.window_ids
             .insert(surface.wl_surface().id(), self.next_window_id);
         self.next_window_id += 1;
@@ -91,6 +100,21 @@ impl XdgShellHandler for State {
         }
         self.order
             .retain(|w| w.toplevel().is_some_and(|t| t != &surface));
+        if self.pending_focus.as_ref() == Some(surface.wl_surface()) {
+            self.pending_focus = None;
+        }
+        // The keyboard moves to the newest window left when the one that
+        // had it (or was about to) goes.
+        let had_keyboard = self.seat.get_keyboard().is_some_and(|keyboard| {
+            keyboard
+                .current_focus()
+                .is_none_or(|focus| &focus == surface.wl_surface())
+        });
+        if had_keyboard && self.pending_focus.is_none() {
+            if let Some(window) = self.order.last().cloned() {
+                self.focus_window(&window);
+            }
+        }
         self.window_ids.remove(&surface.wl_surface().id());
         self.decorated.remove(&surface.wl_surface().id());
         self.arrange();

@@ -35,8 +35,8 @@ pub struct AgentOptions {
     pub display_gpu_memory: u64,
     /// The display size gpud offers each desktop.
     pub display_size: (u32, u32),
-    /// Run each sandboxed desktop's session (compositor + apps) instead of
-    /// `desktop_command`.
+    /// Run each sandboxed desktop's session (compositor + apps; the
+    /// default) instead of `desktop_command`.
     pub desktop_session: bool,
     /// The session's apps (program and arguments, split at spaces).
     pub desktop_apps: Vec<String>,
@@ -88,7 +88,7 @@ impl AgentOptions {
             gpud: true,
             display_gpu_memory: 64 << 20,
             display_size: (1280, 800),
-            desktop_session: false,
+            desktop_session: true,
             desktop_keyboard: (String::new(), String::new()),
             desktop_apps: vec![
                 "foot".to_owned(),

@@ -42,7 +42,8 @@ pub(super) fn desktop_runtime(
     } else {
         if options.desktop_session {
             tracing::warn!(
-                "--desktop-session needs sandboxes and gpud: desktops run --desktop-command"
+                command = ?options.desktop_command,
+                "a desktop session needs sandboxes and gpud: desktops run this command instead, with NO screen (no screenshots, streams or input)"
             );
         }
         None
