@@ -7,7 +7,8 @@
 //! `tests/`, are exempt) and opens with a `//!` doc comment; no `todo!(`,
 //! `unimplemented!(` or reasonless `#[ignore]` in code; no `Result<_, String>` outside
 //! test code and `main.rs`; every workspace member and top-level folder is named in
-//! ARCHITECTURE.md as `` `name/` ``; no import circle among the files of a crate. Code
+//! ARCHITECTURE.md as `` `name/` `` (a map of at most 20 KiB); no import circle among the
+//! files of a crate. Code
 //! means comments and literals left out; test code is found as `source.rs` describes.
 
 mod imports;
@@ -208,6 +209,15 @@ fn architecture_problems(workspace: &Workspace) -> Vec<Problem> {
         .collect();
     names.sort();
     names.dedup();
+    let size = workspace.architecture_md.len();
+    let too_long = (size > MAX_ARCHITECTURE_BYTES).then(|| Problem {
+        check: Check::Architecture,
+        path: "ARCHITECTURE.md".to_owned(),
+        line: None,
+        message: format!(
+            "{size} bytes, over the map's {MAX_ARCHITECTURE_BYTES}: figures go to bench/README.md, history to the git log"
+        ),
+    });
     names
         .into_iter()
         .filter(|name| !workspace.architecture_md.contains(&format!("`{name}/`")))
@@ -219,8 +229,12 @@ fn architecture_problems(workspace: &Workspace) -> Vec<Problem> {
                 "not named in ARCHITECTURE.md; give `{name}/` its paragraph in the code map"
             ),
         })
+        .chain(too_long)
         .collect()
 }
+
+/// The map stays a map: 20 KiB.
+const MAX_ARCHITECTURE_BYTES: usize = 20 * 1024;
 
 fn import_circle_problems(files: &[SourceFile]) -> Vec<Problem> {
     let mut crate_dirs: Vec<&str> = files.iter().map(|file| file.crate_dir.as_str()).collect();
