@@ -8,8 +8,8 @@
 //! `unimplemented!(` or reasonless `#[ignore]` in code; no `Result<_, String>` outside
 //! test code and `main.rs`; every workspace member and top-level folder is named in
 //! ARCHITECTURE.md as `` `name/` `` (a map of at most 20 KiB); no import circle among the
-//! files of a crate. Code
-//! means comments and literals left out; test code is found as `source.rs` describes.
+//! files of a crate. Code means comments and literals left out; test code is found as
+//! `source.rs` describes.
 
 mod imports;
 mod source;
