@@ -92,7 +92,17 @@ impl AgentOptions {
             desktop_keyboard: (String::new(), String::new()),
             desktop_apps: vec![
                 "foot".to_owned(),
-                "chromium --ozone-platform=wayland --no-first-run --no-sandbox".to_owned(),
+                // The sandbox is the desktop's; `--test-type` drops the
+                // --no-sandbox warning bar; a blank local start page and no
+                // background requests (sync, component updates, the
+                // search engine's new-tab page) until someone browses.
+                [
+                    "chromium --ozone-platform=wayland --no-sandbox --test-type",
+                    "--no-first-run --no-default-browser-check --disable-sync",
+                    "--disable-background-networking --disable-component-update",
+                    "--disable-default-apps --homepage=about:blank about:blank",
+                ]
+                .join(" "),
             ],
             cgroups: true,
             pids_limit: 4096,
