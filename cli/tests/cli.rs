@@ -215,6 +215,29 @@ fn dev_quick_start_needs_no_token_typed() {
             .as_str()
             .expect("desktop id")
             .to_owned();
+        // `running` means usable at once: its compositor takes requests
+        // and its screen can be taken, without a retry.
+        let at_once = |args: &[&str]| {
+            let output = flotilla(home.path())
+                .args(args)
+                .args(["--addr", &addr])
+                .output()
+                .expect("run flotilla");
+            assert!(
+                output.status.success(),
+                "{args:?} right after `running`: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        at_once(&["desktop", "input", &desktop, "--windows"]);
+        let first = home.path().join("first.png");
+        at_once(&[
+            "desktop",
+            "screenshot",
+            &desktop,
+            "-o",
+            &first.to_string_lossy(),
+        ]);
         // Usable, not only `running`: the terminal (foot) is on its screen,
         // takes typing as the README shows, and the screen can be taken.
         let deadline = Instant::now() + Duration::from_secs(60);

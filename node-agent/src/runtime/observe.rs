@@ -47,6 +47,21 @@ impl ProcessRuntime {
                             .record(&self.node, id, desktop.generation, "stopped");
                     }
                     Ok(None) => {
+                        // A session is `running` once it can be used: gpud
+                        // holds a frame it composed and its compositor
+                        // answers on the control socket.
+                        if desktop.phase == Phase::Starting {
+                            let frame = self.gpu.as_ref().is_some_and(|gpu| {
+                                gpu.service
+                                    .wait_for_frame(id, None, Duration::ZERO)
+                                    .is_some()
+                            });
+                            if frame && dir.as_deref().is_some_and(compositor_answers) {
+                                desktop.phase = Phase::Running;
+                                self.journal
+                                    .record(&self.node, id, desktop.generation, "ready");
+                            }
+                        }
                         if desktop.kill_at.is_some_and(|at| at <= now) {
                             signal_group(desktop.handle.pid(), Signal::KILL);
                             if let Some(cgroup) = &desktop.cgroup {
@@ -136,4 +151,24 @@ fn sandbox_last_word(dir: &Path) -> Option<String> {
                 .map(|c| if c.is_control() { '?' } else { c })
                 .collect::<String>()
         })
+}
+
+/// Whether the compositor of the desktop in `dir` answers a `windows`
+/// request on its control socket within a short wait (it is inside the
+/// untrusted desktop: the answer is bounded and only its start is read).
+fn compositor_answers(dir: &Path) -> bool {
+    use std::io::{BufRead, BufReader, Read, Write};
+    const WAIT: Duration = Duration::from_millis(200);
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(dir.join("gpu/control.sock"))
+    else {
+        return false;
+    };
+    let mut line = Vec::new();
+    stream.set_read_timeout(Some(WAIT)).is_ok()
+        && stream.set_write_timeout(Some(WAIT)).is_ok()
+        && stream.write_all(b"{\"op\":\"windows\"}\n").is_ok()
+        && BufReader::new(stream.take(64 * 1024))
+            .read_until(b'\n', &mut line)
+            .is_ok()
+        && line.starts_with(b"{\"ok\":true")
 }

@@ -251,7 +251,13 @@ impl ProcessRuntime {
             ProcessDesktop {
                 generation: spec.generation,
                 handle,
-                phase: Phase::Running,
+                // A session is `starting` until it can be used (see
+                // `poll_desktops`); a plain command runs once started.
+                phase: if self.session.is_some() && sandbox.is_some() && gpu.is_some() {
+                    Phase::Starting
+                } else {
+                    Phase::Running
+                },
                 kill_at: None,
                 cgroup,
                 memory_limit: spec.memory_bytes,
