@@ -493,6 +493,22 @@ pub fn sandbox_processes(slots: std::ops::Range<u32>) -> Vec<u32> {
     found
 }
 
+/// A desktop to start on a runtime directly: 250 mCPU, 256 MiB, no GPU
+/// memory, the default egress and profile.
+pub fn desktop_spec(id: &str, generation: u64) -> flotilla_node_agent::runtime::DesktopSpec {
+    flotilla_node_agent::runtime::DesktopSpec {
+        profile: Default::default(),
+        desktop_id: id.to_owned(),
+        task_id: "t".to_owned(),
+        generation,
+        cpu_millis: 250,
+        memory_bytes: 256 << 20,
+        gpu_memory_bytes: 0,
+        gpu: None,
+        egress: Default::default(),
+    }
+}
+
 /// Polls `runtime` until desktop `id` is in `phase` (30 s at most).
 pub fn wait_phase(
     runtime: &mut dyn flotilla_node_agent::runtime::DesktopRuntime,

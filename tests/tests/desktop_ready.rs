@@ -17,15 +17,8 @@ use flotilla_tests::{flotilla_bin, netns, wait_phase};
 
 fn desktop(id: &str) -> DesktopSpec {
     DesktopSpec {
-        profile: Default::default(),
-        desktop_id: id.to_owned(),
-        task_id: "t".to_owned(),
-        generation: 1,
-        cpu_millis: 250,
         memory_bytes: 512 << 20,
-        gpu_memory_bytes: 0,
-        gpu: None,
-        egress: Default::default(),
+        ..flotilla_tests::desktop_spec(id, 1)
     }
 }
 

@@ -148,15 +148,18 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
 
     // foot, the first window, keeps the keyboard after the browser opened
     // and drew (no focus stealing); `--window` moves it.
-    let windows = cli(&[
-        "desktop",
-        "input",
-        &desktop_id,
-        "--windows",
-        "--output",
-        "json",
-    ]);
-    let windows: Value = serde_json::from_slice(&windows.stdout)?;
+    let list_windows = || -> anyhow::Result<Value> {
+        let answer = cli(&[
+            "desktop",
+            "input",
+            &desktop_id,
+            "--windows",
+            "--output",
+            "json",
+        ]);
+        Ok(serde_json::from_slice(&answer.stdout)?)
+    };
+    let windows = list_windows()?;
     let list = windows["windows"].as_array().cloned().unwrap_or_default();
     let foot = list
         .iter()
@@ -185,15 +188,7 @@ async fn a_planned_task_shows_a_terminal_that_takes_typing() -> anyhow::Result<(
         "F6",
     ]);
     assert!(browser.status.success(), "{browser:?}");
-    let windows = cli(&[
-        "desktop",
-        "input",
-        &desktop_id,
-        "--windows",
-        "--output",
-        "json",
-    ]);
-    let windows: Value = serde_json::from_slice(&windows.stdout)?;
+    let windows = list_windows()?;
     assert!(
         windows["windows"].as_array().is_some_and(|list| list
             .iter()

@@ -176,17 +176,7 @@ impl Drop for RemoveHostSetup {
 }
 
 fn desktop(id: &str, generation: u64) -> DesktopSpec {
-    DesktopSpec {
-        profile: Default::default(),
-        desktop_id: id.to_owned(),
-        task_id: "t".to_owned(),
-        generation,
-        cpu_millis: 250,
-        memory_bytes: 256 << 20,
-        gpu_memory_bytes: 0,
-        gpu: None,
-        egress: Default::default(),
-    }
+    flotilla_tests::desktop_spec(id, generation)
 }
 
 #[test]

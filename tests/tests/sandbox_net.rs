@@ -49,15 +49,8 @@ impl Drop for HostSetup {
 
 fn desktop(id: &str, egress: Egress) -> DesktopSpec {
     DesktopSpec {
-        profile: Default::default(),
-        desktop_id: id.to_owned(),
-        task_id: "t".to_owned(),
-        generation: 1,
-        cpu_millis: 250,
-        memory_bytes: 256 << 20,
-        gpu_memory_bytes: 0,
-        gpu: None,
         egress,
+        ..flotilla_tests::desktop_spec(id, 1)
     }
 }
 

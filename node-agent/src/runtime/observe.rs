@@ -155,10 +155,12 @@ fn sandbox_last_word(dir: &Path) -> Option<String> {
 
 /// Whether the compositor of the desktop in `dir` answers a `windows`
 /// request on its control socket within a short wait (it is inside the
-/// untrusted desktop: the answer is bounded and only its start is read).
+/// untrusted desktop: the answer is bounded and only its start is read;
+/// one that stays silent costs each poll at most 2 × `WAIT` while it is
+/// `starting`, and a slow one is simply asked again on the next poll).
 fn compositor_answers(dir: &Path) -> bool {
     use std::io::{BufRead, BufReader, Read, Write};
-    const WAIT: Duration = Duration::from_millis(200);
+    const WAIT: Duration = Duration::from_millis(100);
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(dir.join("gpu/control.sock"))
     else {
         return false;
