@@ -77,12 +77,24 @@ impl Shm {
         // SAFETY: memfd_create/ftruncate/mmap with checked results; the
         // mapping is owned by the value and unmapped on drop.
         unsafe {
-            let fd = libc::memfd_create(c"bench".as_ptr(), libc::MFD_CLOEXEC);
+            let fd = libc::memfd_create(
+                c"bench".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            );
             anyhow::ensure!(fd >= 0, "memfd_create failed");
             let fd = OwnedFd::from_raw_fd(fd);
             anyhow::ensure!(
                 libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as i64) == 0,
                 "ftruncate failed"
+            );
+            // gpud maps only memfds sealed against shrinking.
+            anyhow::ensure!(
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK
+                ) == 0,
+                "sealing failed"
             );
             let map = libc::mmap(
                 std::ptr::null_mut(),

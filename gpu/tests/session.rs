@@ -4,8 +4,8 @@
 //! ledger back at zero when every guest is gone.
 
 mod common;
-use common::{memfd, renderer};
-use std::os::fd::{FromRawFd, OwnedFd};
+use common::{memfd, renderer, unsealed_memfd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use flotilla_gpu::compose::{i420_cpu, CompositionList, Draw};
@@ -504,4 +504,47 @@ fn misbehaving_guest(renderer: Option<Arc<Renderer>>) {
     drop(good);
     assert_eq!(ledger.total_charged(), 0);
     assert!(ledger.accounts().is_empty());
+}
+
+#[test]
+fn a_guest_cannot_shrink_a_backing_under_gpud() {
+    let ledger = Arc::new(Ledger::default());
+    let mut session = Session::with_renderer("dt-shrink", 1 << 20, ledger, 1280, 800, None);
+    let (width, height) = (16, 16);
+    let bytes = image(3, width, height);
+    let create = session.handle(
+        &build::resource_create_2d(1, Format::B8G8R8A8, width, height),
+        vec![],
+    );
+    assert_eq!(answer(&create), resp::OK_NODATA);
+    let entry = MemEntry {
+        offset: 0,
+        length: bytes.len() as u32,
+    };
+    // A memfd its guest may still shrink is refused: shrunk after the
+    // attach, gpud's next read of it would be a SIGBUS in the node agent.
+    let unsealed = session.handle(
+        &build::attach_backing(1, &[entry]),
+        vec![unsealed_memfd(&bytes)],
+    );
+    assert_eq!(answer(&unsealed), resp::ERR_INVALID_PARAMETER);
+    // A sealed one is mapped; the guest's own copy of the descriptor can
+    // no longer shrink it, so every later transfer reads real pages.
+    let sealed = memfd(&bytes);
+    // SAFETY: dup of a descriptor we own; the copy is owned below.
+    let guest_copy = unsafe { OwnedFd::from_raw_fd(libc::dup(sealed.as_raw_fd())) };
+    let attach = session.handle(&build::attach_backing(1, &[entry]), vec![sealed]);
+    assert_eq!(answer(&attach), resp::OK_NODATA);
+    // SAFETY: ftruncate on a descriptor we own.
+    let shrunk = unsafe { libc::ftruncate(guest_copy.as_raw_fd(), 0) };
+    assert_eq!(shrunk, -1, "a sealed backing was shrunk");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    let transfer = session.handle(
+        &build::transfer_to_host_2d(rect(0, 0, width, height), 0, 1),
+        vec![],
+    );
+    assert_eq!(answer(&transfer), resp::OK_NODATA);
 }

@@ -29,7 +29,12 @@ impl Staging {
 
     fn map(len: usize, populate: bool) -> anyhow::Result<Staging> {
         // SAFETY: memfd_create with a constant name; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"flotilla-surface".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"flotilla-surface".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             bail!("memfd_create: {}", std::io::Error::last_os_error());
         }
@@ -37,6 +42,18 @@ impl Staging {
         let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if let Err(error) = fd.set_len(len as u64) {
             bail!("ftruncate: {error}");
+        }
+        // gpud maps only memfds that cannot shrink under it.
+        // SAFETY: fcntl(F_ADD_SEALS) on our own descriptor.
+        if unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+            )
+        } != 0
+        {
+            bail!("seal the memfd: {}", std::io::Error::last_os_error());
         }
         let mut options = MmapOptions::new();
         options.len(len);

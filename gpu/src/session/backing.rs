@@ -1,7 +1,10 @@
 //! A guest's memory: the descriptor ranges RESOURCE_ATTACH_BACKING
-//! names, mapped read-only after checking each is a regular file (a
-//! memfd or shm pool) that holds its range, and TRANSFER_TO_HOST_2D's
-//! copy of exactly the transferred rectangle out of them.
+//! names, mapped read-only after checking each is a memfd sealed against
+//! shrinking (`F_SEAL_SHRINK`) that holds its range, and
+//! TRANSFER_TO_HOST_2D's copy of exactly the transferred rectangle out of
+//! them. The seal is what makes the mapping safe: a guest that could
+//! shrink its file under gpud would turn gpud's next read into a SIGBUS
+//! that takes the node agent (and every desktop on the node) down.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -15,6 +18,8 @@ pub enum BackingError {
     Stat(#[source] std::io::Error),
     #[error("a backing must be a memfd or shared-memory file")]
     NotAFile,
+    #[error("a backing must be a memfd sealed against shrinking (F_SEAL_SHRINK)")]
+    NotSealed,
     #[error("{length} bytes at offset {offset} lie outside a {size}-byte file")]
     OutsideFile { length: u32, offset: u64, size: u64 },
     #[error("an empty memory entry")]
@@ -40,7 +45,7 @@ impl Backing {
 }
 
 /// Maps `length` bytes at `offset` of `fd`, read-only, after checking the
-/// descriptor is a regular file (a memfd or shm pool) that holds them.
+/// descriptor is a memfd sealed against shrinking that holds them.
 pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, BackingError> {
     // SAFETY: fstat into a zeroed struct on a descriptor we hold.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
@@ -50,6 +55,12 @@ pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, Backi
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(BackingError::NotAFile);
+    }
+    // Sealed now means sealed for good: a seal cannot be removed.
+    // SAFETY: fcntl(F_GET_SEALS) on a descriptor we hold.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(BackingError::NotSealed);
     }
     let size = stat.st_size as u64;
     entry
@@ -65,8 +76,9 @@ pub(super) fn map_entry(fd: &OwnedFd, entry: &MemEntry) -> Result<Backing, Backi
         return Err(BackingError::Empty);
     }
     // SAFETY: a read-only shared mapping of a range checked above to lie
-    // within the regular file. The guest may write the file meanwhile,
-    // which changes only the pixel values gpud copies, never a bound.
+    // within a file sealed against shrinking, so it stays within it. The
+    // guest may write the file meanwhile, which changes only the pixel
+    // values gpud copies, never a bound.
     let map = unsafe {
         memmap2::MmapOptions::new()
             .offset(entry.offset)
