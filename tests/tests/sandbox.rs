@@ -96,6 +96,13 @@ echo hello > "$HOME/file" && echo "home=writable"
 echo hello > /workspace/file && echo "workspace=writable"
 echo "tmp=$(stat -f -c %T /tmp)"
 echo "host_root=$(ls /root 2>/dev/null | wc -l)"
+unshare -U true 2>/dev/null && echo "userns=made" || echo "userns=refused"
+unshare -rm true 2>/dev/null && echo "userns_mount=made" || echo "userns_mount=refused"
+perl -e '$r = syscall(425, 0, 0, 0); print "io_uring=", ($r < 0 ? "$!" : "allowed"), "\n"'
+perl -e '$r = syscall(435, 0, 0); print "clone3=", ($r < 0 ? "$!" : "allowed"), "\n"'
+perl -e '$r = syscall(308, -1, 0); print "setns=", ($r < 0 ? "$!" : "allowed"), "\n"'
+python3 -c 'import threading; t = threading.Thread(target=print, args=("threads=work",)); t.start(); t.join()'
+sh -c 'echo forked=work'
 "#;
     let spec = spec_in(dir.path(), 4000, checks);
     let (status, stdout, stderr) = run_sandbox(dir.path(), &spec);
@@ -139,6 +146,18 @@ echo "host_root=$(ls /root 2>/dev/null | wc -l)"
     assert_eq!(fact("workspace"), "writable");
     assert_eq!(fact("tmp"), "tmpfs");
     assert_eq!(fact("host_root"), "0", "the host's /root is not visible");
+    // No nested namespaces (CAP_SYS_ADMIN over them is the usual road to a
+    // kernel exploit), no io_uring or setns; threads and fork still work
+    // (glibc falls back from clone3's ENOSYS to clone).
+    assert_eq!(fact("userns"), "refused", "{stdout}");
+    assert_eq!(fact("userns_mount"), "refused", "{stdout}");
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(fact("io_uring"), "Operation not permitted", "{stdout}");
+        assert_eq!(fact("clone3"), "Function not implemented", "{stdout}");
+        assert_eq!(fact("setns"), "Operation not permitted", "{stdout}");
+    }
+    assert_eq!(fact("threads"), "work", "{stdout}\n{stderr}");
+    assert_eq!(fact("forked"), "work", "{stdout}");
     // What it wrote is on the host's disk, owned by its unprivileged uid.
     let meta = std::fs::metadata(dir.path().join("workspace/file"))?;
     use std::os::unix::fs::MetadataExt;

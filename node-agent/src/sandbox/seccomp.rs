@@ -1,7 +1,8 @@
 //! The desktop's seccomp filter, installed right before it execs (and by
 //! `sandbox-exec` before its command does): syscalls no desktop needs
 //! answer EPERM, and so does every syscall made through a foreign
-//! architecture or the x32 ABI; everything else is allowed.
+//! architecture or the x32 ABI; `clone`/`unshare` making a namespace
+//! answer EPERM and `clone3` ENOSYS; everything else is allowed.
 //!
 //! The rules are a table ([`DENIED_SYSCALLS`]) compiled by `seccompiler`.
 //! Two checks stay hand-written classic BPF in front of its program,
@@ -19,7 +20,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// Syscalls no desktop needs; they answer EPERM.
 pub const DENIED_SYSCALLS: &[(&str, libc::c_long)] = &[
@@ -47,7 +51,43 @@ pub const DENIED_SYSCALLS: &[(&str, libc::c_long)] = &[
     ("lookup_dcookie", libc::SYS_lookup_dcookie),
     ("quotactl", libc::SYS_quotactl),
     ("fanotify_init", libc::SYS_fanotify_init),
+    // The mount table is the sandbox's, made before this filter: a desktop
+    // changes none of it, and joins no other namespace.
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("open_tree", libc::SYS_open_tree),
+    ("move_mount", libc::SYS_move_mount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("setns", libc::SYS_setns),
+    // io_uring reaches much of the kernel around seccomp (Docker and
+    // Google's kernels keep it off for untrusted code).
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
 ];
+
+/// `clone` and `unshare` with any of these flags answer EPERM: a new user
+/// namespace would give the desktop CAP_SYS_ADMIN and CAP_NET_ADMIN over
+/// it, the usual road to a kernel privilege escalation; the others need
+/// capabilities the desktop has not, or come with a user namespace.
+pub const NAMESPACE_FLAGS: &[(&str, libc::c_int)] = &[
+    ("CLONE_NEWUSER", libc::CLONE_NEWUSER),
+    ("CLONE_NEWNS", libc::CLONE_NEWNS),
+    ("CLONE_NEWPID", libc::CLONE_NEWPID),
+    ("CLONE_NEWNET", libc::CLONE_NEWNET),
+    ("CLONE_NEWUTS", libc::CLONE_NEWUTS),
+    ("CLONE_NEWIPC", libc::CLONE_NEWIPC),
+    ("CLONE_NEWCGROUP", libc::CLONE_NEWCGROUP),
+    ("CLONE_NEWTIME", 0x80),
+];
+
+/// The syscalls whose first argument is those flags.
+const FLAG_SYSCALLS: &[libc::c_long] = &[libc::SYS_clone, libc::SYS_unshare];
 
 /// What a listed syscall gets.
 const MATCH_ACTION: SeccompAction = SeccompAction::Errno(libc::EPERM as u32);
@@ -92,13 +132,17 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 /// The hand-written prefix: a foreign architecture or an x32 syscall
-/// number answers EPERM (see the module doc for why seccompiler cannot).
+/// number answers EPERM (see the module doc for why seccompiler cannot),
+/// and `clone3` answers ENOSYS: its flags are behind a pointer seccomp
+/// cannot read, and ENOSYS (unlike EPERM) makes glibc fall back to
+/// `clone`, whose flags the rules check (Docker's profile does the same).
 fn abi_prefix() -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
     let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
     // struct seccomp_data: nr at 0, arch at 4.
     vec![
         statement(LD_W_ABS, 4),
@@ -107,15 +151,34 @@ fn abi_prefix() -> Vec<libc::sock_filter> {
         statement(LD_W_ABS, 0),
         jump(JGE, X32_SYSCALL_BIT, 0, 1),
         statement(RET, eperm),
+        jump(JEQ, libc::SYS_clone3 as u32, 0, 1),
+        statement(RET, enosys),
     ]
 }
 
-/// The rules: each listed syscall, unconditionally (no argument checks).
-fn rules() -> BTreeMap<i64, Vec<SeccompRule>> {
-    DENIED_SYSCALLS
+/// The rules: each listed syscall unconditionally; `clone` and `unshare`
+/// when their flags hold any namespace flag (one rule per flag: a
+/// syscall matches when any of its rules does).
+fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
         .iter()
         .map(|(_, number)| (*number, Vec::new()))
-        .collect()
+        .collect();
+    for number in FLAG_SYSCALLS {
+        let mut flagged = Vec::new();
+        for (_, flag) in NAMESPACE_FLAGS {
+            let flag = *flag as u64;
+            let condition = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )?;
+            flagged.push(SeccompRule::new(vec![condition])?);
+        }
+        rules.insert(*number, flagged);
+    }
+    Ok(rules)
 }
 
 /// The whole classic-BPF program: the ABI prefix, then seccompiler's
@@ -123,7 +186,8 @@ fn rules() -> BTreeMap<i64, Vec<SeccompRule>> {
 pub fn filter() -> Result<Vec<libc::sock_filter>, SeccompError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|source| SeccompError::Architecture { source })?;
-    let compiled: BpfProgram = SeccompFilter::new(rules(), MISMATCH_ACTION, MATCH_ACTION, arch)
+    let compiled: BpfProgram = rules()
+        .and_then(|rules| SeccompFilter::new(rules, MISMATCH_ACTION, MATCH_ACTION, arch))
         .and_then(BpfProgram::try_from)
         .map_err(|source| SeccompError::Compile { source })?;
     let mut program = abi_prefix();
@@ -200,7 +264,11 @@ mod tests {
     fn every_listed_syscall_is_denied_and_every_other_allowed() {
         let program = filter().unwrap();
         let denied: Vec<u32> = DENIED_SYSCALLS.iter().map(|(_, n)| *n as u32).collect();
+        let flagged: Vec<u32> = FLAG_SYSCALLS.iter().map(|n| *n as u32).collect();
         for nr in 0..1024u32 {
+            if flagged.contains(&nr) || nr == libc::SYS_clone3 as u32 {
+                continue; // below
+            }
             let expected = if denied.contains(&nr) {
                 EPERM
             } else {
@@ -213,6 +281,56 @@ mod tests {
                     "syscall {nr}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn namespaces_cannot_be_made_and_clone3_falls_back_to_clone() {
+        let program = filter().unwrap();
+        // What threads, fork and posix_spawn pass (glibc): allowed.
+        let thread = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64;
+        let spawn = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64;
+        for nr in FLAG_SYSCALLS {
+            for flags in [
+                0,
+                thread,
+                spawn,
+                libc::SIGCHLD as u64,
+                libc::CLONE_FILES as u64,
+            ] {
+                let args = [flags, 0, 0, 0, 0, 0];
+                assert_eq!(
+                    run(&program, AUDIT_ARCH, *nr as u32, args),
+                    libc::SECCOMP_RET_ALLOW,
+                    "syscall {nr} flags {flags:#x}"
+                );
+            }
+            // Any namespace flag, alone or among others: EPERM.
+            for (name, flag) in NAMESPACE_FLAGS {
+                for flags in [*flag as u64, *flag as u64 | thread, u64::MAX] {
+                    let args = [flags, 0, 0, 0, 0, 0];
+                    assert_eq!(
+                        run(&program, AUDIT_ARCH, *nr as u32, args),
+                        EPERM,
+                        "syscall {nr} with {name}"
+                    );
+                }
+            }
+        }
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        for args in [[0; 6], [u64::MAX; 6]] {
+            assert_eq!(
+                run(&program, AUDIT_ARCH, libc::SYS_clone3 as u32, args),
+                enosys
+            );
         }
     }
 
