@@ -37,19 +37,26 @@ fn image(seed: u8, width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
-/// Creates resource 1 (`width`×`height`), backs it with `image`, transfers
-/// it all; returns the last answer.
-fn upload(session: &mut Session, seed: u8, width: u32, height: u32) -> u32 {
-    let bytes = image(seed, width, height);
+/// Creates resource 1 (`width`×`height`); its image and the memory entry
+/// that holds all of it.
+fn create(session: &mut Session, seed: u8, width: u32, height: u32) -> (Vec<u8>, MemEntry) {
     let create = session.handle(
         &build::resource_create_2d(1, Format::B8G8R8A8, width, height),
         vec![],
     );
     assert_eq!(answer(&create), resp::OK_NODATA);
+    let bytes = image(seed, width, height);
     let entry = MemEntry {
         offset: 0,
         length: bytes.len() as u32,
     };
+    (bytes, entry)
+}
+
+/// Creates resource 1 (`width`×`height`), backs it with `image`, transfers
+/// it all; returns the last answer.
+fn upload(session: &mut Session, seed: u8, width: u32, height: u32) -> u32 {
+    let (bytes, entry) = create(session, seed, width, height);
     let attach = session.handle(&build::attach_backing(1, &[entry]), vec![memfd(&bytes)]);
     assert_eq!(answer(&attach), resp::OK_NODATA);
     answer(&session.handle(
@@ -511,16 +518,7 @@ fn a_guest_cannot_shrink_a_backing_under_gpud() {
     let ledger = Arc::new(Ledger::default());
     let mut session = Session::with_renderer("dt-shrink", 1 << 20, ledger, 1280, 800, None);
     let (width, height) = (16, 16);
-    let bytes = image(3, width, height);
-    let create = session.handle(
-        &build::resource_create_2d(1, Format::B8G8R8A8, width, height),
-        vec![],
-    );
-    assert_eq!(answer(&create), resp::OK_NODATA);
-    let entry = MemEntry {
-        offset: 0,
-        length: bytes.len() as u32,
-    };
+    let (bytes, entry) = create(&mut session, 3, width, height);
     // A memfd its guest may still shrink is refused: shrunk after the
     // attach, gpud's next read of it would be a SIGBUS in the node agent.
     let unsealed = session.handle(
