@@ -25,6 +25,11 @@ Usage:
         -- TEST_ARGS        given to the test binaries, as in
                             `cargo test --workspace -- TEST_ARGS`: a test name
                             filter, `--test-threads 1`, `--nocapture`
+  cargo xtask contract
+      Start `flotilla dev` on 127.0.0.1:7190 (its own data directory under target/),
+      run schemathesis `--checks all` against its OpenAPI document (installed with
+      pip into target/schemathesis), stop dev with SIGTERM. `cargo xtask test` runs it
+      last when it tests the whole workspace.
   cargo xtask tidy
       Run the tidy checks (file length, module docs, todo!/#[ignore], Result<_, String>,
       ARCHITECTURE.md names, import circles) and print each problem; the same checks
@@ -39,6 +44,7 @@ pub enum Task {
     Help,
     Dev { flotilla_args: Vec<String> },
     Test(TestOptions),
+    Contract,
     Tidy,
 }
 
@@ -64,12 +70,15 @@ impl fmt::Display for FlagsError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FlagsError::MissingTask => {
-                write!(formatter, "no task given; pick one of dev, test, tidy")
+                write!(
+                    formatter,
+                    "no task given; pick one of dev, test, contract, tidy"
+                )
             }
             FlagsError::UnknownTask(task) => {
                 write!(
                     formatter,
-                    "unknown task `{task}`; pick one of dev, test, tidy"
+                    "unknown task `{task}`; pick one of dev, test, contract, tidy"
                 )
             }
             FlagsError::UnknownOption { task, option } => write!(
@@ -99,6 +108,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task, FlagsError>
             flotilla_args: args.collect(),
         }),
         "test" => parse_test(args),
+        "contract" => match args.next() {
+            None => Ok(Task::Contract),
+            Some(help) if help == "--help" || help == "-h" => Ok(Task::Help),
+            Some(option) => Err(FlagsError::UnknownOption {
+                task: "contract",
+                option,
+            }),
+        },
         "tidy" => match args.next() {
             None => Ok(Task::Tidy),
             Some(help) if help == "--help" || help == "-h" => Ok(Task::Help),

@@ -1,5 +1,5 @@
 //! `cargo xtask`: Flotilla's project tasks (`dev`, `test`, `tidy`) as a Rust program in the
-//! workspace, the way rust-analyzer keeps its own, so that a developer's machine and CI run
+//! workspace (and `contract`, the API against its OpenAPI document), the way rust-analyzer keeps its own, so that a developer's machine and CI run
 //! the same steps and need nothing but cargo to start them.
 //!
 //! The crate uses std only and depends on no other workspace crate. That is the point of
@@ -9,6 +9,7 @@
 //! (`flags.rs`): three subcommands and two options do not justify pulling in an argument
 //! parser and its dependency tree.
 
+mod contract;
 mod dev;
 mod flags;
 mod packages;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         // `dev` only comes back when it could not replace itself with flotilla.
         Task::Dev { flotilla_args } => Err(Box::new(dev::run(&flotilla_args)) as Box<dyn Error>),
         Task::Test(test_options) => test_suite::run(&test_options).map_err(Box::from),
+        Task::Contract => contract::run().map_err(Box::from),
         Task::Tidy => tidy::run_command(&project::workspace_root()).map_err(Box::from),
     };
     match outcome {

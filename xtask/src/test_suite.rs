@@ -1,7 +1,8 @@
 //! `cargo xtask test`: what CI runs. Packages first; then formatting, lints and the test
 //! suite, every step even when an earlier one failed (so one run shows every problem);
 //! the test output streams through live while its `test result:` lines are summed into
-//! the one closing line `tests: N passed, M failed`.
+//! the one closing line `tests: N passed, M failed`. Last, the API contract
+//! (`contract.rs`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -119,6 +120,19 @@ pub fn run(test_options: &TestOptions) -> Result<bool, TestSuiteError> {
     let (status, tally) = run_counting(&mut command)?;
     if !status.success() {
         failed_steps.push(project::display(&command));
+    }
+
+    // The API contract, when the whole workspace was tested (a filtered run is a
+    // developer's quick loop).
+    if test_options.packages.is_empty() && test_options.test_args.is_empty() {
+        match crate::contract::run() {
+            Ok(true) => {}
+            Ok(false) => failed_steps.push("cargo xtask contract".to_owned()),
+            Err(contract_error) => {
+                eprintln!("xtask: contract: {contract_error}");
+                failed_steps.push("cargo xtask contract".to_owned());
+            }
+        }
     }
 
     for failed_step in &failed_steps {

@@ -127,6 +127,10 @@ pub struct DesktopProfile {
 
 /// Most apps a profile starts.
 pub const MAX_PROFILE_APPS: usize = 8;
+/// Longest xkb layout or variant name.
+pub const MAX_KEYBOARD_NAME: usize = 64;
+/// Longest command line of an app, in characters.
+pub const MAX_APP_CHARS: usize = 512;
 
 impl DesktopProfile {
     pub fn is_empty(&self) -> bool {
@@ -144,7 +148,10 @@ impl DesktopProfile {
             });
         }
         for app in &self.apps {
-            if app.trim().is_empty() || app.len() > 512 || app.chars().any(char::is_control) {
+            if app.trim().is_empty()
+                || app.chars().count() > MAX_APP_CHARS
+                || app.chars().any(char::is_control)
+            {
                 return Err(ValidationError::App { app: app.clone() });
             }
         }
@@ -152,7 +159,7 @@ impl DesktopProfile {
             ("keyboard_layout", &self.keyboard_layout),
             ("keyboard_variant", &self.keyboard_variant),
         ] {
-            if name.len() > 64
+            if name.len() > MAX_KEYBOARD_NAME
                 || !name.chars().all(|c| {
                     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '(' | ')' | ':')
                 })

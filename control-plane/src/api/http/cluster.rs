@@ -96,9 +96,11 @@ pub(super) async fn remove_member(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WatchQuery {
     /// Stream changes after this revision (default: the current one, so only
     /// new changes). `Last-Event-ID` overrides it when a browser reconnects.
+    #[serde(default, deserialize_with = "super::integer::query")]
     from: Option<u64>,
 }
 

@@ -34,6 +34,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::body::JsonBody;
+use super::input::InputBody;
 use super::HttpState;
 use crate::api::http::{query_error, validate_id};
 use crate::control::ControlPlane;
@@ -44,7 +46,7 @@ use crate::types::{DesktopIntent, DesktopState};
 
 /// Most arguments in one command, bytes in one argument, bytes in all.
 pub const MAX_ARGS: usize = 256;
-pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_ARG_CHARS: usize = 4096;
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub const DEFAULT_TAIL_BYTES: u64 = 64 * 1024;
 pub const MAX_TAIL_BYTES: u64 = 16 << 20;
@@ -57,22 +59,6 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/api/v1/desktops/{id}/logs", get(logs))
         .route("/api/v1/desktops/{id}/screenshot", get(screenshot))
         .route("/api/v1/desktops/{id}/input", post(input))
-}
-
-/// Refuses a body that is not `application/json`.
-fn require_json(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if json {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorKind::UnsupportedMediaType,
-        "unsupported_media_type",
-        format!("send {what} as application/json"),
-    ))
 }
 
 /// Most bytes of a screenshot or an input answer collected from a node.
@@ -154,7 +140,7 @@ pub(crate) async fn screenshot(
 #[utoipa::path(
     post,
     path = "/api/v1/desktops/{id}/input",
-    request_body(content = String, content_type = "application/json", description = "one control request, e.g. {\"op\":\"text\",\"text\":\"ls\\n\"}"),
+    request_body(content = InputBody, description = "one control request, e.g. {\"op\":\"text\",\"text\":\"ls\\n\"}"),
     responses(
         (status = 200, description = "the compositor's answer"),
         (status = 400, body = crate::error::ErrorBody),
@@ -167,23 +153,17 @@ pub(crate) async fn input(
     State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody { value, bytes: body }: JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    require_json(&headers, "the request")?;
     if body.len() > MAX_INPUT_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "payload_too_large",
             format!("an input request is at most {MAX_INPUT_BYTES} bytes"),
         ));
     }
-    let request: serde_json::Value = serde_json::from_slice(&body)
+    let request = InputBody::from_value(value)
         .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
-    if !request.get("op").is_some_and(|op| op.is_string()) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "an input request is a JSON object with an \"op\"",
-        ));
-    }
     let (node_id, generation) = running_desktop(&control, &id).await?;
     if !control.is_leader() {
         let path = format!("/api/v1/desktops/{id}/input");
@@ -196,7 +176,8 @@ pub(crate) async fn input(
             desktop_id: id,
             generation,
             // One line: serde_json writes no newlines.
-            request: request.to_string(),
+            request: serde_json::to_string(&request)
+                .map_err(|error| ApiError::internal(error.to_string()))?,
         },
         "input_unavailable",
     )
@@ -228,7 +209,9 @@ pub(crate) async fn input(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
-    /// The program and its arguments, run as the desktop's user.
+    /// The program and its arguments, run as the desktop's user: 1-256
+    /// strings of at most 4096 characters without NUL, the first not empty.
+    #[schema(schema_with = command_schema)]
     pub command: Vec<String>,
 }
 
@@ -244,9 +227,31 @@ pub enum ExecLine {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Bytes from the end of the log.
+    #[serde(default, deserialize_with = "super::integer::query")]
+    #[param(minimum = 1, maximum = 16_777_216)]
     pub tail: Option<u64>,
+}
+
+fn command_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let argument = |min_length| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min_length))
+            .max_length(Some(MAX_ARG_CHARS))
+            .pattern(Some("^[^\\u0000]*$"))
+            .build()
+    };
+    let mut array = ArrayBuilder::new()
+        .items(argument(0))
+        .min_items(Some(1))
+        .max_items(Some(MAX_ARGS))
+        .build();
+    array.prefix_items = vec![argument(1).into()];
+    array
 }
 
 fn validate_command(command: &[String]) -> Result<(), ApiError> {
@@ -262,8 +267,10 @@ fn validate_command(command: &[String]) -> Result<(), ApiError> {
     }
     let mut total = 0;
     for argument in command {
-        if argument.len() > MAX_ARG_BYTES {
-            return Err(bad(format!("an argument is over {MAX_ARG_BYTES} bytes")));
+        if argument.chars().count() > MAX_ARG_CHARS {
+            return Err(bad(format!(
+                "an argument is over {MAX_ARG_CHARS} characters"
+            )));
         }
         if argument.contains('\0') {
             return Err(bad("an argument contains a NUL byte".to_owned()));
@@ -395,11 +402,11 @@ pub(crate) async fn exec(
     State(tunnels): State<Arc<Tunnels>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody {
+        value: parsed,
+        bytes: body,
+    }: JsonBody<ExecBody>,
 ) -> Result<Response, ApiError> {
-    require_json(&headers, "the command")?;
-    let parsed: ExecBody = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
     validate_command(&parsed.command)?;
     let (node_id, generation) = running_desktop(&control, &id).await?;
     if !control.is_leader() {
@@ -531,8 +538,8 @@ mod tests {
         assert!(validate_command(&args(&[""])).is_err());
         assert!(validate_command(&args(&["a\0b"])).is_err());
         assert!(validate_command(&vec!["x".to_owned(); MAX_ARGS + 1]).is_err());
-        assert!(validate_command(&["x".repeat(MAX_ARG_BYTES + 1)]).is_err());
-        assert!(validate_command(&vec!["x".repeat(MAX_ARG_BYTES); 17]).is_err());
+        assert!(validate_command(&["x".repeat(MAX_ARG_CHARS + 1)]).is_err());
+        assert!(validate_command(&vec!["x".repeat(MAX_ARG_CHARS); 17]).is_err());
         let line = serde_json::to_string(&ExecLine::ExitCode(3)).unwrap();
         assert_eq!(line, r#"{"exit_code":3}"#);
     }

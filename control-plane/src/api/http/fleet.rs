@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::HttpState;
-use crate::api::http::{
-    command_error, consistency, idempotency_key, json_error, query_error, ReadQuery,
-};
+use crate::api::http::body::JsonBody;
+use crate::api::http::{command_error, consistency, idempotency_key, query_error, ReadQuery};
 use crate::control::{now_ms, ControlPlane};
 use crate::error::{ApiError, ErrorBody};
 use crate::fleet::Fleet;
@@ -31,6 +30,8 @@ use crate::types::{
 pub const DEFAULT_DRAIN_DEADLINE_SECS: u64 = 3600;
 /// Longest drain deadline accepted (a week).
 pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+/// Longest node name (or id) in a path.
+pub const MAX_NAME_CHARS: usize = 64;
 
 pub(crate) fn routes() -> Router<HttpState> {
     Router::new()
@@ -177,10 +178,16 @@ fn find_node<'a>(state: &'a FleetState, name: &str) -> Result<&'a Node, ApiError
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
+    // Node names are `[a-z0-9-]`, ids UUIDs: both fit the API's id rule.
+    if name.is_empty()
+        || name.len() > MAX_NAME_CHARS
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ApiError::bad_request(
             "invalid_name",
-            format!("{name:?} is not a valid node name"),
+            format!("{name:?} is not a node name or id (1-{MAX_NAME_CHARS} of A-Z a-z 0-9 - _)"),
         ));
     }
     Ok(())
@@ -303,10 +310,9 @@ pub(crate) async fn set_eligibility(
     State(control): State<Arc<ControlPlane>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<EligibilityBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<EligibilityBody>,
 ) -> Result<Json<NodeSummary>, ApiError> {
     validate_name(&name)?;
-    let Json(body) = body.map_err(json_error)?;
     let id = control
         .state
         .with_state(|state| find_node(state, &name).map(|node| node.id.clone()))?;
@@ -321,13 +327,15 @@ pub(crate) async fn set_eligibility(
 #[serde(deny_unknown_fields)]
 pub struct DrainBody {
     /// Seconds until the remaining desktops are stopped (default 3600).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::optional")]
+    #[schema(maximum = 604_800, nullable)]
     deadline_secs: Option<u64>,
     /// Stop everything now (deadline 0).
     #[serde(default)]
     force: bool,
     /// Desktops migrated at once (default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::optional")]
+    #[schema(minimum = 1, maximum = 4096, nullable)]
     max_parallel: Option<u32>,
 }
 
@@ -344,10 +352,9 @@ pub(crate) async fn start_drain(
     State(fleet): State<Arc<Fleet>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<DrainBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<DrainBody>,
 ) -> Result<Json<NodeSummary>, ApiError> {
     validate_name(&name)?;
-    let Json(body) = body.map_err(json_error)?;
     let deadline_secs = if body.force {
         0
     } else {
@@ -567,8 +574,10 @@ pub(crate) async fn list_desktops(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GpuQuery {
-    /// Only this node's GPUs.
+    /// Only this node's GPUs (its name or id).
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]*$")]
     pub node: Option<String>,
 }
 

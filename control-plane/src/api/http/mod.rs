@@ -17,73 +17,29 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
+pub use openapi::ApiDoc;
+
+mod body;
 pub mod cluster;
 pub mod exec;
 pub mod fleet;
+pub mod input;
+mod integer;
+pub mod openapi;
+mod schemas;
 pub mod session;
 pub mod stream;
 pub mod tasks;
 
 use crate::control::{Access, Consistency, ControlPlane};
-use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::error::{ApiError, ErrorKind};
 use crate::fleet::Fleet;
 use crate::tunnel::Tunnels;
-use crate::types::{Change, Column, CommandError, DesktopResources, Task};
+use crate::types::CommandError;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-const MAX_ID_CHARS: usize = 128;
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Flotilla control plane", version = "1"),
-    paths(
-        tasks::create_task,
-        tasks::create_tasks,
-        tasks::list_tasks,
-        tasks::get_task,
-        tasks::update_task,
-        tasks::move_task,
-        tasks::delete_task,
-        cluster::cluster_status,
-        cluster::remove_member,
-        cluster::watch,
-        fleet::list_nodes,
-        fleet::node_status,
-        fleet::set_eligibility,
-        fleet::start_drain,
-        fleet::cancel_drain,
-        fleet::remove_node,
-        fleet::capacity,
-        fleet::list_desktops,
-        fleet::gpu_info,
-        exec::screenshot,
-        exec::input,
-        exec::exec,
-        exec::logs
-    ),
-    components(schemas(
-        Task,
-        Column,
-        tasks::TaskList,
-        tasks::TaskView,
-        tasks::TaskDesktop,
-        DesktopResources,
-        tasks::ResourcesBody,
-        tasks::CreateTaskBody,
-        tasks::CreateTasksBody,
-        tasks::CreatedTasks,
-        tasks::UpdateTaskBody,
-        tasks::MoveTaskBody,
-        cluster::ClusterView,
-        cluster::MemberView,
-        ErrorBody,
-        Change,
-        exec::ExecBody,
-        exec::ExecLine
-    ))
-)]
-pub struct ApiDoc;
+pub(crate) const MAX_ID_CHARS: usize = 128;
 
 /// What the HTTP handlers share: the control plane every door uses, and
 /// the state only the HTTP door holds (streams, sign-in codes). Handlers
@@ -293,6 +249,7 @@ pub(crate) fn command_error(error: CommandError) -> ApiError {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadQuery {
     #[serde(default)]
     pub(crate) stale: bool,

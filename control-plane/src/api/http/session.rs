@@ -24,8 +24,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::{Cookie, SameSite};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::body::JsonBody;
 use super::HttpState;
 use crate::control::{Access, ControlPlane};
 use crate::error::ApiError;
@@ -117,11 +119,35 @@ pub fn session_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|value| !value.is_empty())
 }
 
-#[derive(Deserialize)]
+/// How to sign in: with a token, or with a one-time code.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum SignIn {
+    Token(TokenSignIn),
+    Code(CodeSignIn),
+}
+
+/// Sign in with a token (`flo_op_...`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SignIn {
-    token: Option<String>,
-    code: Option<String>,
+pub(crate) struct TokenSignIn {
+    token: String,
+}
+
+/// Sign in with a one-time code from `POST /api/v1/session/codes`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CodeSignIn {
+    code: String,
+}
+
+/// A minted sign-in code.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MintedCode {
+    code: String,
+    expires_in_secs: u64,
+    /// The board's address that signs in with it (`/#login=CODE`).
+    link: String,
 }
 
 /// The session cookie: script cannot read it, other sites cannot send it.
@@ -138,23 +164,35 @@ fn set_cookie(cookie: &Cookie<'_>) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("flotilla_session=; Path=/"))
 }
 
+/// Sign in: sets the session cookie (no credential needed to call it).
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    request_body = SignIn,
+    responses(
+        (status = 204, description = "signed in: the cookie is set"),
+        (status = 401, description = "not a valid token, or the code is unknown, used or expired", body = crate::error::ErrorBody),
+    )
+)]
 pub(crate) async fn sign_in(
     State(control): State<Arc<ControlPlane>>,
     State(logins): State<Arc<LoginCodes>>,
-    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<SignIn>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(crate::api::http::json_error)?;
-    let token = match (body.token, body.code) {
-        (Some(token), None) => token,
-        (None, Some(code)) => logins.redeem(&code).ok_or_else(|| {
+    let body = body
+        .map_err(|error| match error.code.as_str() {
+            "invalid_body" => ApiError::bad_request(
+                "invalid_body",
+                "send exactly one of \"token\" and \"code\", a string",
+            ),
+            _ => error,
+        })?
+        .value;
+    let token = match body {
+        SignIn::Token(TokenSignIn { token }) => token,
+        SignIn::Code(CodeSignIn { code }) => logins.redeem(&code).ok_or_else(|| {
             ApiError::unauthorized("this sign-in code is unknown, used or expired")
         })?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "send exactly one of \"token\" and \"code\"",
-            ))
-        }
     };
     // A token is printable ASCII without separators (it goes in a cookie).
     if token.is_empty()
@@ -173,6 +211,8 @@ pub(crate) async fn sign_in(
     Ok(response)
 }
 
+/// Sign out: clears the session cookie.
+#[utoipa::path(delete, path = "/api/v1/session", responses((status = 204, description = "the cookie is cleared")))]
 pub(crate) async fn sign_out() -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, {
@@ -183,20 +223,22 @@ pub(crate) async fn sign_out() -> Response {
     response
 }
 
+/// Mint a one-time sign-in code for the caller's own credential.
+#[utoipa::path(post, path = "/api/v1/session/codes", responses((status = 200, body = MintedCode)))]
 pub(crate) async fn mint_code(
     State(_control): State<Arc<ControlPlane>>,
     State(logins): State<Arc<LoginCodes>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MintedCode>, ApiError> {
     let token = session_token(&headers)
         .ok_or_else(|| ApiError::unauthorized("sign in first"))?
         .to_owned();
     let code = logins.issue(&token);
-    Ok(Json(serde_json::json!({
-        "code": code,
-        "expires_in_secs": CODE_TTL.as_secs(),
-        "link": format!("/#login={code}"),
-    })))
+    Ok(Json(MintedCode {
+        link: format!("/#login={code}"),
+        code,
+        expires_in_secs: CODE_TTL.as_secs(),
+    }))
 }
 
 #[cfg(test)]

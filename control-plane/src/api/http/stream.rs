@@ -84,12 +84,26 @@ pub struct Streams {
     thumbnails: Mutex<ThumbnailCache>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ThumbnailQuery {
+    /// Pixels wide (16-1280, default 320); the height keeps the aspect.
+    #[serde(default, deserialize_with = "super::integer::query")]
+    #[param(minimum = 16, maximum = 1280)]
     width: Option<u32>,
 }
 
+/// A desktop's latest frame as a small JPEG (cached for a second).
+#[utoipa::path(
+    get,
+    path = "/api/v1/desktops/{id}/thumbnail",
+    params(("id" = String, Path, description = "the desktop"), ThumbnailQuery),
+    responses(
+        (status = 200, description = "the frame", content_type = "image/jpeg"),
+        (status = 409, description = "the desktop is not running", body = crate::error::ErrorBody),
+    )
+)]
 pub(crate) async fn thumbnail(
     State(control): State<Arc<ControlPlane>>,
     State(http): State<HttpState>,

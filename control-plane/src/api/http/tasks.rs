@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
-    command_error, consistency, idempotency_key, json_error, query_error, validate_id, ReadQuery,
-};
+use super::body::JsonBody;
+use super::{command_error, consistency, idempotency_key, query_error, validate_id, ReadQuery};
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorBody};
 use crate::fleet::Fleet;
@@ -21,18 +20,13 @@ use crate::types::{
     Applied, ClientResponse, Column, Command, DesktopResources, DesktopState, Task,
 };
 
-const MAX_TITLE_CHARS: usize = 200;
-const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
-const MAX_REPOSITORY_CHARS: usize = 512;
+use super::schemas::{MAX_REPOSITORY_CHARS, MAX_TITLE_CHARS};
 
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 64 * 1024;
+
+/// A title as sent (at most 200 characters, as the document says), kept
+/// without its surrounding spaces.
 fn validate_title(title: &str) -> Result<String, ApiError> {
-    let title = title.trim();
-    if title.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_title",
-            "title must not be empty",
-        ));
-    }
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::bad_request(
             "invalid_title",
@@ -45,14 +39,21 @@ fn validate_title(title: &str) -> Result<String, ApiError> {
             "title must not contain control characters",
         ));
     }
+    let title = title.trim();
+    if title.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_title",
+            "title must not be empty",
+        ));
+    }
     Ok(title.to_owned())
 }
 
 fn validate_description(description: &str) -> Result<(), ApiError> {
-    if description.len() > MAX_DESCRIPTION_BYTES {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(ApiError::bad_request(
             "invalid_description",
-            format!("description is longer than {MAX_DESCRIPTION_BYTES} bytes"),
+            format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"),
         ));
     }
     Ok(())
@@ -87,10 +88,13 @@ fn task_outcome(response: ClientResponse) -> Result<Task, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskBody {
+    #[schema(schema_with = super::schemas::title_schema)]
     title: String,
     #[serde(default)]
+    #[schema(max_length = 65536)]
     description: String,
     #[serde(default)]
+    #[schema(schema_with = super::schemas::repository_schema)]
     repository: Option<String>,
     /// Defaults to `backlog`.
     #[serde(default)]
@@ -100,6 +104,7 @@ pub struct CreateTaskBody {
     resources: Option<ResourcesBody>,
     /// Its desktop's apps and keyboard; the node's defaults when absent.
     #[serde(default)]
+    #[schema(schema_with = super::schemas::profile_schema)]
     profile: Option<crate::types::DesktopProfile>,
 }
 
@@ -109,14 +114,22 @@ pub struct CreateTaskBody {
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
     /// Millicores (a share: enforced by weight).
+    #[serde(deserialize_with = "super::integer::integer")]
+    #[schema(minimum = 1, maximum = 1_024_000)]
     cpu_millis: u64,
+    /// At least 1 MiB, at most 64 TiB.
+    #[serde(deserialize_with = "super::integer::integer")]
+    #[schema(minimum = 1_048_576, maximum = 70_368_744_177_664_u64)]
     memory_bytes: u64,
-    #[serde(default)]
+    /// At most 16 TiB.
+    #[serde(default, deserialize_with = "super::integer::integer")]
+    #[schema(maximum = 17_592_186_044_416_u64)]
     gpu_memory_bytes: u64,
     #[serde(default)]
     needs_gpu: bool,
     /// Labels the node must carry.
     #[serde(default)]
+    #[schema(schema_with = super::schemas::labels_schema)]
     labels: std::collections::BTreeMap<String, String>,
     /// `none`, `control-plane` (the default) or `open`.
     #[serde(default)]
@@ -183,9 +196,8 @@ pub(super) async fn create_task(
     State(control): State<Arc<ControlPlane>>,
     State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
-    body: Result<Json<CreateTaskBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<CreateTaskBody>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let Json(body) = body.map_err(json_error)?;
     let command = create_task_command(&fleet, body)?;
     let request = control.request(command, idempotency_key(&headers)?);
     let task = task_outcome(control.write(request).await?)?;
@@ -198,6 +210,7 @@ pub const MAX_BATCH_TASKS: usize = 1000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTasksBody {
+    #[schema(min_items = 1, max_items = 1000)]
     tasks: Vec<CreateTaskBody>,
 }
 
@@ -223,9 +236,8 @@ pub(super) async fn create_tasks(
     State(control): State<Arc<ControlPlane>>,
     State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
-    body: Result<Json<CreateTasksBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<CreateTasksBody>,
 ) -> Result<(StatusCode, Json<CreatedTasks>), ApiError> {
-    let Json(body) = body.map_err(json_error)?;
     if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH_TASKS {
         return Err(ApiError::bad_request(
             "invalid_batch",
@@ -257,6 +269,7 @@ pub(super) async fn create_tasks(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only tasks in this column.
     column: Option<Column>,
@@ -350,11 +363,13 @@ pub struct TaskDesktop {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTaskBody {
+    #[schema(schema_with = super::schemas::nullable_title_schema)]
     title: Option<String>,
+    #[schema(max_length = 65536, nullable)]
     description: Option<String>,
     /// `null` clears the repository; absent leaves it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schemas::repository_schema)]
     repository: Option<Option<String>>,
 }
 
@@ -375,10 +390,9 @@ pub(super) async fn update_task(
     State(control): State<Arc<ControlPlane>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<UpdateTaskBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<UpdateTaskBody>,
 ) -> Result<Json<Task>, ApiError> {
     validate_id(&id)?;
-    let Json(body) = body.map_err(json_error)?;
     let title = body.title.as_deref().map(validate_title).transpose()?;
     if let Some(description) = &body.description {
         validate_description(description)?;
@@ -401,6 +415,7 @@ pub(super) async fn update_task(
 pub struct MoveTaskBody {
     column: Column,
     /// Index in the destination column; absent appends at the end.
+    #[serde(default, deserialize_with = "super::integer::optional")]
     position: Option<u32>,
 }
 
@@ -416,10 +431,9 @@ pub(super) async fn move_task(
     State(control): State<Arc<ControlPlane>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<MoveTaskBody>, JsonRejection>,
+    JsonBody { value: body, .. }: JsonBody<MoveTaskBody>,
 ) -> Result<Json<Task>, ApiError> {
     validate_id(&id)?;
-    let Json(body) = body.map_err(json_error)?;
     let command = Command::MoveTask {
         id,
         column: body.column,
