@@ -85,6 +85,20 @@ enum TopCommand {
         #[command(subcommand)]
         command: GpuCommand,
     },
+    /// Projects: sets of hosted repositories.
+    Project {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: commands::project::ProjectCommand,
+    },
+    /// Hosted git repositories (`PROJECT/NAME`).
+    Repo {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: commands::project::RepoCommand,
+    },
     /// Inspect desktops.
     Desktop {
         #[command(flatten)]
@@ -123,6 +137,19 @@ fn main() -> ExitCode {
             std::path::Path::new(&args[2]),
             &command,
         ));
+    }
+    // Internal: git runs it as a hosted repository's proc-receive hook; it
+    // hands the push's ref updates to the server over the hook socket.
+    if args.len() == 3 && args[1] == "git-hook" && args[2] == "proc-receive" {
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        return match flotilla_git::run_proc_receive_hook_from_env(stdin.lock(), stdout.lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("flotilla git-hook: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let cli = Cli::parse();
     // The compositor and the session run their own event loops, single-threaded.
@@ -169,6 +196,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         TopCommand::Node { client, command } => {
             commands::node::run(&connect(client)?, command).await
+        }
+        TopCommand::Project { client, command } => {
+            commands::project::run_project(&connect(client)?, command).await
+        }
+        TopCommand::Repo { client, command } => {
+            commands::project::run_repo(&connect(client)?, command).await
         }
         TopCommand::Capacity { client, stale } => {
             commands::capacity::run(&connect(client)?, stale).await

@@ -181,6 +181,10 @@ impl DataDir {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

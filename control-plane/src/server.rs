@@ -225,6 +225,12 @@ pub async fn run(
         background.push(tokio::spawn(promote_until_voter(control.clone())));
     }
 
+    // Hosted git: this server's bare copies follow the committed refs.
+    let hosting = crate::hosting::Hosting::start(control.clone(), data_dir.path())
+        .await
+        .context("start hosted git")?;
+    background.push(tokio::spawn(hosting.sync.clone().run()));
+
     let http = crate::api::http::HttpState::new(control.clone(), fleet.clone(), tunnels.clone());
     let app = tonic::service::Routes::new(crate::api::grpc::cluster::raft_service(control.clone()))
         .add_service(crate::api::grpc::cluster::cluster_service(control.clone()))
@@ -235,6 +241,7 @@ pub async fn run(
         ))
         .into_axum_router()
         .merge(crate::api::http::router(http.clone()))
+        .merge(hosting.router())
         .fallback(crate::api::http::not_found);
 
     let running = RunningServer {

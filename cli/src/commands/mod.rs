@@ -13,5 +13,6 @@ pub mod gpu;
 pub mod node;
 pub mod node_agent;
 mod process;
+pub mod project;
 pub mod server;
 pub mod task;

@@ -11,6 +11,8 @@ use super::State;
 /// A broken invariant: which one, and the entity that breaks it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvariantError {
+    #[error("repository {key} is not under its key, or its project is missing, or refs {a} and {b} nest")]
+    Repo { key: String, a: String, b: String },
     #[error("column {column} holds {count} tasks but its size says {recorded}")]
     ColumnSize {
         column: Column,
@@ -51,7 +53,8 @@ impl State {
     /// - every allocation belongs to a live desktop placed on that node;
     /// - no node is over its capacity in any dimension (CPU, memory,
     ///   desktop slots, each GPU's memory);
-    /// - the indexes equal what the desktops rebuild.
+    /// - the indexes equal what the desktops rebuild;
+    /// - repositories are in their projects, and none has nesting refs.
     pub fn verify_invariants(&self) -> Result<(), InvariantError> {
         self.verify_columns()?;
         for (id, task) in &self.tasks {
@@ -64,6 +67,7 @@ impl State {
         }
         self.verify_desktops()?;
         self.verify_capacity()?;
+        self.verify_repos()?;
         let mut rebuilt = State::default();
         for desktop in self.desktops.values() {
             rebuilt.index_desktop(desktop);
@@ -204,6 +208,35 @@ impl State {
             });
             if let Some(problem) = problem {
                 return Err(problem);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Every repository sits under its key in an existing project, and no
+    /// two of its refs nest (git could not store them).
+    fn verify_repos(&self) -> Result<(), InvariantError> {
+        for (key, repo) in &self.repos {
+            let broken = |a: &str, b: &str| InvariantError::Repo {
+                key: key.clone(),
+                a: a.to_owned(),
+                b: b.to_owned(),
+            };
+            if *key != crate::types::Repo::key(&repo.project, &repo.name)
+                || !self.projects.contains_key(&repo.project)
+            {
+                return Err(broken("", ""));
+            }
+            let names: Vec<&String> = repo.refs.keys().collect();
+            for (i, a) in names.iter().enumerate() {
+                if let Some(b) = names[i + 1..]
+                    .iter()
+                    .find(|b| crate::types::refs_nest(a, b))
+                {
+                    return Err(broken(a, b));
+                }
             }
         }
         Ok(())

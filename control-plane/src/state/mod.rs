@@ -5,6 +5,7 @@
 mod desktops;
 mod invariants;
 mod nodes;
+mod projects;
 mod tasks;
 
 pub use invariants::InvariantError;
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::{self, NodeView};
 use crate::types::{
     Allocation, Applied, Change, ChangeKind, ClientRequest, ClientResponse, Column, Command,
-    CommandError, Desktop, Node, Task, TokenKind, TokenRecord, LOG_FORMAT_VERSION,
+    CommandError, Desktop, Node, Project, Repo, Task, TokenKind, TokenRecord, LOG_FORMAT_VERSION,
 };
 
 /// How many request ids are remembered for exactly-once retries. A client
@@ -52,6 +53,11 @@ pub struct State {
     pending: BTreeSet<(u64, String)>,
     #[serde(default)]
     next_desktop_sequence: u64,
+    #[serde(default)]
+    projects: BTreeMap<String, Project>,
+    /// Keyed by `project/name` ([`Repo::key`]).
+    #[serde(default)]
+    repos: BTreeMap<String, Repo>,
 }
 
 /// Request ids already applied, with their answers, oldest first.
@@ -181,6 +187,17 @@ impl State {
                 self.tokens.insert(token.sha256_hex.clone(), token.clone());
                 Ok(Applied::Done)
             }
+            Command::CreateProject { id, default_branch } => {
+                self.create_project(index, now_ms, id, default_branch, changes)
+            }
+            Command::CreateRepo { project, name } => {
+                self.create_repo(index, now_ms, project, name, changes)
+            }
+            Command::UpdateRefs {
+                project,
+                repo,
+                changes: ref_changes,
+            } => self.update_refs(index, project, repo, ref_changes, changes),
         }
     }
 

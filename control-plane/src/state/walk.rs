@@ -1,7 +1,8 @@
 //! The state walk: random sequences over the whole command set (nodes
 //! joining and leaving, heartbeats' status changes, cordon, drains,
 //! desktops placed by the real scheduler and at random, reports true and
-//! stale, migrations, tasks created, moved and deleted, tokens), with the
+//! stale, migrations, tasks created, moved and deleted, tokens, projects,
+//! repositories and pushes racing on refs), with the
 //! invariants checked after every step and every entry applied a second
 //! time to prove that changes nothing.
 //!
@@ -178,7 +179,16 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
                 .into_iter()
                 .collect(),
         },
-        17 => match rng.random_range(0..3) {
+        17 => match rng.random_range(0..6) {
+            3 => Command::CreateProject {
+                id: format!("p{}", rng.random_range(0..2)),
+                default_branch: "main".to_owned(),
+            },
+            4 => Command::CreateRepo {
+                project: format!("p{}", rng.random_range(0..3)),
+                name: format!("r{}", rng.random_range(0..2)),
+            },
+            5 => update_refs(rng, state),
             0 => Command::SetPendingReasons {
                 reasons: pick(rng, &desktops)
                     .map(|desktop| PendingReason {
@@ -235,6 +245,35 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
     }
 }
 
+/// A push to a repository the state has (or a missing one): refs that
+/// sometimes nest, old values mostly right, sometimes stale.
+fn update_refs(rng: &mut StdRng, state: &State) -> Command {
+    let repos: Vec<_> = state.all_repos().collect();
+    let (project, repo, refs) = match pick(rng, &repos) {
+        Some(repo) => (repo.project.clone(), repo.name.clone(), repo.refs.clone()),
+        None => ("p0".to_owned(), "r0".to_owned(), BTreeMap::new()),
+    };
+    let name = ["refs/heads/main", "refs/heads/a", "refs/heads/a/b"][rng.random_range(0..3)];
+    let current = refs.get(name).cloned();
+    let old = if rng.random_bool(0.8) {
+        current
+    } else {
+        Some(format!("{:040x}", rng.random_range(0..4u32)))
+    };
+    let new = rng
+        .random_bool(0.8)
+        .then(|| format!("{:040x}", rng.random_range(0..4u32)));
+    Command::UpdateRefs {
+        project,
+        repo,
+        changes: vec![crate::types::RefChange {
+            name: name.to_owned(),
+            old,
+            new,
+        }],
+    }
+}
+
 /// Walks `steps` random commands from seed `seed`; returns how many of
 /// each kind of command changed the state.
 fn walk(seed: u64, steps: u64) -> BTreeMap<&'static str, u64> {
@@ -284,6 +323,9 @@ fn kind(command: &Command) -> &'static str {
         Command::MigrateDesktops { .. } => "migrate_desktops",
         Command::ReportDesktops { .. } => "report_desktops",
         Command::PutToken { .. } => "put_token",
+        Command::CreateProject { .. } => "create_project",
+        Command::CreateRepo { .. } => "create_repo",
+        Command::UpdateRefs { .. } => "update_refs",
     }
 }
 
@@ -319,6 +361,9 @@ fn random_walks_over_every_command_keep_the_invariants() {
             "set_pending_reasons",
             "migrate_desktops",
             "report_desktops",
+            "create_project",
+            "create_repo",
+            "update_refs",
         ] {
             assert!(
                 effective.get(kind).copied().unwrap_or(0) > 0,

@@ -12,10 +12,12 @@ use utoipa::ToSchema;
 
 mod desktop;
 mod node;
+mod project;
 mod task;
 
 pub use desktop::*;
 pub use node::*;
+pub use project::*;
 pub use task::*;
 
 /// Why a field a client or node agent sent was refused; each message says
@@ -195,6 +197,20 @@ pub enum Command {
     PutToken {
         token: TokenRecord,
     },
+    CreateProject {
+        id: String,
+        default_branch: String,
+    },
+    CreateRepo {
+        project: String,
+        name: String,
+    },
+    /// A push: every change's `old` must match, or none applies.
+    UpdateRefs {
+        project: String,
+        repo: String,
+        changes: Vec<RefChange>,
+    },
 }
 
 impl Command {
@@ -207,6 +223,7 @@ impl Command {
             Command::SetPendingReasons { reasons } => reasons.len().max(1),
             Command::MigrateDesktops { ids } => ids.len().max(1),
             Command::ReportDesktops { reports, .. } => reports.len().max(1),
+            Command::UpdateRefs { changes, .. } => changes.len().max(1),
             _ => 1,
         }
     }
@@ -237,6 +254,12 @@ pub enum Applied {
     },
     Deleted,
     Done,
+    Project {
+        project: Project,
+    },
+    Repo {
+        repo: Repo,
+    },
     /// Result of [`Command::PlaceDesktops`].
     Placed {
         placed: u32,
@@ -270,6 +293,22 @@ pub enum CommandError {
     NodeDown { name: String },
     #[error("log entry format {found} is newer than this server understands ({supported}); upgrade this server")]
     UnsupportedFormat { found: u32, supported: u32 },
+    #[error("no project {id:?}")]
+    ProjectNotFound { id: String },
+    #[error("a project {id:?} already exists")]
+    ProjectExists { id: String },
+    #[error("no repository {project}/{name}")]
+    RepoNotFound { project: String, name: String },
+    #[error("a repository {project}/{name} already exists")]
+    RepoExists { project: String, name: String },
+    /// A push lost a race: `name` is at `current` now (fetch first).
+    #[error("{name} is at {} now: fetch first", current.as_deref().unwrap_or("nothing"))]
+    StaleRef {
+        name: String,
+        current: Option<String>,
+    },
+    #[error("{name} cannot exist beside {other} (git stores refs as paths)")]
+    RefsNest { name: String, other: String },
 }
 
 /// Which door a token opens.
@@ -307,6 +346,8 @@ pub enum ChangeKind {
     NodeDeleted { id: String },
     DesktopPut { desktop: Desktop },
     DesktopDeleted { id: String },
+    ProjectPut { project: Project },
+    RepoPut { repo: Repo },
 }
 
 #[cfg(test)]

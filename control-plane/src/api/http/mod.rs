@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod input;
 mod integer;
 pub mod openapi;
+pub mod projects;
 mod schemas;
 pub mod session;
 pub mod stream;
@@ -120,6 +121,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/watch", get(cluster::watch))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(fleet::routes())
+        .merge(projects::routes())
         .merge(exec::routes())
         .merge(stream::routes())
         .merge(session::routes())
@@ -237,8 +239,14 @@ pub(crate) fn command_error(error: CommandError) -> ApiError {
     match error {
         CommandError::TaskNotFound { .. }
         | CommandError::NodeNotFound { .. }
-        | CommandError::DesktopNotFound { .. } => ApiError::not_found(message),
+        | CommandError::DesktopNotFound { .. }
+        | CommandError::ProjectNotFound { .. }
+        | CommandError::RepoNotFound { .. } => ApiError::not_found(message),
         CommandError::TaskExists { .. }
+        | CommandError::ProjectExists { .. }
+        | CommandError::RepoExists { .. }
+        | CommandError::StaleRef { .. }
+        | CommandError::RefsNest { .. }
         | CommandError::NodeNameTaken { .. }
         | CommandError::NodeDraining { .. }
         | CommandError::NodeNotDown { .. }

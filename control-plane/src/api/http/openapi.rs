@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::schemas::string;
-use super::{cluster, exec, fleet, session, stream, tasks};
+use super::{cluster, exec, fleet, projects, session, stream, tasks};
 use crate::error::ErrorBody;
 use crate::types::{Change, Column, DesktopResources, Task};
 
@@ -47,6 +47,11 @@ use crate::types::{Change, Column, DesktopResources, Task};
         fleet::capacity,
         fleet::list_desktops,
         fleet::gpu_info,
+        projects::create_project,
+        projects::list_projects,
+        projects::get_project,
+        projects::create_repo,
+        projects::get_repo,
         exec::screenshot,
         exec::input,
         exec::exec,
@@ -73,6 +78,12 @@ use crate::types::{Change, Column, DesktopResources, Task};
         super::input::InputRequest,
         super::input::KeyName,
         super::input::KeyAction,
+        crate::types::Project,
+        projects::CreateProjectBody,
+        projects::CreateRepoBody,
+        projects::ProjectList,
+        projects::ProjectView,
+        projects::RepoView,
         session::SignIn,
         session::TokenSignIn,
         session::CodeSignIn,
@@ -94,6 +105,12 @@ fn path_parameter_schema(path: &str, name: &str) -> Option<Schema> {
             .build()
             .into(),
         "id" => string(1, super::MAX_ID_CHARS, "^[A-Za-z0-9_-]*$".to_owned()).into(),
+        "project" => string(
+            1,
+            crate::types::MAX_PROJECT_NAME,
+            "^[A-Za-z0-9_-]*$".to_owned(),
+        )
+        .into(),
         "name" => string(
             1,
             super::fleet::MAX_NAME_CHARS,

@@ -1,0 +1,70 @@
+//! Projects and their hosted repositories, as the Raft state holds them.
+//! A repository's refs live here: the log is the truth about every branch
+//! and tag, and each server's bare copy on disk follows it (`hosting/`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A set of repositories and their settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    /// `[A-Za-z0-9_-]`, 1-64 characters; part of every clone URL.
+    pub id: String,
+    /// The branch new repositories start with and pull requests target.
+    pub default_branch: String,
+    pub created_at_ms: u64,
+}
+
+/// A hosted git repository and its committed refs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Repo {
+    pub project: String,
+    pub name: String,
+    pub default_branch: String,
+    /// Every branch and tag: full ref name → object id (hex).
+    #[serde(default)]
+    pub refs: BTreeMap<String, String>,
+    pub created_at_ms: u64,
+}
+
+impl Repo {
+    /// The state's key of a repository.
+    pub fn key(project: &str, name: &str) -> String {
+        format!("{project}/{name}")
+    }
+}
+
+/// One compare-and-swap of a ref: `old` must be its committed value
+/// (`None`: the ref must not exist); `new: None` deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefChange {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// Longest project id or repository name.
+pub const MAX_PROJECT_NAME: usize = 64;
+
+/// Project ids and repository names: 1-64 of `[A-Za-z0-9_-]`, so they are
+/// safe as path segments on disk and in URLs.
+pub fn valid_project_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROJECT_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether refs `a` and `b` cannot both exist (git stores refs as paths:
+/// `refs/heads/x` and `refs/heads/x/y` collide).
+pub fn refs_nest(a: &str, b: &str) -> bool {
+    let nested = |outer: &str, inner: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
+    };
+    nested(a, b) || nested(b, a)
+}

@@ -1,0 +1,259 @@
+//! Hosted git across a real 3-server cluster, driven by the real `git`
+//! client: a push to a follower is acknowledged only once its refs are
+//! committed, and every server then serves the same refs with the objects
+//! (fsck clean); no acknowledged push is lost when the leader is killed
+//! (SIGKILL) right after the acknowledgements; a stale push is refused with
+//! git's "fetch first"; a wrong token is refused.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use flotilla_tests::{wait_for, ServerFlags, TestCluster};
+
+/// `git` with a clean environment and identity, failing on a non-zero exit.
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = git_output(dir, args)?;
+    if !output.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GIT_DIR")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .context("run git")
+}
+
+fn url(addr: &str, token: &str) -> String {
+    format!("http://flotilla:{token}@{addr}/git/demo/app.git")
+}
+
+/// `refs/heads/main` as `addr` serves it.
+fn remote_main(dir: &Path, addr: &str, token: &str) -> anyhow::Result<Option<String>> {
+    let listing = git(dir, &["ls-remote", &url(addr, token), "refs/heads/main"])?;
+    Ok(listing.split_whitespace().next().map(str::to_owned))
+}
+
+async fn post(
+    cluster: &TestCluster,
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let response = cluster
+        .http
+        .post(format!("http://{addr}{path}"))
+        .bearer_auth(&cluster.token)
+        .json(&body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("{path}: {} {}", response.status(), response.text().await?);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, ServerFlags::default()).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster
+        .servers
+        .iter()
+        .find(|server| server.node_id != leader)
+        .map(|server| server.addr.clone())
+        .context("a follower")?;
+    post(
+        &cluster,
+        &follower,
+        "/api/v1/projects",
+        serde_json::json!({"id": "demo"}),
+    )
+    .await?;
+    post(
+        &cluster,
+        &follower,
+        "/api/v1/projects/demo/repos",
+        serde_json::json!({"name": "app"}),
+    )
+    .await?;
+
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    git(dir, &["init", "-q", "-b", "main", "."])?;
+    let token = cluster.token.clone();
+
+    // A wrong token is refused by git's own authentication.
+    let refused = git_output(dir, &["ls-remote", &url(&follower, "flo_op_wrong")])?;
+    assert!(!refused.status.success());
+
+    // Pushes through a follower; each acknowledged commit is remembered.
+    let mut acknowledged = Vec::new();
+    for round in 0..5 {
+        std::fs::write(dir.join("file.txt"), format!("round {round}\n"))?;
+        git(dir, &["add", "file.txt"])?;
+        git(dir, &["commit", "-q", "-m", &format!("round {round}")])?;
+        git(
+            dir,
+            &[
+                "push",
+                "-q",
+                &url(&follower, &token),
+                "HEAD:refs/heads/main",
+            ],
+        )?;
+        let head = git(dir, &["rev-parse", "HEAD"])?.trim().to_owned();
+        // Acknowledged means served: the server that took the push has it.
+        assert_eq!(
+            remote_main(dir, &follower, &token)?.as_deref(),
+            Some(head.as_str()),
+            "round {round}: the pushed main is not served right after the push\n{}",
+            cluster.logs()
+        );
+        acknowledged.push(head);
+    }
+    let last = acknowledged.last().cloned().context("pushed")?;
+
+    // Every server serves the acknowledged ref, with its objects.
+    for server in &cluster.servers {
+        let addr = server.addr.clone();
+        let dir = dir.to_path_buf();
+        let probe = token.clone();
+        let expected = last.clone();
+        wait_for(
+            "every server to serve the pushed main",
+            Duration::from_secs(30),
+            move || {
+                let (dir, addr, token, expected) =
+                    (dir.clone(), addr.clone(), probe.clone(), expected.clone());
+                async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
+            },
+        )
+        .await?;
+        let clone = tempfile::tempdir()?;
+        git(
+            clone.path(),
+            &["clone", "-q", &url(&server.addr, &token), "copy"],
+        )?;
+        let copy = clone.path().join("copy");
+        assert_eq!(git(&copy, &["rev-parse", "HEAD"])?.trim(), last);
+        git(&copy, &["fsck", "--full", "--strict"])?;
+        let bare = server.data_dir.join("git/demo/app.git");
+        git(&bare, &["fsck", "--full"])?;
+    }
+
+    // A push from a stale base loses the compare-and-swap.
+    let other = tempfile::tempdir()?;
+    git(other.path(), &["init", "-q", "-b", "main", "."])?;
+    git(
+        other.path(),
+        &["commit", "-q", "--allow-empty", "-m", "unrelated"],
+    )?;
+    let stale = git_output(
+        other.path(),
+        &["push", &url(&follower, &token), "HEAD:refs/heads/main"],
+    )?;
+    assert!(
+        !stale.status.success(),
+        "a non-fast-forward push was accepted"
+    );
+
+    // Kill the leader right after the acknowledgements: the survivors keep
+    // every acknowledged push.
+    cluster.server(leader).kill();
+    let survivors: Vec<String> = cluster
+        .servers
+        .iter()
+        .filter(|server| server.node_id != leader)
+        .map(|server| server.addr.clone())
+        .collect();
+    for addr in &survivors {
+        let dir = dir.to_path_buf();
+        let token = token.clone();
+        let expected = last.clone();
+        let addr = addr.clone();
+        wait_for(
+            "a survivor to serve main",
+            Duration::from_secs(30),
+            move || {
+                let (dir, addr, token, expected) =
+                    (dir.clone(), addr.clone(), token.clone(), expected.clone());
+                async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
+            },
+        )
+        .await?;
+    }
+    // And the cluster still takes pushes.
+    git(
+        dir,
+        &[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "after the leader died",
+        ],
+    )?;
+    let survivor = survivors[0].clone();
+    let pushed = {
+        let dir = dir.to_path_buf();
+        let token = token.clone();
+        let survivor = survivor.clone();
+        wait_for(
+            "a push after the leader died",
+            Duration::from_secs(30),
+            move || {
+                let (dir, token, survivor) = (dir.clone(), token.clone(), survivor.clone());
+                async move {
+                    git(
+                        &dir,
+                        &[
+                            "push",
+                            "-q",
+                            &url(&survivor, &token),
+                            "HEAD:refs/heads/main",
+                        ],
+                    )
+                    .is_ok()
+                }
+            },
+        )
+        .await
+    };
+    pushed?;
+    // The killed server catches up when it comes back.
+    let token = cluster.token.clone();
+    cluster.server(leader).restart()?;
+    let head = git(dir, &["rev-parse", "HEAD"])?.trim().to_owned();
+    let restarted = cluster.server(leader).addr.clone();
+    let dir_path = dir.to_path_buf();
+    wait_for(
+        "the restarted server to catch up",
+        Duration::from_secs(60),
+        move || {
+            let (dir, addr, token, expected) = (
+                dir_path.clone(),
+                restarted.clone(),
+                token.clone(),
+                head.clone(),
+            );
+            async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
+        },
+    )
+    .await?;
+    Ok(())
+}
