@@ -9,6 +9,7 @@
 
 mod compositor;
 mod etcd;
+mod git;
 mod gpu;
 mod gpu_check;
 mod placement;
@@ -45,6 +46,9 @@ enum Bench {
     /// A desktop watched live end to end (root): key → WebSocket, full
     /// screen frames and bytes per second, encoder CPU, card → first frame.
     Stream(stream::StreamArgs),
+    /// Hosted git: push, clone and 16 concurrent small pushes on a 3-server
+    /// cluster vs plain `git http-backend` (one process, no replication).
+    Git(git::GitArgs),
 }
 
 #[derive(clap::Args)]
@@ -399,5 +403,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::GpuCheck(args) => gpu_check::run(args),
         Bench::Compositor(args) => compositor::run(args),
         Bench::Stream(args) => stream::run(args).await,
+        Bench::Git(args) => git::run(args).await,
     }
 }
