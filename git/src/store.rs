@@ -144,6 +144,11 @@ const REPO_CONFIG: &[(&str, &str)] = &[
 pub struct RepoStore {
     root: PathBuf,
     config: StoreConfig,
+    /// Repositories this process has created or configured: `ensure` is
+    /// called on every push and catch-up, and concurrent `git config` runs
+    /// race for `config.lock` (a push refused for nothing), so each is
+    /// prepared once per process (again after a restart, for upgrades).
+    prepared: tokio::sync::Mutex<std::collections::HashSet<RepoId>>,
 }
 
 impl RepoStore {
@@ -151,6 +156,7 @@ impl RepoStore {
         Self {
             root: root.into(),
             config,
+            prepared: Default::default(),
         }
     }
 
@@ -194,6 +200,10 @@ impl RepoStore {
     /// hook either way, so every server can run it when the cluster records a new
     /// repository, and again after an upgrade changed [`REPO_CONFIG`].
     pub async fn ensure(&self, repo: &RepoId) -> Result<(), StoreError> {
+        let mut prepared = self.prepared.lock().await;
+        if prepared.contains(repo) && self.exists(repo) {
+            return Ok(());
+        }
         let path = self.repo_path(repo);
         if !self.exists(repo) {
             let branch = &self.config.default_branch;
@@ -234,7 +244,9 @@ impl RepoStore {
                 })?;
         }
         self.configure(repo).await?;
-        self.install_hook(repo).await
+        self.install_hook(repo).await?;
+        prepared.insert(repo.clone());
+        Ok(())
     }
 
     /// Writes [`REPO_CONFIG`] into the repository's config.

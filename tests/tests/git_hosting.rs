@@ -257,3 +257,63 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+/// Clients pushing their own branches at once, to every server: each push
+/// lands the first time (none refused for a race inside the servers), and
+/// every server then serves every branch.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pushes_to_one_repository_all_land() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, ServerFlags::default()).await?;
+    let first = cluster.servers[0].addr.clone();
+    post(
+        &cluster,
+        &first,
+        "/api/v1/projects",
+        serde_json::json!({"id": "demo"}),
+    )
+    .await?;
+    post(
+        &cluster,
+        &first,
+        "/api/v1/projects/demo/repos",
+        serde_json::json!({"name": "app"}),
+    )
+    .await?;
+    let token = cluster.token.clone();
+    let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.clone()).collect();
+    let work = tempfile::tempdir()?;
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let dir = work.path().join(format!("c{client}"));
+            let addr = addrs[client % addrs.len()].clone();
+            let token = token.clone();
+            std::thread::spawn(move || -> anyhow::Result<String> {
+                std::fs::create_dir_all(&dir)?;
+                git(&dir, &["init", "-q", "-b", "main", "."])?;
+                for round in 0..3 {
+                    std::fs::write(dir.join("f"), format!("{client} {round}\n"))?;
+                    git(&dir, &["add", "f"])?;
+                    git(&dir, &["commit", "-q", "-m", &format!("{client} {round}")])?;
+                    let branch = format!("HEAD:refs/heads/c{client}");
+                    git(&dir, &["push", "-q", &url(&addr, &token), &branch])?;
+                }
+                Ok(git(&dir, &["rev-parse", "HEAD"])?.trim().to_owned())
+            })
+        })
+        .collect();
+    let mut heads = Vec::new();
+    for client in clients {
+        heads.push(client.join().expect("client thread")?);
+    }
+    for addr in &addrs {
+        let probe = work.path().to_path_buf();
+        let listing = git(&probe, &["ls-remote", &url(addr, &token)])?;
+        for (client, head) in heads.iter().enumerate() {
+            assert!(
+                listing.contains(&format!("{head}\trefs/heads/c{client}")),
+                "{addr} lacks c{client} at {head}:\n{listing}"
+            );
+        }
+    }
+    Ok(())
+}
