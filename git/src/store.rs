@@ -221,7 +221,14 @@ impl RepoStore {
                     path: parent.to_owned(),
                     source,
                 })?;
-            let path_arg = path.to_string_lossy();
+            // Made whole beside its place, then renamed in: a push never
+            // finds a repository without its configuration or its hook.
+            let creating = parent.join(format!(
+                ".{}.git.creating-{}",
+                repo.repo,
+                uuid::Uuid::new_v4().simple()
+            ));
+            let path_arg = creating.to_string_lossy();
             let initial_branch = format!("--initial-branch={branch}");
             // An empty template: no sample hooks, nothing but what this crate installs.
             self.git()
@@ -242,9 +249,27 @@ impl RepoStore {
                     repo: repo.clone(),
                     source,
                 })?;
+            let made = async {
+                self.configure_dir(repo, &creating).await?;
+                self.install_hook_dir(repo, &creating).await?;
+                tokio::fs::rename(&creating, &path)
+                    .await
+                    .map_err(|source| StoreError::CreateDir {
+                        repo: repo.clone(),
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            .await;
+            if made.is_err() {
+                let _ = tokio::fs::remove_dir_all(&creating).await;
+            }
+            made?;
+        } else {
+            // Again once per process: an upgrade may have changed either.
+            self.configure(repo).await?;
+            self.install_hook(repo).await?;
         }
-        self.configure(repo).await?;
-        self.install_hook(repo).await?;
         prepared.insert(repo.clone());
         Ok(())
     }
@@ -252,9 +277,13 @@ impl RepoStore {
     /// Writes [`REPO_CONFIG`] into the repository's config.
     pub async fn configure(&self, repo: &RepoId) -> Result<(), StoreError> {
         let path = self.existing_path(repo)?;
+        self.configure_dir(repo, &path).await
+    }
+
+    async fn configure_dir(&self, repo: &RepoId, path: &Path) -> Result<(), StoreError> {
         for (key, value) in REPO_CONFIG {
             self.git()
-                .run(Some(&path), &["config", key, value], None)
+                .run(Some(path), &["config", key, value], None)
                 .await
                 .map_err(|source| StoreError::Configure {
                     repo: repo.clone(),
@@ -268,8 +297,13 @@ impl RepoStore {
     /// Writes `hooks/proc-receive`, a shell script that execs the configured hook
     /// program (each word single-quoted), atomically through a rename.
     pub async fn install_hook(&self, repo: &RepoId) -> Result<(), StoreError> {
+        let path = self.existing_path(repo)?;
+        self.install_hook_dir(repo, &path).await
+    }
+
+    async fn install_hook_dir(&self, repo: &RepoId, path: &Path) -> Result<(), StoreError> {
         use std::os::unix::fs::PermissionsExt;
-        let hooks = self.existing_path(repo)?.join("hooks");
+        let hooks = path.join("hooks");
         let hook_path = hooks.join("proc-receive");
         let temporary = hooks.join("proc-receive.tmp");
         let failed = |source| StoreError::InstallHook {

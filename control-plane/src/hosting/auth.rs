@@ -1,6 +1,8 @@
 //! Who may use hosted git: the operator token (and other servers, with the
 //! cluster secret) as the HTTP Basic password, for any repository. Desktop
 //! tokens, scoped to one task's branches, come with the desktop door.
+//! A request is served only once this server knows the repository (a
+//! read-index barrier if not yet) and its copy follows the committed refs.
 
 use std::sync::Arc;
 
@@ -9,16 +11,26 @@ use axum::http::HeaderMap;
 use flotilla_git::http::basic_password;
 use flotilla_git::{Access as GitAccess, GitAuth, GitAuthError, Principal, RepoId};
 
-use crate::control::{Access, ControlPlane};
+use super::GitSync;
+use crate::control::{Access, Consistency, ControlPlane};
 use crate::error::ErrorKind;
 
 pub struct ClusterAuth {
     control: Arc<ControlPlane>,
+    sync: Arc<GitSync>,
 }
 
 impl ClusterAuth {
-    pub fn new(control: Arc<ControlPlane>) -> ClusterAuth {
-        ClusterAuth { control }
+    pub fn new(control: Arc<ControlPlane>, sync: Arc<GitSync>) -> ClusterAuth {
+        ClusterAuth { control, sync }
+    }
+
+    fn known(&self, repo: &RepoId) -> bool {
+        self.control.state.with_state(|state| {
+            state
+                .repo(repo.project.as_str(), repo.repo.as_str())
+                .is_some()
+        })
     }
 }
 
@@ -38,16 +50,42 @@ impl GitAuth for ClusterAuth {
             }
             Err(_) => return Err(GitAuthError::InvalidCredentials),
         }
-        let known = self.control.state.with_state(|state| {
-            state
-                .repo(repo.project.as_str(), repo.repo.as_str())
-                .is_some()
-        });
-        if !known {
+        // This server may not have applied the repository's creation yet:
+        // ask the leader (read index) before saying it does not exist.
+        if !self.known(repo) {
+            self.control
+                .read_barrier(Consistency::Linearizable)
+                .await
+                .map_err(|error| GitAuthError::Unavailable(Box::new(error)))?;
+        }
+        if !self.known(repo) {
             return Err(GitAuthError::Forbidden {
                 reason: format!("no repository {repo}: `flotilla repo create` makes one"),
             });
         }
+        // Serve this server's copy only once it follows the committed refs
+        // (created, configured, at the log's values). Not for a peer: it
+        // fetches objects by id, and waiting here on this repository's
+        // catch-up (which may itself be fetching from that peer) would be
+        // a lock cycle across servers.
+        let peer = self
+            .control
+            .authorize(Some(&token), Access::Cluster)
+            .is_ok();
+        if peer {
+            self.sync
+                .store()
+                .ensure(repo)
+                .await
+                .map_err(|error| GitAuthError::Unavailable(Box::new(error)))?;
+            return Ok(Principal::Operator {
+                name: "peer".to_owned(),
+            });
+        }
+        self.sync
+            .converge(repo.project.as_str(), repo.repo.as_str())
+            .await
+            .map_err(|error| GitAuthError::Unavailable(Box::new(error)))?;
         Ok(Principal::Operator {
             name: "operator".to_owned(),
         })

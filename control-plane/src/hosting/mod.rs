@@ -69,7 +69,7 @@ impl Hosting {
         ));
         let sync = Arc::new(GitSync::new(control.clone(), store.clone()));
         let ledger = Arc::new(ledger::RaftLedger::new(control.clone(), sync.clone()));
-        let auth = Arc::new(auth::ClusterAuth::new(control));
+        let auth = Arc::new(auth::ClusterAuth::new(control, sync.clone()));
         let host = GitHost::start(
             store,
             auth,
