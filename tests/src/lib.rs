@@ -439,6 +439,29 @@ impl TestCluster {
         Ok(list["tasks"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `POST` of `body` to `path` on `addr` with the operator token; an
+    /// error carries the answer's status and text.
+    pub async fn post_json(
+        &self,
+        addr: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status} {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// Waits until `addr` lists exactly `count` tasks.
     pub async fn wait_for_task_count(
         &self,

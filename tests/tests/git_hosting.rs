@@ -48,23 +48,20 @@ fn remote_main(dir: &Path, addr: &str, token: &str) -> anyhow::Result<Option<Str
     Ok(listing.split_whitespace().next().map(str::to_owned))
 }
 
-async fn post(
-    cluster: &TestCluster,
+/// Waits until `addr` serves `refs/heads/main` at `expected`.
+async fn serves_main(
+    dir: &Path,
     addr: &str,
-    path: &str,
-    body: serde_json::Value,
+    token: &str,
+    expected: &str,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
-    let response = cluster
-        .http
-        .post(format!("http://{addr}{path}"))
-        .bearer_auth(&cluster.token)
-        .json(&body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("{path}: {} {}", response.status(), response.text().await?);
-    }
-    Ok(())
+    wait_for(
+        &format!("{addr} to serve main at {expected}"),
+        timeout,
+        || async { remote_main(dir, addr, token).ok().flatten().as_deref() == Some(expected) },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,20 +74,20 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
         .find(|server| server.node_id != leader)
         .map(|server| server.addr.clone())
         .context("a follower")?;
-    post(
-        &cluster,
-        &follower,
-        "/api/v1/projects",
-        serde_json::json!({"id": "demo"}),
-    )
-    .await?;
-    post(
-        &cluster,
-        &follower,
-        "/api/v1/projects/demo/repos",
-        serde_json::json!({"name": "app"}),
-    )
-    .await?;
+    cluster
+        .post_json(
+            &follower,
+            "/api/v1/projects",
+            serde_json::json!({"id": "demo"}),
+        )
+        .await?;
+    cluster
+        .post_json(
+            &follower,
+            "/api/v1/projects/demo/repos",
+            serde_json::json!({"name": "app"}),
+        )
+        .await?;
 
     let work = tempfile::tempdir()?;
     let dir = work.path();
@@ -130,20 +127,7 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
 
     // Every server serves the acknowledged ref, with its objects.
     for server in &cluster.servers {
-        let addr = server.addr.clone();
-        let dir = dir.to_path_buf();
-        let probe = token.clone();
-        let expected = last.clone();
-        wait_for(
-            "every server to serve the pushed main",
-            Duration::from_secs(30),
-            move || {
-                let (dir, addr, token, expected) =
-                    (dir.clone(), addr.clone(), probe.clone(), expected.clone());
-                async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
-            },
-        )
-        .await?;
+        serves_main(dir, &server.addr, &token, &last, Duration::from_secs(30)).await?;
         let clone = tempfile::tempdir()?;
         git(
             clone.path(),
@@ -182,20 +166,7 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
         .map(|server| server.addr.clone())
         .collect();
     for addr in &survivors {
-        let dir = dir.to_path_buf();
-        let token = token.clone();
-        let expected = last.clone();
-        let addr = addr.clone();
-        wait_for(
-            "a survivor to serve main",
-            Duration::from_secs(30),
-            move || {
-                let (dir, addr, token, expected) =
-                    (dir.clone(), addr.clone(), token.clone(), expected.clone());
-                async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
-            },
-        )
-        .await?;
+        serves_main(dir, addr, &token, &last, Duration::from_secs(30)).await?;
     }
     // And the cluster still takes pushes.
     git(
@@ -208,53 +179,22 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
             "after the leader died",
         ],
     )?;
-    let survivor = survivors[0].clone();
-    let pushed = {
-        let dir = dir.to_path_buf();
-        let token = token.clone();
-        let survivor = survivor.clone();
-        wait_for(
-            "a push after the leader died",
-            Duration::from_secs(30),
-            move || {
-                let (dir, token, survivor) = (dir.clone(), token.clone(), survivor.clone());
-                async move {
-                    git(
-                        &dir,
-                        &[
-                            "push",
-                            "-q",
-                            &url(&survivor, &token),
-                            "HEAD:refs/heads/main",
-                        ],
-                    )
-                    .is_ok()
-                }
-            },
-        )
-        .await
-    };
-    pushed?;
+    let survivor = &survivors[0];
+    wait_for(
+        "a push after the leader died",
+        Duration::from_secs(30),
+        || async {
+            let branch = "HEAD:refs/heads/main";
+            git(dir, &["push", "-q", &url(survivor, &token), branch]).is_ok()
+        },
+    )
+    .await?;
     // The killed server catches up when it comes back.
     let token = cluster.token.clone();
     cluster.server(leader).restart()?;
     let head = git(dir, &["rev-parse", "HEAD"])?.trim().to_owned();
     let restarted = cluster.server(leader).addr.clone();
-    let dir_path = dir.to_path_buf();
-    wait_for(
-        "the restarted server to catch up",
-        Duration::from_secs(60),
-        move || {
-            let (dir, addr, token, expected) = (
-                dir_path.clone(),
-                restarted.clone(),
-                token.clone(),
-                head.clone(),
-            );
-            async move { remote_main(&dir, &addr, &token).ok().flatten() == Some(expected) }
-        },
-    )
-    .await?;
+    serves_main(dir, &restarted, &token, &head, Duration::from_secs(60)).await?;
     Ok(())
 }
 
@@ -265,20 +205,20 @@ async fn pushes_are_replicated_and_none_acknowledged_is_lost() -> anyhow::Result
 async fn concurrent_pushes_to_one_repository_all_land() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3, ServerFlags::default()).await?;
     let first = cluster.servers[0].addr.clone();
-    post(
-        &cluster,
-        &first,
-        "/api/v1/projects",
-        serde_json::json!({"id": "demo"}),
-    )
-    .await?;
-    post(
-        &cluster,
-        &first,
-        "/api/v1/projects/demo/repos",
-        serde_json::json!({"name": "app"}),
-    )
-    .await?;
+    cluster
+        .post_json(
+            &first,
+            "/api/v1/projects",
+            serde_json::json!({"id": "demo"}),
+        )
+        .await?;
+    cluster
+        .post_json(
+            &first,
+            "/api/v1/projects/demo/repos",
+            serde_json::json!({"name": "app"}),
+        )
+        .await?;
     let token = cluster.token.clone();
     let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.clone()).collect();
     let work = tempfile::tempdir()?;

@@ -406,21 +406,6 @@ async fn remote_main(work: &Workspace, url: &str) -> Option<String> {
     listing.split_whitespace().next().map(str::to_owned)
 }
 
-async fn post(cluster: &TestCluster, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let addr = &cluster.servers[0].addr;
-    let response = cluster
-        .http
-        .post(format!("http://{addr}{path}"))
-        .bearer_auth(&cluster.token)
-        .json(&body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("{path}: {} {}", response.status(), response.text().await?);
-    }
-    Ok(())
-}
-
 fn megabytes(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
@@ -515,18 +500,20 @@ pub async fn run(args: GitArgs) -> anyhow::Result<()> {
 
     // Flotilla: three servers, the repository created through the API.
     let mut cluster = TestCluster::start(3, ServerFlags::default()).await?;
-    post(
-        &cluster,
-        "/api/v1/projects",
-        serde_json::json!({ "id": PROJECT }),
-    )
-    .await?;
-    post(
-        &cluster,
-        &format!("/api/v1/projects/{PROJECT}/repos"),
-        serde_json::json!({ "name": REPO }),
-    )
-    .await?;
+    cluster
+        .post_json(
+            &cluster.servers[0].addr,
+            "/api/v1/projects",
+            serde_json::json!({ "id": PROJECT }),
+        )
+        .await?;
+    cluster
+        .post_json(
+            &cluster.servers[0].addr,
+            &format!("/api/v1/projects/{PROJECT}/repos"),
+            serde_json::json!({ "name": REPO }),
+        )
+        .await?;
     let leader = cluster.leader().await?;
     // The medium push goes to a follower (its proposal is forwarded to the
     // leader); clones and small pushes spread over all three servers.
