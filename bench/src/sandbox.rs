@@ -121,6 +121,7 @@ fn write_spec(dir: &Path, index: usize, netns_fd: Option<i32>) -> anyhow::Result
         gpu_dir: None,
         session_exe: None,
         etc_binds: Vec::new(),
+        gitconfig: None,
         fail_at_step: None,
     };
     let spec = SandboxSpec { netns_fd, ..spec };

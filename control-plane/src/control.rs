@@ -18,13 +18,14 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::transport::Channel;
 
-use crate::auth::{secrets_equal, sha256_hex, with_bearer};
+use crate::auth::{secrets_equal, sha256_hex, verify_desktop_token, with_bearer};
 use crate::error::{ApiError, ErrorKind};
 use crate::raft::network::{channel, MAX_MESSAGE_BYTES};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::SharedState;
 use crate::types::{
-    ClientRequest, ClientResponse, Command, NodeId, Raft, TokenKind, LOG_FORMAT_VERSION,
+    ClientRequest, ClientResponse, Command, DesktopIntent, NodeId, Raft, TokenKind,
+    LOG_FORMAT_VERSION,
 };
 
 /// How long a write or read waits for a leader before answering 503.
@@ -51,6 +52,14 @@ pub enum Access {
     ServerJoin,
     /// Another server of this cluster.
     Cluster,
+}
+
+/// Who holds a live desktop token: one placement of one task's desktop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesktopIdentity {
+    pub desktop_id: String,
+    pub task_id: String,
+    pub generation: u64,
 }
 
 pub struct ControlPlane {
@@ -158,6 +167,41 @@ impl ControlPlane {
             )),
             None => Err(ApiError::unauthorized("invalid bearer token")),
         }
+    }
+
+    /// The placement a desktop token stands for, while it is the desktop's
+    /// current one (a moved, released or removed desktop's token is dead). A server
+    /// that has not applied the placement yet asks the leader first.
+    pub async fn authorize_desktop(&self, token: &str) -> Result<DesktopIdentity, ApiError> {
+        let Some((desktop_id, generation)) = verify_desktop_token(&self.cluster_secret, token)
+        else {
+            return Err(ApiError::unauthorized(
+                "not a desktop token: the desktop door takes only the token of a running desktop",
+            ));
+        };
+        let current = |control: &ControlPlane| {
+            control.state.with_state(|state| {
+                state
+                    .desktop(&desktop_id)
+                    .filter(|desktop| {
+                        desktop.generation == generation && desktop.intent != DesktopIntent::Release
+                    })
+                    .map(|desktop| DesktopIdentity {
+                        desktop_id: desktop.id.clone(),
+                        task_id: desktop.task_id.clone(),
+                        generation,
+                    })
+            })
+        };
+        if let Some(identity) = current(self) {
+            return Ok(identity);
+        }
+        self.read_barrier(Consistency::Linearizable).await?;
+        current(self).ok_or_else(|| {
+            ApiError::unauthorized(
+                "this desktop token has expired: its desktop was stopped or moved",
+            )
+        })
     }
 
     /// Builds a request for `command`, stamped now.

@@ -4,7 +4,8 @@
 //!
 //! Start-up, top to bottom:
 //! 1. open the data directory, refusing foreign or other nodes' directories;
-//! 2. bind the listener (fail fast if the port is taken);
+//! 2. bind the listeners (fail fast if a port is taken): the client port
+//!    (gRPC and HTTP) and the desktop door;
 //! 3. a new directory becomes a member: `--bootstrap` makes a cluster id,
 //!    cluster secret and tokens; `--join` asks the cluster with a server-join
 //!    token and receives the cluster id and secret;
@@ -87,6 +88,8 @@ pub struct ServerOptions {
     /// Address other servers and clients reach this one at; defaults to the
     /// bound listen address.
     pub advertise: Option<String>,
+    /// The desktop door's listener (desktop tokens only); `None`: none.
+    pub desktop_listen: Option<SocketAddr>,
     pub start: StartMode,
     pub tuning: RaftTuning,
     pub fleet: FleetOptions,
@@ -96,8 +99,22 @@ pub struct ServerOptions {
 pub struct RunningServer {
     pub control: Arc<ControlPlane>,
     pub local_addr: SocketAddr,
+    /// The desktop door's bound address, if it has one.
+    pub desktop_addr: Option<SocketAddr>,
     /// The board's one-time sign-in codes (`flotilla dev` prints one).
     pub logins: Arc<crate::api::http::session::LoginCodes>,
+}
+
+/// Where the desktop door listens unless told: the client port + 1 (as
+/// Nomad's HTTP, RPC and Serf ports sit side by side).
+pub fn default_desktop_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    match listen.port() {
+        0 => Ok(SocketAddr::new(listen.ip(), 0)),
+        u16::MAX => bail!(
+            "--listen {listen} leaves no next port for the desktop door: pass --desktop-listen"
+        ),
+        port => Ok(SocketAddr::new(listen.ip(), port + 1)),
+    }
 }
 
 /// Runs a server until `shutdown` resolves. `on_ready` is called once the
@@ -116,6 +133,21 @@ pub async fn run(
         .await
         .with_context(|| format!("listen on {}", options.listen))?;
     let local_addr = listener.local_addr().context("read the bound address")?;
+    let desktop_listener =
+        match options.desktop_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("listen on {addr} (the desktop door, --desktop-listen)")
+            })?),
+            None => None,
+        };
+    let desktop_addr = match &desktop_listener {
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .context("read the desktop door's address")?,
+        ),
+        None => None,
+    };
     let advertise = match &options.advertise {
         Some(advertise) => advertise.clone(),
         None if local_addr.ip().is_unspecified() => {
@@ -244,12 +276,24 @@ pub async fn run(
         .merge(hosting.router())
         .fallback(crate::api::http::not_found);
 
+    if let Some(listener) = desktop_listener {
+        let door = crate::api::desktop::router(&hosting);
+        let stopped = control.stopped();
+        background.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, door).with_graceful_shutdown(stopped);
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "the desktop door stopped serving");
+            }
+        }));
+    }
+
     let running = RunningServer {
         control: control.clone(),
         local_addr,
+        desktop_addr,
         logins: http.logins.clone(),
     };
-    tracing::info!(node_id = options.node_id, %local_addr, %advertise, "serving gRPC and HTTP");
+    tracing::info!(node_id = options.node_id, %local_addr, %advertise, desktop_door = ?desktop_addr, "serving gRPC and HTTP");
     on_ready(&running);
     // Small request/response frames (Raft RPCs, API answers) must not wait
     // on Nagle's algorithm for the peer's delayed ACK.

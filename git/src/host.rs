@@ -69,6 +69,17 @@ impl GitHost {
         router(Arc::clone(&self.http))
     }
 
+    /// The same routes for another door, deciding access with `auth` (the
+    /// desktop door: desktop tokens only). Pushes share this host's hook.
+    pub fn router_with(&self, auth: Arc<dyn GitAuth>) -> Router {
+        router(Arc::new(GitHttp {
+            store: Arc::clone(&self.http.store),
+            auth,
+            registry: Arc::clone(&self.http.registry),
+            config: self.http.config.clone(),
+        }))
+    }
+
     pub fn store(&self) -> &Arc<RepoStore> {
         &self.http.store
     }

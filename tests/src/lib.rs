@@ -134,6 +134,8 @@ pub struct ServerFlags(pub Vec<String>);
 pub struct ServerProcess {
     pub node_id: u64,
     pub addr: String,
+    /// The desktop door (`--desktop-listen`).
+    pub desktop_addr: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -299,6 +301,11 @@ impl TestCluster {
             .context("find a free port")?
             .port();
         let addr = format!("{}:{port}", self.host);
+        let desktop_port = TcpListener::bind((self.host.as_str(), 0))
+            .and_then(|listener| listener.local_addr())
+            .context("find a free port")?
+            .port();
+        let desktop_addr = format!("{}:{desktop_port}", self.host);
         let data_dir = self.root.path().join(format!("server-{node_id}"));
         let mut args = vec![
             "server".to_owned(),
@@ -308,6 +315,8 @@ impl TestCluster {
             data_dir.display().to_string(),
             "--listen".to_owned(),
             addr.clone(),
+            "--desktop-listen".to_owned(),
+            desktop_addr.clone(),
         ];
         match join {
             None => args.push("--bootstrap".to_owned()),
@@ -325,6 +334,7 @@ impl TestCluster {
         let mut server = ServerProcess {
             node_id,
             addr,
+            desktop_addr,
             data_dir,
             args,
             child: None,
@@ -520,6 +530,8 @@ pub fn sandbox_processes(slots: std::ops::Range<u32>) -> Vec<u32> {
 /// memory, the default egress and profile.
 pub fn desktop_spec(id: &str, generation: u64) -> flotilla_node_agent::runtime::DesktopSpec {
     flotilla_node_agent::runtime::DesktopSpec {
+        token: String::new(),
+        repository: String::new(),
         profile: Default::default(),
         desktop_id: id.to_owned(),
         task_id: "t".to_owned(),
@@ -655,6 +667,9 @@ impl AgentProcess {
             .args(["--desktop-bridge", &bridge])
             .args(["--desktop-subnet", &format!("10.{}.0.0/16", 100 + id % 50)])
             .args(["--display-size", display, "--desktop-session"]);
+        for server in &cluster.servers {
+            command.args(["--desktop-endpoint", &server.desktop_addr]);
+        }
         for app in apps {
             command.args(["--desktop-app", app]);
         }

@@ -17,6 +17,8 @@ use flotilla_tests::{flotilla_bin, netns, wait_phase};
 
 fn desktop(id: &str) -> DesktopSpec {
     DesktopSpec {
+        token: String::new(),
+        repository: String::new(),
         memory_bytes: 512 << 20,
         ..flotilla_tests::desktop_spec(id, 1)
     }

@@ -42,6 +42,7 @@ fn spec_in(dir: &Path, slot: u32, command: &str) -> SandboxSpec {
         gpu_dir: None,
         session_exe: None,
         etc_binds: Vec::new(),
+        gitconfig: None,
         fail_at_step: None,
     }
 }

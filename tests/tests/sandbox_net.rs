@@ -49,6 +49,8 @@ impl Drop for HostSetup {
 
 fn desktop(id: &str, egress: Egress) -> DesktopSpec {
     DesktopSpec {
+        token: String::new(),
+        repository: String::new(),
         egress,
         ..flotilla_tests::desktop_spec(id, 1)
     }

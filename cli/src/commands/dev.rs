@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         listen: args.listen,
         advertise: None,
+        desktop_listen: Some(server::default_desktop_listen(args.listen)?),
         start,
         tuning: RaftTuning::default(),
         fleet: args.fleet.options()?,
@@ -64,6 +65,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let control = running.control.clone();
         let logins = running.logins.clone();
         let addr = running.local_addr;
+        let desktop_door = running.desktop_addr;
         let handle = tokio::spawn(async move {
             // Announce once the token works, so the printed command succeeds.
             while !control.state.with_state(|state| state.has_tokens()) {
@@ -93,7 +95,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             );
             println!("Press Ctrl-C to stop.");
             if run_node {
-                match agent_options(&data_dir, addr) {
+                match agent_options(&data_dir, addr, desktop_door) {
                     Ok(options) => {
                         let stopped = async {
                             let _ = agent_stopped.await;
@@ -118,7 +120,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// The dev node agent: this host, named after it, data beside the server's.
-fn agent_options(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<AgentOptions> {
+fn agent_options(
+    data_dir: &Path,
+    addr: SocketAddr,
+    desktop_door: Option<SocketAddr>,
+) -> anyhow::Result<AgentOptions> {
     let token = read_token_file(&data_dir.join("node-join.token"), "node-join")?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let mut options = AgentOptions::new(
@@ -127,6 +133,10 @@ fn agent_options(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<AgentOptio
         node_name(&host),
         data_dir.join("node-agent"),
     );
+    // Desktops reach the desktop door, not the client port.
+    if let (Some(network), Some(door)) = (options.network.as_mut(), desktop_door) {
+        network.control_plane = vec![door];
+    }
     // dev leaves nothing on the host when it exits.
     options.remove_network_on_exit = true;
     // Each desktop is a real one: compositor, terminal, browser.

@@ -100,8 +100,9 @@ pub struct NodeAgentArgs {
     /// The host bridge desktops' veths are ports of.
     #[arg(long, default_value = "flotilla0")]
     desktop_bridge: String,
-    /// Control-plane endpoints (IP:PORT) desktops with egress control-plane
-    /// may reach; repeatable (default: the --join addresses).
+    /// The servers' desktop doors (IP:PORT) desktops with egress
+    /// control-plane may reach; repeatable (default: each --join address's
+    /// port + 1, the servers' default --desktop-listen).
     #[arg(long = "desktop-endpoint")]
     desktop_endpoints: Vec<SocketAddr>,
     /// Network namespaces kept ready for starting desktops.

@@ -29,6 +29,11 @@ pub struct ServerArgs {
     /// HOST:PORT other servers reach this one at (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// HOST:PORT of the desktop door, the only port desktops reach: hosted
+    /// git (and later the gateway) for desktop tokens only (default: --listen's
+    /// port + 1).
+    #[arg(long)]
+    desktop_listen: Option<SocketAddr>,
     /// Start a new cluster with this server as its only member.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
@@ -154,6 +159,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         advertise: args.advertise,
+        desktop_listen: Some(match args.desktop_listen {
+            Some(addr) => addr,
+            None => server::default_desktop_listen(args.listen)?,
+        }),
         start,
         tuning: args.tuning.into(),
         fleet: args.fleet.options()?,

@@ -43,6 +43,7 @@ pub enum HostingError {
 /// Hosted git, alive as long as the server serves it.
 pub struct Hosting {
     host: GitHost,
+    control: Arc<ControlPlane>,
     pub sync: Arc<GitSync>,
 }
 
@@ -69,7 +70,7 @@ impl Hosting {
         ));
         let sync = Arc::new(GitSync::new(control.clone(), store.clone()));
         let ledger = Arc::new(ledger::RaftLedger::new(control.clone(), sync.clone()));
-        let auth = Arc::new(auth::ClusterAuth::new(control, sync.clone()));
+        let auth = Arc::new(auth::ClusterAuth::new(control.clone(), sync.clone()));
         let host = GitHost::start(
             store,
             auth,
@@ -77,7 +78,11 @@ impl Hosting {
             GitHostConfig::new(GitHttpConfig::new(data_dir.join("git-hook.sock"))),
         )
         .await?;
-        Ok(Hosting { host, sync })
+        Ok(Hosting {
+            host,
+            control,
+            sync,
+        })
     }
 
     /// `/git/{project}/{repo}/...` (smart HTTP) and the servers' own
@@ -87,5 +92,13 @@ impl Hosting {
         self.host
             .router()
             .merge(ledger::internal_routes(self.sync.clone()))
+    }
+
+    /// `/git/{project}/{repo}/...` for the desktop door: desktop tokens only.
+    pub fn desktop_router(&self) -> Router {
+        self.host.router_with(Arc::new(auth::DesktopAuth::new(
+            self.control.clone(),
+            self.sync.clone(),
+        )))
     }
 }

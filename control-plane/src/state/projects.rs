@@ -6,7 +6,7 @@
 
 use super::State;
 use crate::types::{
-    refs_nest, Applied, Change, ChangeKind, CommandError, Project, RefChange, Repo,
+    hosted_repo, refs_nest, Applied, Change, ChangeKind, CommandError, Project, RefChange, Repo,
 };
 
 impl State {
@@ -31,6 +31,13 @@ impl State {
 
     pub fn all_repos(&self) -> impl Iterator<Item = &Repo> {
         self.repos.values()
+    }
+
+    /// The hosted repository a task works on, if its `repository` names one.
+    pub fn task_repo(&self, task_id: &str) -> Option<&Repo> {
+        let repository = self.task(task_id)?.repository.as_deref()?;
+        let (project, name) = hosted_repo(repository)?;
+        self.repo(project, name)
     }
 
     pub(super) fn create_project(

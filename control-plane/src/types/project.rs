@@ -58,6 +58,15 @@ pub fn valid_project_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The hosted repository a task's `repository` names, as
+/// `(project, repo)`: `<project>/<repo>`, both valid names. Anything else
+/// (an external URL) is not hosted here.
+pub fn hosted_repo(repository: &str) -> Option<(&str, &str)> {
+    let (project, repo) = repository.split_once('/')?;
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    (valid_project_name(project) && valid_project_name(repo)).then_some((project, repo))
+}
+
 /// Whether refs `a` and `b` cannot both exist (git stores refs as paths:
 /// `refs/heads/x` and `refs/heads/x/y` collide).
 pub fn refs_nest(a: &str, b: &str) -> bool {

@@ -51,7 +51,7 @@ pub struct AgentOptions {
     pub sandbox: bool,
     /// Give sandboxes a network (veth, NAT, egress policies); `None`: each
     /// has loopback only. Empty `control_plane` means the `--join`
-    /// addresses.
+    /// addresses' desktop doors (port + 1).
     pub network: Option<crate::sandbox::net::NetworkSettings>,
     /// On shutdown leave sandboxes running for the next run to adopt.
     pub leave_desktops_running: bool,

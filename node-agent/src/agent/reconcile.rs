@@ -200,6 +200,8 @@ impl Reconciler {
                     keyboard_layout: assignment.keyboard_layout.clone(),
                     keyboard_variant: assignment.keyboard_variant.clone(),
                 },
+                token: assignment.desktop_token.clone(),
+                repository: assignment.repository.clone(),
             };
             tracing::info!(desktop = %id, generation = assignment.generation, "starting");
             if let Err(error) = runtime.start(&spec) {
@@ -255,6 +257,8 @@ mod tests {
             apps: Vec::new(),
             keyboard_layout: String::new(),
             keyboard_variant: String::new(),
+            desktop_token: String::new(),
+            repository: String::new(),
         }
     }
 

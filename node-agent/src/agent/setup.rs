@@ -122,7 +122,7 @@ pub(super) fn desktop_runtime(
         (Some(settings), true) => {
             let mut settings = settings.clone();
             if settings.control_plane.is_empty() {
-                settings.control_plane = resolve_endpoints(&options.servers);
+                settings.control_plane = desktop_doors(&resolve_endpoints(&options.servers));
             }
             match runtime.add_network(settings.clone()) {
                 Ok(()) => {
@@ -181,6 +181,18 @@ fn cgroup_scope(options: &AgentOptions) -> Option<crate::sandbox::cgroup::Scope>
 
 /// The control-plane addresses, resolved (those that do not resolve are
 /// left out with a warning).
+/// The servers' desktop doors when not told: each client port + 1 (the
+/// servers' default for `--desktop-listen`).
+fn desktop_doors(servers: &[std::net::SocketAddr]) -> Vec<std::net::SocketAddr> {
+    servers
+        .iter()
+        .filter_map(|server| {
+            let port = server.port().checked_add(1)?;
+            Some(std::net::SocketAddr::new(server.ip(), port))
+        })
+        .collect()
+}
+
 fn resolve_endpoints(servers: &[String]) -> Vec<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
     let mut endpoints = Vec::new();

@@ -17,6 +17,7 @@
 
 mod adopt;
 mod build;
+mod door;
 mod handle;
 mod journal;
 mod observe;
@@ -52,6 +53,11 @@ pub struct DesktopSpec {
     pub egress: Egress,
     /// Its own apps and keyboard (desktop sessions only).
     pub profile: Profile,
+    /// Its credential for the servers' desktop door (git; empty: none).
+    pub token: String,
+    /// The hosted repository its task works on, `<project>/<repo>`
+    /// (empty: none).
+    pub repository: String,
 }
 
 /// A desktop's own apps and keyboard; each part empty: the node's.

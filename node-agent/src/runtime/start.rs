@@ -339,6 +339,13 @@ impl ProcessRuntime {
                 .collect();
             env.insert("FLOTILLA_CONTROL_PLANE".to_owned(), endpoints.join(","));
         }
+        let door = net.zip(self.network.as_ref()).and_then(|(_, network)| {
+            super::door::door_config(spec, &network.settings().desktop_endpoints())
+        });
+        let gitconfig = door.map(|(config, door_env)| {
+            env.extend(door_env);
+            config
+        });
         // gpud's socket for this desktop, owned by its user.
         let gpu = match &self.gpu {
             Some(gpu) => {
@@ -382,6 +389,7 @@ impl ProcessRuntime {
             gpu_dir: gpu.as_ref().map(|_| dir.join("gpu")),
             session_exe: settings.session_exe.clone(),
             etc_binds: settings.etc_binds.clone(),
+            gitconfig,
             fail_at_step: settings.fail_at_step.and_then(|choose| choose(spec)),
         };
         let spec_path = dir.join(SPEC_FILE);

@@ -35,6 +35,8 @@ fn a_profile_overrides_the_nodes_session_part_by_part() {
 
 fn spec(id: &str, generation: u64) -> DesktopSpec {
     DesktopSpec {
+        token: String::new(),
+        repository: String::new(),
         profile: Profile::default(),
         desktop_id: id.to_owned(),
         task_id: "t".to_owned(),

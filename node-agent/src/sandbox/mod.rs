@@ -94,6 +94,9 @@ pub struct SandboxSpec {
     /// `/run/flotilla-bin/flotilla` (the desktop session runs it).
     #[serde(default)]
     pub session_exe: Option<PathBuf>,
+    /// The generated `/etc/gitconfig` (the desktop door's credential).
+    #[serde(default)]
+    pub gitconfig: Option<String>,
     /// Tests only: fail setup call number N on purpose (see
     /// [`sys::FailingSys`]); the agent never sets it.
     #[serde(default)]

@@ -21,7 +21,7 @@ use crate::fleet::{self, Fleet, ReportedDesktop, Usage};
 use crate::tunnel::Tunnels;
 use crate::types::{
     validate_label, validate_node_name, Applied, Command, CommandError, DesktopIntent,
-    DesktopReport, DesktopState, Gpu, GpuCapabilities, NodeCapacity, NodeRegistration,
+    DesktopReport, DesktopState, Gpu, GpuCapabilities, NodeCapacity, NodeRegistration, Repo,
 };
 
 /// Metadata key naming the leader's address on an UNAVAILABLE answer.
@@ -247,6 +247,15 @@ fn assignments(control: &ControlPlane, node_id: &str) -> pb::Assignments {
                 apps: desktop.resources.profile.apps.clone(),
                 keyboard_layout: desktop.resources.profile.keyboard_layout.clone(),
                 keyboard_variant: desktop.resources.profile.keyboard_variant.clone(),
+                desktop_token: crate::auth::desktop_token(
+                    control.cluster_secret(),
+                    &desktop.id,
+                    desktop.generation,
+                ),
+                repository: state
+                    .task_repo(&desktop.task_id)
+                    .map(|repo| Repo::key(&repo.project, &repo.name))
+                    .unwrap_or_default(),
             })
             .collect(),
     })

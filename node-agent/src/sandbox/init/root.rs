@@ -144,6 +144,9 @@ fn step_write_etc(
         &etc.join("nsswitch.conf"),
         "passwd: files\ngroup: files\nhosts: files dns\n",
     )?;
+    if let Some(gitconfig) = &spec.gitconfig {
+        sys.write_file(&etc.join("gitconfig"), gitconfig)?;
+    }
     Ok(etc)
 }
 

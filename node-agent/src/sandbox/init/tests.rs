@@ -32,6 +32,7 @@ fn spec() -> SandboxSpec {
         gpu_dir: None,
         session_exe: None,
         etc_binds: Vec::new(),
+        gitconfig: None,
         fail_at_step: None,
     }
 }
