@@ -99,6 +99,13 @@ enum TopCommand {
         #[command(subcommand)]
         command: commands::project::RepoCommand,
     },
+    /// Pull requests of a hosted repository (`PROJECT/NAME`).
+    Pr {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: commands::pr::PrCommand,
+    },
     /// Inspect desktops.
     Desktop {
         #[command(flatten)]
@@ -203,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Repo { client, command } => {
             commands::project::run_repo(&connect(client)?, command).await
         }
+        TopCommand::Pr { client, command } => commands::pr::run(&connect(client)?, command).await,
         TopCommand::Capacity { client, stale } => {
             commands::capacity::run(&connect(client)?, stale).await
         }

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::types::CommandError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -32,6 +34,38 @@ pub struct ApiError {
     pub message: String,
 }
 
+impl From<CommandError> for ApiError {
+    /// A command the state refused, as the API answers it.
+    fn from(error: CommandError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            CommandError::TaskNotFound { .. }
+            | CommandError::NodeNotFound { .. }
+            | CommandError::DesktopNotFound { .. }
+            | CommandError::ProjectNotFound { .. }
+            | CommandError::RepoNotFound { .. }
+            | CommandError::PullNotFound { .. } => ApiError::not_found(message),
+            CommandError::BranchNotFound { .. } | CommandError::SameBranch { .. } => {
+                ApiError::bad_request("invalid_branch", message)
+            }
+            CommandError::TaskExists { .. }
+            | CommandError::ProjectExists { .. }
+            | CommandError::RepoExists { .. }
+            | CommandError::StaleRef { .. }
+            | CommandError::RefsNest { .. }
+            | CommandError::PullNotOpen { .. }
+            | CommandError::PullExists { .. }
+            | CommandError::NodeNameTaken { .. }
+            | CommandError::NodeDraining { .. }
+            | CommandError::NodeNotDown { .. }
+            | CommandError::NodeDown { .. } => {
+                ApiError::new(ErrorKind::Conflict, "conflict", message)
+            }
+            CommandError::UnsupportedFormat { .. } => ApiError::internal(message),
+        }
+    }
+}
+
 impl ApiError {
     pub fn new(kind: ErrorKind, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -43,6 +77,10 @@ impl ApiError {
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::BadRequest, code, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::Conflict, "conflict", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {

@@ -263,7 +263,12 @@ pub async fn run(
         .context("start hosted git")?;
     background.push(tokio::spawn(hosting.sync.clone().run()));
 
-    let http = crate::api::http::HttpState::new(control.clone(), fleet.clone(), tunnels.clone());
+    let http = crate::api::http::HttpState::new(
+        control.clone(),
+        fleet.clone(),
+        tunnels.clone(),
+        hosting.pulls.clone(),
+    );
     let app = tonic::service::Routes::new(crate::api::grpc::cluster::raft_service(control.clone()))
         .add_service(crate::api::grpc::cluster::cluster_service(control.clone()))
         .add_service(crate::api::grpc::node::node_service(

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod gpu;
 pub mod node;
 pub mod node_agent;
+pub mod pr;
 mod process;
 pub mod project;
 pub mod server;

@@ -36,7 +36,7 @@ pub struct FetchRequest {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ReplicateError {
+pub(super) enum ReplicateError {
     #[error("only {got} of the {needed} other servers a majority needs stored the push's objects{}", last.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     TooFew {
         got: usize,
@@ -61,7 +61,11 @@ impl RaftLedger {
     }
 
     /// Has f peers fetch `objects` from this server (f = voters / 2).
-    async fn replicate(&self, repo: &RepoId, objects: &[ObjectId]) -> Result<(), ReplicateError> {
+    pub(super) async fn replicate(
+        &self,
+        repo: &RepoId,
+        objects: &[ObjectId],
+    ) -> Result<(), ReplicateError> {
         let status = self.control.status();
         let voters = status.members.iter().filter(|m| m.role == "voter").count();
         let needed = voters / 2;

@@ -15,6 +15,7 @@
 
 mod auth;
 mod ledger;
+pub mod pulls;
 mod sync;
 
 use std::path::Path;
@@ -45,6 +46,7 @@ pub struct Hosting {
     host: GitHost,
     control: Arc<ControlPlane>,
     pub sync: Arc<GitSync>,
+    pub pulls: Arc<pulls::Pulls>,
 }
 
 impl Hosting {
@@ -70,6 +72,7 @@ impl Hosting {
         ));
         let sync = Arc::new(GitSync::new(control.clone(), store.clone()));
         let ledger = Arc::new(ledger::RaftLedger::new(control.clone(), sync.clone()));
+        let ledger_for_pulls = ledger.clone();
         let auth = Arc::new(auth::ClusterAuth::new(control.clone(), sync.clone()));
         let host = GitHost::start(
             store,
@@ -78,10 +81,12 @@ impl Hosting {
             GitHostConfig::new(GitHttpConfig::new(data_dir.join("git-hook.sock"))),
         )
         .await?;
+        let pulls = Arc::new(pulls::Pulls::new(sync.clone(), ledger_for_pulls));
         Ok(Hosting {
             host,
             control,
             sync,
+            pulls,
         })
     }
 

@@ -13,6 +13,8 @@ use super::State;
 pub enum InvariantError {
     #[error("repository {key} is not under its key, or its project is missing, or refs {a} and {b} nest")]
     Repo { key: String, a: String, b: String },
+    #[error("pull request {key} is not under its key, names a number its repository never gave, or is merged without a commit")]
+    Pull { key: String },
     #[error("column {column} holds {count} tasks but its size says {recorded}")]
     ColumnSize {
         column: Column,
@@ -68,6 +70,7 @@ impl State {
         self.verify_desktops()?;
         self.verify_capacity()?;
         self.verify_repos()?;
+        self.verify_pulls()?;
         let mut rebuilt = State::default();
         for desktop in self.desktops.values() {
             rebuilt.index_desktop(desktop);
@@ -217,6 +220,22 @@ impl State {
 impl State {
     /// Every repository sits under its key in an existing project, and no
     /// two of its refs nest (git could not store them).
+    fn verify_pulls(&self) -> Result<(), InvariantError> {
+        use crate::types::{PullRequest, PullState};
+        for (key, pull) in &self.pulls {
+            let opened = self
+                .repo(&pull.project, &pull.repo)
+                .map(|repo| repo.pulls_opened);
+            let consistent = *key == PullRequest::key(&pull.project, &pull.repo, pull.number)
+                && opened.is_some_and(|opened| pull.number >= 1 && pull.number <= opened)
+                && (pull.state == PullState::Merged) == pull.merge_commit.is_some();
+            if !consistent {
+                return Err(InvariantError::Pull { key: key.clone() });
+            }
+        }
+        Ok(())
+    }
+
     fn verify_repos(&self) -> Result<(), InvariantError> {
         for (key, repo) in &self.repos {
             let broken = |a: &str, b: &str| InvariantError::Repo {

@@ -6,6 +6,7 @@ mod desktops;
 mod invariants;
 mod nodes;
 mod projects;
+mod pulls;
 mod tasks;
 
 pub use invariants::InvariantError;
@@ -23,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::{self, NodeView};
 use crate::types::{
     Allocation, Applied, Change, ChangeKind, ClientRequest, ClientResponse, Column, Command,
-    CommandError, Desktop, Node, Project, Repo, Task, TokenKind, TokenRecord, LOG_FORMAT_VERSION,
+    CommandError, Desktop, Node, Project, PullRequest, Repo, Task, TokenKind, TokenRecord,
+    LOG_FORMAT_VERSION,
 };
 
 /// How many request ids are remembered for exactly-once retries. A client
@@ -58,6 +60,9 @@ pub struct State {
     /// Keyed by `project/name` ([`Repo::key`]).
     #[serde(default)]
     repos: BTreeMap<String, Repo>,
+    /// Keyed by [`PullRequest::key`].
+    #[serde(default)]
+    pulls: BTreeMap<String, PullRequest>,
 }
 
 /// Request ids already applied, with their answers, oldest first.
@@ -198,6 +203,45 @@ impl State {
                 repo,
                 changes: ref_changes,
             } => self.update_refs(index, project, repo, ref_changes, changes),
+            Command::SetProjectMergeStyle { id, merge_style } => {
+                self.set_project_merge_style(index, id, *merge_style, changes)
+            }
+            Command::OpenPull {
+                project,
+                repo,
+                title,
+                task_id,
+                source,
+                base,
+                head,
+                base_commit,
+            } => self.open_pull(
+                index,
+                now_ms,
+                pulls::OpenPull {
+                    project,
+                    repo,
+                    title,
+                    task_id: task_id.as_deref(),
+                    source,
+                    base,
+                    head,
+                    base_commit,
+                },
+                changes,
+            ),
+            Command::ClosePull {
+                project,
+                repo,
+                number,
+            } => self.close_pull(index, now_ms, project, repo, *number, changes),
+            Command::MergePull {
+                project,
+                repo,
+                number,
+                head,
+                change,
+            } => self.merge_pull(index, now_ms, project, repo, *number, head, change, changes),
         }
     }
 

@@ -9,6 +9,9 @@ use crate::types::{
     hosted_repo, refs_nest, Applied, Change, ChangeKind, CommandError, Project, RefChange, Repo,
 };
 
+/// Full ref name → object id.
+type Refs = std::collections::BTreeMap<String, String>;
+
 impl State {
     pub fn project(&self, id: &str) -> Option<&Project> {
         self.projects.get(id)
@@ -54,6 +57,7 @@ impl State {
         let project = Project {
             id: id.to_owned(),
             default_branch: default_branch.to_owned(),
+            merge_style: Default::default(),
             created_at_ms: now_ms,
         };
         self.projects.insert(id.to_owned(), project.clone());
@@ -91,6 +95,7 @@ impl State {
             name: name.to_owned(),
             default_branch: owner.default_branch.clone(),
             refs: Default::default(),
+            pulls_opened: 0,
             created_at_ms: now_ms,
         };
         self.repos.insert(key, repo.clone());
@@ -101,20 +106,9 @@ impl State {
         Ok(Applied::Repo { repo })
     }
 
-    pub(super) fn update_refs(
-        &mut self,
-        index: u64,
-        project: &str,
-        name: &str,
-        ref_changes: &[RefChange],
-        changes: &mut Vec<Change>,
-    ) -> Result<Applied, CommandError> {
-        let Some(repo) = self.repos.get(&Repo::key(project, name)) else {
-            return Err(CommandError::RepoNotFound {
-                project: project.to_owned(),
-                name: name.to_owned(),
-            });
-        };
+    /// `repo`'s refs after `ref_changes`, if every old value matches and
+    /// git could store the result; nothing is changed here.
+    pub(super) fn refs_after(repo: &Repo, ref_changes: &[RefChange]) -> Result<Refs, CommandError> {
         let mut refs = repo.refs.clone();
         // Every old value first: a stale push changes nothing.
         for change in ref_changes {
@@ -146,6 +140,24 @@ impl State {
                 });
             }
         }
+        Ok(refs)
+    }
+
+    pub(super) fn update_refs(
+        &mut self,
+        index: u64,
+        project: &str,
+        name: &str,
+        ref_changes: &[RefChange],
+        changes: &mut Vec<Change>,
+    ) -> Result<Applied, CommandError> {
+        let Some(repo) = self.repos.get(&Repo::key(project, name)) else {
+            return Err(CommandError::RepoNotFound {
+                project: project.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        let refs = State::refs_after(repo, ref_changes)?;
         let repo = self
             .repos
             .get_mut(&Repo::key(project, name))

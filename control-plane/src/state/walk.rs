@@ -98,7 +98,9 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
     let desktops: Vec<_> = state.desktops().cloned().collect();
     let placed: Vec<_> = desktops.iter().filter(|d| d.node_id.is_some()).collect();
     let column = Column::ALL[rng.random_range(0..Column::ALL.len())];
-    match rng.random_range(0..20) {
+    match rng.random_range(0..22) {
+        20 => update_refs(rng, state),
+        21 => pull_command(rng, state),
         0 | 1 => Command::CreateTask {
             id: task,
             title: format!("task {step}"),
@@ -179,7 +181,15 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
                 .into_iter()
                 .collect(),
         },
-        17 => match rng.random_range(0..6) {
+        17 => match rng.random_range(0..10) {
+            7 | 8 => pull_command(rng, state),
+            9 => Command::SetProjectMergeStyle {
+                id: format!("p{}", rng.random_range(0..3)),
+                merge_style: [
+                    crate::types::MergeStyle::MergeCommit,
+                    crate::types::MergeStyle::Squash,
+                ][rng.random_range(0..2)],
+            },
             3 => Command::CreateProject {
                 id: format!("p{}", rng.random_range(0..2)),
                 default_branch: "main".to_owned(),
@@ -188,7 +198,7 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
                 project: format!("p{}", rng.random_range(0..3)),
                 name: format!("r{}", rng.random_range(0..2)),
             },
-            5 => update_refs(rng, state),
+            5 | 6 => update_refs(rng, state),
             0 => Command::SetPendingReasons {
                 reasons: pick(rng, &desktops)
                     .map(|desktop| PendingReason {
@@ -253,7 +263,13 @@ fn update_refs(rng: &mut StdRng, state: &State) -> Command {
         Some(repo) => (repo.project.clone(), repo.name.clone(), repo.refs.clone()),
         None => ("p0".to_owned(), "r0".to_owned(), BTreeMap::new()),
     };
-    let name = ["refs/heads/main", "refs/heads/a", "refs/heads/a/b"][rng.random_range(0..3)];
+    let name = [
+        "refs/heads/main",
+        "refs/heads/main",
+        "refs/heads/a",
+        "refs/heads/a",
+        "refs/heads/a/b",
+    ][rng.random_range(0..5)];
     let current = refs.get(name).cloned();
     let old = if rng.random_bool(0.8) {
         current
@@ -271,6 +287,71 @@ fn update_refs(rng: &mut StdRng, state: &State) -> Command {
             old,
             new,
         }],
+    }
+}
+
+/// A pull request opened, closed or merged, at the committed refs mostly,
+/// sometimes stale.
+fn pull_command(rng: &mut StdRng, state: &State) -> Command {
+    let repos: Vec<_> = state.all_repos().collect();
+    let Some(repo) = pick(rng, &repos) else {
+        return Command::ClosePull {
+            project: "p0".to_owned(),
+            repo: "r0".to_owned(),
+            number: 1,
+        };
+    };
+    let (project, name) = (repo.project.clone(), repo.name.clone());
+    let at = |branch: &str| repo.refs.get(&format!("refs/heads/{branch}")).cloned();
+    let stale = |rng: &mut StdRng, value: Option<String>| {
+        if rng.random_bool(0.8) {
+            value.unwrap_or_default()
+        } else {
+            format!("{:040x}", rng.random_range(0..4u32))
+        }
+    };
+    // Both branches first (a push), so that pulls get opened at all.
+    for branch in ["main", "a"] {
+        if at(branch).is_none() {
+            return Command::UpdateRefs {
+                project,
+                repo: name,
+                changes: vec![crate::types::RefChange {
+                    name: format!("refs/heads/{branch}"),
+                    old: None,
+                    new: Some(format!("{:040x}", rng.random_range(0..4u32))),
+                }],
+            };
+        }
+    }
+    let number = rng.random_range(1..=repo.pulls_opened.max(1) + 1);
+    match rng.random_range(0..4) {
+        0 | 1 => Command::OpenPull {
+            project,
+            repo: name,
+            title: "pull".to_owned(),
+            task_id: None,
+            source: "a".to_owned(),
+            base: "main".to_owned(),
+            head: stale(rng, at("a")),
+            base_commit: stale(rng, at("main")),
+        },
+        2 => Command::ClosePull {
+            project,
+            repo: name,
+            number,
+        },
+        _ => Command::MergePull {
+            project,
+            repo: name,
+            number,
+            head: stale(rng, at("a")),
+            change: crate::types::RefChange {
+                name: "refs/heads/main".to_owned(),
+                old: at("main"),
+                new: Some(format!("{:040x}", rng.random_range(0..4u32))),
+            },
+        },
     }
 }
 
@@ -326,6 +407,10 @@ fn kind(command: &Command) -> &'static str {
         Command::CreateProject { .. } => "create_project",
         Command::CreateRepo { .. } => "create_repo",
         Command::UpdateRefs { .. } => "update_refs",
+        Command::SetProjectMergeStyle { .. } => "set_project_merge_style",
+        Command::OpenPull { .. } => "open_pull",
+        Command::ClosePull { .. } => "close_pull",
+        Command::MergePull { .. } => "merge_pull",
     }
 }
 
@@ -364,6 +449,10 @@ fn random_walks_over_every_command_keep_the_invariants() {
             "create_project",
             "create_repo",
             "update_refs",
+            "set_project_merge_style",
+            "open_pull",
+            "close_pull",
+            "merge_pull",
         ] {
             assert!(
                 effective.get(kind).copied().unwrap_or(0) > 0,

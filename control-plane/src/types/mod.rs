@@ -13,11 +13,13 @@ use utoipa::ToSchema;
 mod desktop;
 mod node;
 mod project;
+mod pull;
 mod task;
 
 pub use desktop::*;
 pub use node::*;
 pub use project::*;
+pub use pull::*;
 pub use task::*;
 
 /// Why a field a client or node agent sent was refused; each message says
@@ -211,6 +213,39 @@ pub enum Command {
         repo: String,
         changes: Vec<RefChange>,
     },
+    /// Sets how a project's pull requests merge.
+    SetProjectMergeStyle {
+        id: String,
+        merge_style: MergeStyle,
+    },
+    /// Opens a pull request of `source` onto `base`, both at the commits
+    /// given (checked against the committed refs).
+    OpenPull {
+        project: String,
+        repo: String,
+        title: String,
+        #[serde(default)]
+        task_id: Option<String>,
+        source: String,
+        base: String,
+        head: String,
+        base_commit: String,
+    },
+    ClosePull {
+        project: String,
+        repo: String,
+        number: u64,
+    },
+    /// Lands an open pull request: the base's compare-and-swap to the merge
+    /// commit and the record's `merged`, in one entry. `head` must still be
+    /// the source branch's commit.
+    MergePull {
+        project: String,
+        repo: String,
+        number: u64,
+        head: String,
+        change: RefChange,
+    },
 }
 
 impl Command {
@@ -259,6 +294,9 @@ pub enum Applied {
     },
     Repo {
         repo: Repo,
+    },
+    Pull {
+        pull: PullRequest,
     },
     /// Result of [`Command::PlaceDesktops`].
     Placed {
@@ -309,6 +347,29 @@ pub enum CommandError {
     },
     #[error("{name} cannot exist beside {other} (git stores refs as paths)")]
     RefsNest { name: String, other: String },
+    #[error("no pull request {project}/{repo}#{number}")]
+    PullNotFound {
+        project: String,
+        repo: String,
+        number: u64,
+    },
+    #[error("pull request {project}/{repo}#{number} is {state:?}, not open")]
+    PullNotOpen {
+        project: String,
+        repo: String,
+        number: u64,
+        state: PullState,
+    },
+    #[error("pull request #{number} already proposes {branch} onto {base}")]
+    PullExists {
+        number: u64,
+        branch: String,
+        base: String,
+    },
+    #[error("no branch {name} in this repository")]
+    BranchNotFound { name: String },
+    #[error("a pull request needs two different branches; {name} was given twice")]
+    SameBranch { name: String },
 }
 
 /// Which door a token opens.
@@ -348,6 +409,7 @@ pub enum ChangeKind {
     DesktopDeleted { id: String },
     ProjectPut { project: Project },
     RepoPut { repo: Repo },
+    PullPut { pull: PullRequest },
 }
 
 #[cfg(test)]

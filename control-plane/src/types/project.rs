@@ -14,6 +14,9 @@ pub struct Project {
     pub id: String,
     /// The branch new repositories start with and pull requests target.
     pub default_branch: String,
+    /// How its pull requests merge unless a merge asks otherwise.
+    #[serde(default)]
+    pub merge_style: super::MergeStyle,
     pub created_at_ms: u64,
 }
 
@@ -26,6 +29,9 @@ pub struct Repo {
     /// Every branch and tag: full ref name → object id (hex).
     #[serde(default)]
     pub refs: BTreeMap<String, String>,
+    /// Pull requests opened so far (the last one's number).
+    #[serde(default)]
+    pub pulls_opened: u64,
     pub created_at_ms: u64,
 }
 

@@ -27,6 +27,7 @@ pub mod input;
 mod integer;
 pub mod openapi;
 pub mod projects;
+pub mod pulls;
 mod schemas;
 pub mod session;
 pub mod stream;
@@ -50,6 +51,8 @@ pub struct HttpState {
     pub control: Arc<ControlPlane>,
     pub fleet: Arc<Fleet>,
     pub tunnels: Arc<Tunnels>,
+    /// Pull requests on this server's git copies.
+    pub pulls: Arc<crate::hosting::pulls::Pulls>,
     /// Live streams (hubs) and cached thumbnails, by desktop.
     pub streams: Arc<stream::Streams>,
     /// One-time sign-in codes for the board.
@@ -57,11 +60,17 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(control: Arc<ControlPlane>, fleet: Arc<Fleet>, tunnels: Arc<Tunnels>) -> HttpState {
+    pub fn new(
+        control: Arc<ControlPlane>,
+        fleet: Arc<Fleet>,
+        tunnels: Arc<Tunnels>,
+        pulls: Arc<crate::hosting::pulls::Pulls>,
+    ) -> HttpState {
         HttpState {
             control,
             fleet,
             tunnels,
+            pulls,
             streams: Arc::default(),
             logins: Arc::default(),
         }
@@ -77,6 +86,12 @@ impl FromRef<HttpState> for Arc<ControlPlane> {
 impl FromRef<HttpState> for Arc<Fleet> {
     fn from_ref(state: &HttpState) -> Arc<Fleet> {
         state.fleet.clone()
+    }
+}
+
+impl FromRef<HttpState> for Arc<crate::hosting::pulls::Pulls> {
+    fn from_ref(state: &HttpState) -> Arc<crate::hosting::pulls::Pulls> {
+        state.pulls.clone()
     }
 }
 
@@ -122,6 +137,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(fleet::routes())
         .merge(projects::routes())
+        .merge(pulls::routes())
         .merge(exec::routes())
         .merge(stream::routes())
         .merge(session::routes())
@@ -235,24 +251,7 @@ pub(crate) fn consistency(stale: bool) -> Consistency {
 }
 
 pub(crate) fn command_error(error: CommandError) -> ApiError {
-    let message = error.to_string();
-    match error {
-        CommandError::TaskNotFound { .. }
-        | CommandError::NodeNotFound { .. }
-        | CommandError::DesktopNotFound { .. }
-        | CommandError::ProjectNotFound { .. }
-        | CommandError::RepoNotFound { .. } => ApiError::not_found(message),
-        CommandError::TaskExists { .. }
-        | CommandError::ProjectExists { .. }
-        | CommandError::RepoExists { .. }
-        | CommandError::StaleRef { .. }
-        | CommandError::RefsNest { .. }
-        | CommandError::NodeNameTaken { .. }
-        | CommandError::NodeDraining { .. }
-        | CommandError::NodeNotDown { .. }
-        | CommandError::NodeDown { .. } => ApiError::new(ErrorKind::Conflict, "conflict", message),
-        CommandError::UnsupportedFormat { .. } => ApiError::internal(message),
-    }
+    ApiError::from(error)
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::schemas::string;
-use super::{cluster, exec, fleet, projects, session, stream, tasks};
+use super::{cluster, exec, fleet, projects, pulls, session, stream, tasks};
 use crate::error::ErrorBody;
 use crate::types::{Change, Column, DesktopResources, Task};
 
@@ -52,6 +52,12 @@ use crate::types::{Change, Column, DesktopResources, Task};
         projects::get_project,
         projects::create_repo,
         projects::get_repo,
+        pulls::open_pull,
+        pulls::list_pulls,
+        pulls::get_pull,
+        pulls::pull_diff,
+        pulls::merge_pull,
+        pulls::close_pull,
         exec::screenshot,
         exec::input,
         exec::exec,
@@ -84,6 +90,18 @@ use crate::types::{Change, Column, DesktopResources, Task};
         projects::ProjectList,
         projects::ProjectView,
         projects::RepoView,
+        pulls::OpenPullBody,
+        pulls::MergeBody,
+        pulls::PullList,
+        pulls::PullView,
+        pulls::FileStat,
+        pulls::FileDiffView,
+        pulls::HunkView,
+        pulls::DiffLineView,
+        pulls::PullDiff,
+        crate::types::PullRequest,
+        crate::types::PullState,
+        crate::types::MergeStyle,
         session::SignIn,
         session::TokenSignIn,
         session::CodeSignIn,
@@ -95,13 +113,20 @@ use crate::types::{Change, Column, DesktopResources, Task};
 pub struct ApiDoc;
 
 /// Path parameters as the handlers parse them: ids (`validate_id`), node
-/// names or ids (`fleet::validate_name`), server ids (numbers).
+/// names or ids (`fleet::validate_name`), server ids and pull request
+/// numbers (integers).
 fn path_parameter_schema(path: &str, name: &str) -> Option<Schema> {
     let schema: Schema = match name {
         "id" if path.starts_with("/api/v1/cluster/members/") => ObjectBuilder::new()
             .schema_type(Type::Integer)
             .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
             .minimum(Some(0))
+            .build()
+            .into(),
+        "number" => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
             .build()
             .into(),
         "id" => string(1, super::MAX_ID_CHARS, "^[A-Za-z0-9_-]*$".to_owned()).into(),
