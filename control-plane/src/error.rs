@@ -22,6 +22,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// No leader, no quorum, or the server is stopping: retry later.
     Unavailable,
+    /// A server we called for the client (an upstream git host) failed.
+    BadGateway,
     Internal,
 }
 
@@ -44,10 +46,10 @@ impl From<CommandError> for ApiError {
             | CommandError::DesktopNotFound { .. }
             | CommandError::ProjectNotFound { .. }
             | CommandError::RepoNotFound { .. }
-            | CommandError::PullNotFound { .. } => ApiError::not_found(message),
-            CommandError::BranchNotFound { .. } | CommandError::SameBranch { .. } => {
-                ApiError::bad_request("invalid_branch", message)
-            }
+            | CommandError::PullNotFound { .. }
+            | CommandError::BranchNotFound { .. }
+            | CommandError::NotMirrored { .. } => ApiError::not_found(message),
+            CommandError::SameBranch { .. } => ApiError::bad_request("invalid_branch", message),
             CommandError::TaskExists { .. }
             | CommandError::ProjectExists { .. }
             | CommandError::RepoExists { .. }
@@ -111,6 +113,7 @@ impl ApiError {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,7 +161,7 @@ impl From<ApiError> for tonic::Status {
             ErrorKind::Conflict => tonic::Code::AlreadyExists,
             ErrorKind::Gone => tonic::Code::OutOfRange,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
-            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Unavailable | ErrorKind::BadGateway => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         };
         tonic::Status::new(code, error.message)

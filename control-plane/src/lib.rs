@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod hosting;
 pub mod raft;
 pub mod scheduler;
+pub mod seal;
 pub mod server;
 pub mod state;
 pub mod tunnel;

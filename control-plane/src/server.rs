@@ -262,12 +262,14 @@ pub async fn run(
         .await
         .context("start hosted git")?;
     background.push(tokio::spawn(hosting.sync.clone().run()));
+    background.push(tokio::spawn(hosting.upstreams.clone().run()));
 
     let http = crate::api::http::HttpState::new(
         control.clone(),
         fleet.clone(),
         tunnels.clone(),
         hosting.pulls.clone(),
+        hosting.upstreams.clone(),
     );
     let app = tonic::service::Routes::new(crate::api::grpc::cluster::raft_service(control.clone()))
         .add_service(crate::api::grpc::cluster::cluster_service(control.clone()))

@@ -90,6 +90,8 @@ pub fn run() -> Result<bool, ContractError> {
     let mut dev = Command::new(target.join("debug").join("flotilla"));
     dev.args(["dev", "--listen", LISTEN])
         .env("FLOTILLA_DEV_DIR", &data_dir)
+        // Generated imports must not reach out: no upstream host is allowed.
+        .env("FLOTILLA_UPSTREAM_HOSTS", "-")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);

@@ -20,9 +20,7 @@ use anyhow::{bail, Context};
 use flotilla_tests::{ServerFlags, TestCluster};
 use tokio::io::AsyncWriteExt;
 
-mod plain;
-
-use plain::PlainServer;
+use flotilla_tests::git_http::PlainGitServer;
 
 use crate::{millis, percentile};
 
@@ -489,7 +487,7 @@ pub async fn run(args: GitArgs) -> anyhow::Result<()> {
             git(&work.home, &plain_repo, &["config", key, value], None).await?;
         }
     }
-    let plain_server = PlainServer::start(plain_root).await?;
+    let plain_server = PlainGitServer::start(plain_root, None).await?;
     let plain = System {
         name: "plain",
         urls: vec![format!(

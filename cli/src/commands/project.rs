@@ -1,4 +1,4 @@
-//! `flotilla project create|list|show` and `flotilla repo create|list|show`:
+//! `flotilla project create|list|show` and `flotilla repo create|import|list|show`:
 //! projects and their hosted repositories, over the HTTP API. `repo show`
 //! prints the clone URL (the operator token is git's password).
 
@@ -30,6 +30,18 @@ pub enum RepoCommand {
     Create {
         /// `PROJECT/NAME`.
         repo: String,
+    },
+    /// Import a repository from an upstream (http(s)://, git://, file://);
+    /// its default branch is mirrored back there as it moves.
+    Import {
+        /// `PROJECT/NAME`.
+        repo: String,
+        /// The upstream URL, without credentials.
+        url: String,
+        /// A file holding the upstream's token (git's HTTP password); it is
+        /// kept sealed in the cluster and never shown or given to desktops.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
     },
     /// A project's repositories.
     List { project: String },
@@ -112,6 +124,41 @@ pub async fn run_repo(client: &Client, command: RepoCommand) -> anyhow::Result<(
                 }
             }
         }
+        RepoCommand::Import {
+            repo,
+            url,
+            token_file,
+        } => {
+            let (project, name) = split(&repo)?;
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|error| anyhow::anyhow!("read {}: {error}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let imported: Value = client
+                .send(
+                    client
+                        .http
+                        .post(client.url(&format!("/api/v1/projects/{project}/repos")))
+                        .json(&json!({"name": name, "upstream": url, "upstream_token": token})),
+                )
+                .await?;
+            match client.output {
+                Output::Json => print_json(&imported),
+                Output::Table => {
+                    let refs = imported["refs"].as_object().map_or(0, |refs| refs.len());
+                    println!(
+                        "imported {project}/{name} from {url}: {refs} refs; clone {}",
+                        client.url(text(&imported["clone_path"]))
+                    );
+                    Ok(())
+                }
+            }
+        }
         RepoCommand::List { project } => {
             let found = get(client, &format!("/api/v1/projects/{project}")).await?;
             if let Output::Json = client.output {
@@ -127,6 +174,14 @@ pub async fn run_repo(client: &Client, command: RepoCommand) -> anyhow::Result<(
                 return print_json(&found);
             }
             println!("repository {project}/{name}");
+            if let Some(upstream) = found["upstream"].as_object() {
+                let state = match (&upstream["error"], found["mirror_behind"] == true) {
+                    (Value::String(error), _) => format!("mirror failing: {error}"),
+                    (_, true) => "mirror behind (pushing)".to_owned(),
+                    _ => format!("mirrored at {}", text(&upstream["pushed"])),
+                };
+                println!("  upstream: {}  {state}", text(&upstream["url"]));
+            }
             println!(
                 "  clone:  git clone {}  (password: the operator token)",
                 client.url(text(&found["clone_path"]))

@@ -17,6 +17,7 @@ mod auth;
 mod ledger;
 pub mod pulls;
 mod sync;
+pub mod upstream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct Hosting {
     control: Arc<ControlPlane>,
     pub sync: Arc<GitSync>,
     pub pulls: Arc<pulls::Pulls>,
+    pub upstreams: Arc<upstream::Upstreams>,
 }
 
 impl Hosting {
@@ -81,12 +83,18 @@ impl Hosting {
             GitHostConfig::new(GitHttpConfig::new(data_dir.join("git-hook.sock"))),
         )
         .await?;
-        let pulls = Arc::new(pulls::Pulls::new(sync.clone(), ledger_for_pulls));
+        let pulls = Arc::new(pulls::Pulls::new(sync.clone(), ledger_for_pulls.clone()));
+        let upstreams = Arc::new(upstream::Upstreams::new(
+            sync.clone(),
+            ledger_for_pulls,
+            data_dir.join("git-import"),
+        ));
         Ok(Hosting {
             host,
             control,
             sync,
             pulls,
+            upstreams,
         })
     }
 

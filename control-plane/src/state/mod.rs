@@ -63,6 +63,10 @@ pub struct State {
     /// Keyed by [`PullRequest::key`].
     #[serde(default)]
     pulls: BTreeMap<String, PullRequest>,
+    /// Imported repositories' upstream credentials, sealed, by [`Repo::key`];
+    /// never in a change or an answer.
+    #[serde(default)]
+    upstream_credentials: BTreeMap<String, String>,
 }
 
 /// Request ids already applied, with their answers, oldest first.
@@ -195,9 +199,26 @@ impl State {
             Command::CreateProject { id, default_branch } => {
                 self.create_project(index, now_ms, id, default_branch, changes)
             }
-            Command::CreateRepo { project, name } => {
-                self.create_repo(index, now_ms, project, name, changes)
-            }
+            Command::CreateRepo {
+                project,
+                name,
+                upstream,
+                sealed_credential,
+            } => self.create_repo_from(
+                index,
+                now_ms,
+                project,
+                name,
+                upstream.as_deref(),
+                sealed_credential.as_deref(),
+                changes,
+            ),
+            Command::RecordMirror {
+                project,
+                repo,
+                pushed,
+                error,
+            } => self.record_mirror(index, now_ms, project, repo, pushed, error, changes),
             Command::UpdateRefs {
                 project,
                 repo,

@@ -7,6 +7,7 @@
 use super::State;
 use crate::types::{
     hosted_repo, refs_nest, Applied, Change, ChangeKind, CommandError, Project, RefChange, Repo,
+    Upstream,
 };
 
 /// Full ref name → object id.
@@ -70,12 +71,34 @@ impl State {
         Ok(Applied::Project { project })
     }
 
+    /// An imported repository's sealed upstream credential.
+    pub fn upstream_credential(&self, project: &str, name: &str) -> Option<&str> {
+        self.upstream_credentials
+            .get(&Repo::key(project, name))
+            .map(String::as_str)
+    }
+
+    #[cfg(test)]
     pub(super) fn create_repo(
         &mut self,
         index: u64,
         now_ms: u64,
         project: &str,
         name: &str,
+        changes: &mut Vec<Change>,
+    ) -> Result<Applied, CommandError> {
+        self.create_repo_from(index, now_ms, project, name, None, None, changes)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_repo_from(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        project: &str,
+        name: &str,
+        upstream: Option<&str>,
+        sealed_credential: Option<&str>,
         changes: &mut Vec<Change>,
     ) -> Result<Applied, CommandError> {
         let Some(owner) = self.projects.get(project) else {
@@ -96,9 +119,53 @@ impl State {
             default_branch: owner.default_branch.clone(),
             refs: Default::default(),
             pulls_opened: 0,
+            upstream: upstream.map(|url| Upstream {
+                url: url.to_owned(),
+                pushed: None,
+                error: None,
+                updated_at_ms: now_ms,
+            }),
             created_at_ms: now_ms,
         };
+        if let (Some(_), Some(sealed)) = (upstream, sealed_credential) {
+            self.upstream_credentials
+                .insert(key.clone(), sealed.to_owned());
+        }
         self.repos.insert(key, repo.clone());
+        changes.push(Change {
+            revision: index,
+            kind: ChangeKind::RepoPut { repo: repo.clone() },
+        });
+        Ok(Applied::Repo { repo })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_mirror(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        project: &str,
+        name: &str,
+        pushed: &Option<String>,
+        error: &Option<String>,
+        changes: &mut Vec<Change>,
+    ) -> Result<Applied, CommandError> {
+        let Some(repo) = self.repos.get_mut(&Repo::key(project, name)) else {
+            return Err(CommandError::RepoNotFound {
+                project: project.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        let Some(upstream) = repo.upstream.as_mut() else {
+            return Err(CommandError::NotMirrored {
+                project: project.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        upstream.pushed = pushed.clone();
+        upstream.error = error.clone();
+        upstream.updated_at_ms = now_ms;
+        let repo = repo.clone();
         changes.push(Change {
             revision: index,
             kind: ChangeKind::RepoPut { repo: repo.clone() },

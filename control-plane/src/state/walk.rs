@@ -183,6 +183,20 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
         },
         17 => match rng.random_range(0..10) {
             7 | 8 => pull_command(rng, state),
+            6 => {
+                let repos: Vec<_> = state.all_repos().collect();
+                let (project, repo) = pick(rng, &repos)
+                    .map(|repo| (repo.project.clone(), repo.name.clone()))
+                    .unwrap_or(("p0".to_owned(), "r0".to_owned()));
+                Command::RecordMirror {
+                    project,
+                    repo,
+                    pushed: rng
+                        .random_bool(0.7)
+                        .then(|| format!("{:040x}", rng.random_range(0..4u32))),
+                    error: rng.random_bool(0.3).then(|| "upstream refused".to_owned()),
+                }
+            }
             9 => Command::SetProjectMergeStyle {
                 id: format!("p{}", rng.random_range(0..3)),
                 merge_style: [
@@ -197,8 +211,12 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
             4 => Command::CreateRepo {
                 project: format!("p{}", rng.random_range(0..3)),
                 name: format!("r{}", rng.random_range(0..2)),
+                upstream: rng
+                    .random_bool(0.7)
+                    .then(|| "file:///srv/upstream.git".to_owned()),
+                sealed_credential: rng.random_bool(0.5).then(|| "00".repeat(40)),
             },
-            5 | 6 => update_refs(rng, state),
+            5 => update_refs(rng, state),
             0 => Command::SetPendingReasons {
                 reasons: pick(rng, &desktops)
                     .map(|desktop| PendingReason {
@@ -302,6 +320,16 @@ fn pull_command(rng: &mut StdRng, state: &State) -> Command {
         };
     };
     let (project, name) = (repo.project.clone(), repo.name.clone());
+    if repo.upstream.is_some() && rng.random_bool(0.25) {
+        return Command::RecordMirror {
+            project,
+            repo: name,
+            pushed: rng
+                .random_bool(0.7)
+                .then(|| format!("{:040x}", rng.random_range(0..4u32))),
+            error: rng.random_bool(0.3).then(|| "upstream refused".to_owned()),
+        };
+    }
     let at = |branch: &str| repo.refs.get(&format!("refs/heads/{branch}")).cloned();
     let stale = |rng: &mut StdRng, value: Option<String>| {
         if rng.random_bool(0.8) {
@@ -411,6 +439,7 @@ fn kind(command: &Command) -> &'static str {
         Command::OpenPull { .. } => "open_pull",
         Command::ClosePull { .. } => "close_pull",
         Command::MergePull { .. } => "merge_pull",
+        Command::RecordMirror { .. } => "record_mirror",
     }
 }
 
@@ -453,6 +482,7 @@ fn random_walks_over_every_command_keep_the_invariants() {
             "open_pull",
             "close_pull",
             "merge_pull",
+            "record_mirror",
         ] {
             assert!(
                 effective.get(kind).copied().unwrap_or(0) > 0,

@@ -206,6 +206,19 @@ pub enum Command {
     CreateRepo {
         project: String,
         name: String,
+        /// An import's upstream URL, and its credential sealed under the
+        /// cluster secret (`crate::seal`).
+        #[serde(default)]
+        upstream: Option<String>,
+        #[serde(default)]
+        sealed_credential: Option<String>,
+    },
+    /// What the mirror of an imported repository last managed.
+    RecordMirror {
+        project: String,
+        repo: String,
+        pushed: Option<String>,
+        error: Option<String>,
     },
     /// A push: every change's `old` must match, or none applies.
     UpdateRefs {
@@ -366,6 +379,8 @@ pub enum CommandError {
         branch: String,
         base: String,
     },
+    #[error("{project}/{name} was not imported: it has no upstream to mirror")]
+    NotMirrored { project: String, name: String },
     #[error("no branch {name} in this repository")]
     BranchNotFound { name: String },
     #[error("a pull request needs two different branches; {name} was given twice")]

@@ -32,7 +32,28 @@ pub struct Repo {
     /// Pull requests opened so far (the last one's number).
     #[serde(default)]
     pub pulls_opened: u64,
+    /// Where it was imported from; its default branch is mirrored there.
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
     pub created_at_ms: u64,
+}
+
+/// An imported repository's upstream and how its mirror is doing. The
+/// credential is not here: it is sealed apart (`State::upstream_credential`)
+/// and never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Upstream {
+    /// Without credentials (refused in a URL).
+    pub url: String,
+    /// The default branch's commit the upstream last took (the import's at
+    /// first); behind the branch: the mirror lags.
+    #[serde(default)]
+    pub pushed: Option<String>,
+    /// Why the last push failed; cleared by the next success.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub updated_at_ms: u64,
 }
 
 impl Repo {

@@ -53,6 +53,8 @@ pub struct HttpState {
     pub tunnels: Arc<Tunnels>,
     /// Pull requests on this server's git copies.
     pub pulls: Arc<crate::hosting::pulls::Pulls>,
+    /// Imports and mirrors.
+    pub upstreams: Arc<crate::hosting::upstream::Upstreams>,
     /// Live streams (hubs) and cached thumbnails, by desktop.
     pub streams: Arc<stream::Streams>,
     /// One-time sign-in codes for the board.
@@ -65,12 +67,14 @@ impl HttpState {
         fleet: Arc<Fleet>,
         tunnels: Arc<Tunnels>,
         pulls: Arc<crate::hosting::pulls::Pulls>,
+        upstreams: Arc<crate::hosting::upstream::Upstreams>,
     ) -> HttpState {
         HttpState {
             control,
             fleet,
             tunnels,
             pulls,
+            upstreams,
             streams: Arc::default(),
             logins: Arc::default(),
         }
@@ -92,6 +96,12 @@ impl FromRef<HttpState> for Arc<Fleet> {
 impl FromRef<HttpState> for Arc<crate::hosting::pulls::Pulls> {
     fn from_ref(state: &HttpState) -> Arc<crate::hosting::pulls::Pulls> {
         state.pulls.clone()
+    }
+}
+
+impl FromRef<HttpState> for Arc<crate::hosting::upstream::Upstreams> {
+    fn from_ref(state: &HttpState) -> Arc<crate::hosting::upstream::Upstreams> {
+        state.upstreams.clone()
     }
 }
 

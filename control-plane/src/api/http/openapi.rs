@@ -102,6 +102,7 @@ use crate::types::{Change, Column, DesktopResources, Task};
         crate::types::PullRequest,
         crate::types::PullState,
         crate::types::MergeStyle,
+        crate::types::Upstream,
         session::SignIn,
         session::TokenSignIn,
         session::CodeSignIn,

@@ -21,7 +21,8 @@ use super::body::JsonBody;
 use super::{command_error, consistency, idempotency_key, query_error, HttpState, ReadQuery};
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorBody};
-use crate::types::{valid_project_name, Applied, ClientResponse, Command, Project, Repo};
+use crate::hosting::upstream::{check_upstream_url, Upstreams};
+use crate::types::{valid_project_name, Applied, ClientResponse, Command, Project, Repo, Upstream};
 
 pub(crate) fn routes() -> Router<HttpState> {
     Router::new()
@@ -54,6 +55,17 @@ pub struct CreateRepoBody {
     /// 1-64 of `A-Z a-z 0-9 - _`.
     #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]*$")]
     name: String,
+    /// Import every branch and tag from this URL (http(s)://, git://,
+    /// file://, no credentials in it); its default branch is then mirrored
+    /// back there.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 2048, nullable)]
+    upstream: Option<String>,
+    /// The upstream's token (git's HTTP Basic password): kept sealed,
+    /// never shown, never in a desktop.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 4096, nullable)]
+    upstream_token: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -79,6 +91,10 @@ pub struct RepoView {
     refs: BTreeMap<String, String>,
     /// Path of the smart-HTTP remote on any server, e.g. `/git/p/r.git`.
     clone_path: String,
+    /// Where it was imported from, and what its mirror last managed.
+    upstream: Option<Upstream>,
+    /// Whether the default branch has moved past what the upstream took.
+    mirror_behind: bool,
 }
 
 impl From<&Repo> for RepoView {
@@ -89,6 +105,13 @@ impl From<&Repo> for RepoView {
             default_branch: repo.default_branch.clone(),
             refs: repo.refs.clone(),
             clone_path: format!("/git/{}/{}.git", repo.project, repo.name),
+            upstream: repo.upstream.clone(),
+            mirror_behind: repo.upstream.as_ref().is_some_and(|upstream| {
+                upstream.pushed.as_ref()
+                    != repo
+                        .refs
+                        .get(&format!("refs/heads/{}", repo.default_branch))
+            }),
         }
     }
 }
@@ -182,32 +205,60 @@ pub(super) async fn get_project(
         .ok_or_else(|| ApiError::not_found(format!("no project {project:?}")))
 }
 
-/// Create a repository in a project (an empty bare repository on every
-/// server).
+/// Create a repository in a project (a bare repository on every server):
+/// empty, or imported from `upstream` (its refs committed once a majority
+/// of servers hold the objects; 502 if the upstream cannot be read).
 #[utoipa::path(
     post,
     path = "/api/v1/projects/{project}/repos",
     params(("project" = String, Path)),
     request_body = CreateRepoBody,
-    responses((status = 201, body = RepoView), (status = 409, body = ErrorBody))
+    responses((status = 201, body = RepoView), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody))
 )]
 pub(super) async fn create_repo(
     State(control): State<Arc<ControlPlane>>,
+    State(upstreams): State<Arc<Upstreams>>,
     Path(project): Path<String>,
     headers: HeaderMap,
     JsonBody { value: body, .. }: JsonBody<CreateRepoBody>,
 ) -> Result<(StatusCode, Json<RepoView>), ApiError> {
     check_name("project", &project)?;
     check_name("repository", &body.name)?;
+    if let Some(url) = &body.upstream {
+        check_upstream_url(url)?;
+    } else if body.upstream_token.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "upstream_token needs an upstream",
+        ));
+    }
+    let sealed_credential = body.upstream_token.as_deref().map(|token| {
+        crate::seal::seal(
+            control.cluster_secret(),
+            &Repo::key(&project, &body.name),
+            token,
+        )
+    });
     let command = Command::CreateRepo {
-        project,
-        name: body.name,
+        project: project.clone(),
+        name: body.name.clone(),
+        upstream: body.upstream.clone(),
+        sealed_credential,
     };
     let request = control.request(command, idempotency_key(&headers)?);
-    match outcome(control.write(request).await?)? {
-        Applied::Repo { repo } => Ok((StatusCode::CREATED, Json(RepoView::from(&repo)))),
-        other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
-    }
+    let repo = match outcome(control.write(request).await?)? {
+        Applied::Repo { repo } => repo,
+        other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
+    };
+    let repo = match &body.upstream {
+        Some(url) => {
+            upstreams
+                .import(&project, &body.name, url, body.upstream_token.as_deref())
+                .await?
+        }
+        None => repo,
+    };
+    Ok((StatusCode::CREATED, Json(RepoView::from(&repo))))
 }
 
 /// One repository: its refs and where to clone it.

@@ -1,7 +1,8 @@
-//! The plain peer of `flotilla-bench git`: `git http-backend` (a CGI
-//! program) behind a tiny axum bridge in one process, no replication: the
-//! request body is streamed to its stdin, its CGI headers (`Status:`,
-//! `Content-Type:`) parsed, the rest streamed back.
+//! A plain git HTTP server: `git http-backend` (a CGI program) behind a tiny
+//! axum bridge in one process, no replication: the request body is streamed
+//! to its stdin, its CGI headers (`Status:`, `Content-Type:`) parsed, the
+//! rest streamed back. `flotilla-bench git` runs it as the plain peer; the
+//! import tests run it with a fixed token, standing in for GitHub.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,25 +13,33 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-// ---------------------------------------------------------------------------
-// The plain peer: `git http-backend` behind a tiny CGI bridge.
-
-pub(super) struct PlainServer {
-    pub(super) addr: String,
+/// A running server for the bare repositories under a root, at
+/// `http://<addr>/git/<path under the root>`.
+pub struct PlainGitServer {
+    pub addr: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-impl PlainServer {
-    pub(super) async fn start(root: PathBuf) -> anyhow::Result<PlainServer> {
+struct Served {
+    root: PathBuf,
+    /// The HTTP Basic password every request must carry, if any.
+    token: Option<String>,
+}
+
+impl PlainGitServer {
+    /// Serves `root`; with `token`, every request must carry it as the
+    /// HTTP Basic password (else 401 with `WWW-Authenticate`, as GitHub).
+    pub async fn start(root: PathBuf, token: Option<String>) -> anyhow::Result<PlainGitServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let app = axum::Router::new()
             .fallback(cgi)
             .layer(DefaultBodyLimit::disable())
-            .with_state(Arc::new(root));
+            .with_state(Arc::new(Served { root, token }));
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -39,14 +48,14 @@ impl PlainServer {
                 })
                 .await
         });
-        Ok(PlainServer {
+        Ok(PlainGitServer {
             addr,
             shutdown: Some(shutdown),
             task,
         })
     }
 
-    pub(super) async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -55,8 +64,32 @@ impl PlainServer {
     }
 }
 
-async fn cgi(State(root): State<Arc<PathBuf>>, request: Request) -> Response {
-    match run_cgi(&root, request).await {
+async fn cgi(State(served): State<Arc<Served>>, request: Request) -> Response {
+    if let Some(token) = &served.token {
+        let password = request
+            .headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Basic "))
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .ok()
+            })
+            .and_then(|decoded| String::from_utf8(decoded).ok())
+            .and_then(|pair| {
+                pair.split_once(':')
+                    .map(|(_, password)| password.to_owned())
+            });
+        if password.as_deref() != Some(token.as_str()) {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("www-authenticate", "Basic realm=\"git\"")
+                .body(Body::from("a token is required\n"))
+                .unwrap_or_default();
+        }
+    }
+    match run_cgi(&served.root, request).await {
         Ok(response) => response,
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}\n")).into_response(),
     }
