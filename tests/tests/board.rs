@@ -140,6 +140,7 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
     browser
         .eval(
             "document.getElementById('create-title').value = 'watch the desktop'; \
+             document.getElementById('create-repository').value = 'demo/app'; \
              document.getElementById('create-form').requestSubmit(); true",
         )
         .await?;
@@ -159,6 +160,15 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
         )
         .await;
     step(&mut other, "other-create", seen).await?;
+    // The card shows its repository.
+    let repo = other
+        .wait_for(
+            "the card's repository",
+            "[...document.querySelectorAll('.card .repo')].some(r => r.textContent === 'demo/app')",
+            Duration::from_secs(10),
+        )
+        .await;
+    step(&mut other, "card-repository", repo).await?;
 
     // Drag it to Planning: its desktop is placed, starts, and its card
     // shows a live thumbnail.

@@ -165,6 +165,13 @@ function card(task) {
   title.className = 'title';
   title.textContent = task.title;
   div.append(title);
+  if (task.repository) {
+    const repo = document.createElement('div');
+    repo.className = 'repo';
+    repo.textContent = task.repository;
+    repo.title = 'repository';
+    div.append(repo);
+  }
   const state = desktopState(task);
   if (state) {
     const line = document.createElement('div');
@@ -216,8 +223,12 @@ function report(error) {
 $('create-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   try {
-    await api('POST', '/tasks', { title: $('create-title').value });
+    const body = { title: $('create-title').value };
+    const repository = $('create-repository').value.trim();
+    if (repository) body.repository = repository;
+    await api('POST', '/tasks', body);
     $('create-title').value = '';
+    $('create-repository').value = '';
   } catch (error) {
     report(error);
   }
