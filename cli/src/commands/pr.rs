@@ -236,7 +236,12 @@ fn unified(diff: &Value) -> String {
     for file in diff["files"].as_array().into_iter().flatten() {
         let path = text(&file["path"]);
         let old = file["old_path"].as_str().unwrap_or(path);
-        out.push_str(&format!("--- a/{old}\n+++ b/{path}\n"));
+        let (from, to) = match file["status"].as_str() {
+            Some("added") => ("/dev/null".to_owned(), format!("b/{path}")),
+            Some("deleted") => (format!("a/{old}"), "/dev/null".to_owned()),
+            _ => (format!("a/{old}"), format!("b/{path}")),
+        };
+        out.push_str(&format!("--- {from}\n+++ {to}\n"));
         if file["binary"] == true {
             out.push_str("Binary file\n");
         }
@@ -249,6 +254,7 @@ fn unified(diff: &Value) -> String {
                 hunk["new_lines"],
                 hunk["header"]
                     .as_str()
+                    .filter(|h| !h.is_empty())
                     .map(|h| format!(" {h}"))
                     .unwrap_or_default()
             ));
