@@ -507,7 +507,7 @@ async fn bad_git_input_is_refused_readably_and_leaves_the_repository_intact() ->
         stderr.contains("remote: no repository nope/app"),
         "{stderr}"
     );
-    assert!(stderr.contains("403"), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
     let basic = format!(
         "Basic {}",
         base64::Engine::encode(

@@ -47,7 +47,7 @@ async fn require_known(control: &ControlPlane, repo: &RepoId) -> Result<(), GitA
             .map_err(|error| GitAuthError::Unavailable(Box::new(error)))?;
     }
     if !known() {
-        return Err(GitAuthError::Forbidden {
+        return Err(GitAuthError::NotFound {
             reason: format!("no repository {repo}: `flotilla repo create` makes one"),
         });
     }

@@ -32,6 +32,9 @@ pub enum GitAuthError {
     /// A valid token without this access: 403.
     #[error("{reason}")]
     Forbidden { reason: String },
+    /// No such repository (for this caller): 404.
+    #[error("{reason}")]
+    NotFound { reason: String },
     /// The authorizer itself failed: 503.
     #[error("cannot check credentials right now")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

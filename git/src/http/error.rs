@@ -46,7 +46,9 @@ pub enum GitHttpError {
 impl GitHttpError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadName(_) | Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::BadName(_)
+            | Self::NotFound { .. }
+            | Self::Auth(GitAuthError::NotFound { .. }) => StatusCode::NOT_FOUND,
             Self::Auth(GitAuthError::MissingCredentials | GitAuthError::InvalidCredentials) => {
                 StatusCode::UNAUTHORIZED
             }
