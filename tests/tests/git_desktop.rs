@@ -6,11 +6,11 @@
 //! tokens only, a desktop cannot reach the servers' client port, and a
 //! token dies with its desktop.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use flotilla_tests::git::{described, git, git_output};
 use flotilla_tests::{flotilla_bin, netns, AgentProcess, ServerFlags, TestCluster};
 use serde_json::{json, Value};
 
@@ -42,41 +42,6 @@ async fn in_desktop(
     Ok(output)
 }
 
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The host's `git`, clean of the host's configuration.
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Command::new("git")
-        .args([
-            "-c",
-            "user.name=Operator",
-            "-c",
-            "user.email=op@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .context("run git")
-}
-
-fn git_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = git(dir, args)?;
-    if !output.status.success() {
-        bail!("git {}: {}", args.join(" "), text(&output));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_desktop_pushes_only_its_task_branch_with_its_own_credential() -> anyhow::Result<()> {
     if !netns::available()? {
@@ -100,12 +65,12 @@ async fn a_desktop_pushes_only_its_task_branch_with_its_own_credential() -> anyh
     let host = tempfile::tempdir()?;
     let seed = host.path().join("seed");
     std::fs::create_dir(&seed)?;
-    git_ok(&seed, &["init", "-q", "-b", "main"])?;
+    git(&seed, &["init", "-q", "-b", "main"])?;
     std::fs::write(seed.join("README"), "hello\n")?;
-    git_ok(&seed, &["add", "README"])?;
-    git_ok(&seed, &["commit", "-q", "-m", "seed"])?;
+    git(&seed, &["add", "README"])?;
+    git(&seed, &["commit", "-q", "-m", "seed"])?;
     let operator_url = format!("http://op:{token}@{server}/git/demo/app");
-    git_ok(&seed, &["push", "-q", &operator_url, "main"])?;
+    git(&seed, &["push", "-q", &operator_url, "main"])?;
 
     let data = cluster.root.path().join("agent");
     let log = cluster.root.path().join("agent.log");
@@ -165,12 +130,12 @@ git rev-parse HEAD"#,
         work.status.code(),
         Some(0),
         "{}\n{}",
-        text(&work),
+        described(&work),
         agent_log()
     );
     let pushed = String::from_utf8_lossy(&work.stdout).trim().to_owned();
     let branch = format!("refs/heads/flotilla/{task_id}");
-    let listing = git_ok(host.path(), &["ls-remote", &operator_url, &branch])?;
+    let listing = git(host.path(), &["ls-remote", &operator_url, &branch])?;
     assert_eq!(
         listing.split_whitespace().next(),
         Some(pushed.as_str()),
@@ -185,11 +150,11 @@ git rev-parse HEAD"#,
     ] {
         let script = format!("cd \"$HOME/work\" && git push origin {target} 2>&1");
         let refused = in_desktop(&server, &token, &desktop, &script).await?;
-        let said = text(&refused);
+        let said = described(&refused);
         assert_ne!(refused.status.code(), Some(0), "{target}: {said}");
         assert!(said.contains(reason), "{target}: {said}");
     }
-    let main = git_ok(
+    let main = git(
         host.path(),
         &["ls-remote", &operator_url, "refs/heads/main"],
     )?;
@@ -205,7 +170,7 @@ git rev-parse HEAD"#,
         String::from_utf8_lossy(&reach.stdout).trim(),
         "blocked",
         "{}",
-        text(&reach)
+        described(&reach)
     );
 
     // The door takes desktop tokens only; the client port takes no desktop
@@ -223,9 +188,9 @@ git rev-parse HEAD"#,
     assert!(
         desktop_token.starts_with("flo_desk_"),
         "{}",
-        text(&credential)
+        described(&credential)
     );
-    let operator_on_door = git(
+    let operator_on_door = git_output(
         host.path(),
         &[
             "ls-remote",
@@ -235,9 +200,9 @@ git rev-parse HEAD"#,
     assert!(
         !operator_on_door.status.success(),
         "{}",
-        text(&operator_on_door)
+        described(&operator_on_door)
     );
-    let desktop_on_client = git(
+    let desktop_on_client = git_output(
         host.path(),
         &[
             "ls-remote",
@@ -247,10 +212,10 @@ git rev-parse HEAD"#,
     assert!(
         !desktop_on_client.status.success(),
         "{}",
-        text(&desktop_on_client)
+        described(&desktop_on_client)
     );
     let desktop_url = format!("http://d:{desktop_token}@{door}/git/demo/app");
-    git_ok(host.path(), &["ls-remote", &desktop_url])?;
+    git(host.path(), &["ls-remote", &desktop_url])?;
 
     // The task leaves the board's working columns: its desktop stops and
     // its token is dead.
@@ -268,19 +233,19 @@ git rev-parse HEAD"#,
             let host = host.path().to_owned();
             let url = desktop_url.clone();
             async move {
-                git(&host, &["ls-remote", &url])
+                git_output(&host, &["ls-remote", &url])
                     .map(|output| !output.status.success())
                     .unwrap_or(false)
             }
         },
     )
     .await?;
-    let expired = git(host.path(), &["ls-remote", &desktop_url])?;
+    let expired = git_output(host.path(), &["ls-remote", &desktop_url])?;
     assert!(
         String::from_utf8_lossy(&expired.stderr).contains("Authentication failed")
             || String::from_utf8_lossy(&expired.stderr).contains("401"),
         "{}",
-        text(&expired)
+        described(&expired)
     );
     Ok(())
 }

@@ -6,37 +6,11 @@
 //! git's "fetch first"; a wrong token is refused.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use flotilla_tests::git::{git, git_output};
 use flotilla_tests::{wait_for, ServerFlags, TestCluster};
-
-/// `git` with a clean environment and identity, failing on a non-zero exit.
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = git_output(dir, args)?;
-    if !output.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GIT_DIR")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .context("run git")
-}
 
 fn url(addr: &str, token: &str) -> String {
     format!("http://flotilla:{token}@{addr}/git/demo/app.git")

@@ -8,45 +8,14 @@
 //! no answer, no log and no file of any server's data directory.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use flotilla_tests::git::{cli, git};
 use flotilla_tests::git_http::PlainGitServer;
-use flotilla_tests::{flotilla_bin, wait_for, ServerFlags, TestCluster};
+use flotilla_tests::{wait_for, ServerFlags, TestCluster};
 use serde_json::Value;
 
 const TOKEN: &str = "upstream-secret-4711-do-not-leak";
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .context("run git")?;
-    if !output.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn cli(addr: &str, token: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Command::new(flotilla_bin())
-        .args(args)
-        .env("FLOTILLA_ADDR", addr)
-        .env("FLOTILLA_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .context("run flotilla")
-}
 
 /// `git ls-remote` as sorted `(ref, commit)` lines, peeled tags left out.
 fn refs(dir: &Path, url: &str) -> anyhow::Result<Vec<String>> {

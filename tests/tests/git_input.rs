@@ -15,41 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use flotilla_tests::git::{git, git_command, git_output};
 use flotilla_tests::{ServerFlags, TestCluster};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 /// The largest fetch request body the server takes (after gunzip).
 const UPLOAD_PACK_LIMIT: usize = 64 * 1024 * 1024;
-
-/// `git` with a clean environment and identity, run in `dir`.
-fn git_command(dir: &Path) -> Command {
-    let mut command = Command::new("git");
-    command
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .current_dir(dir)
-        .env_remove("GIT_DIR")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir);
-    command
-}
-
-fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    git_command(dir).args(args).output().context("run git")
-}
-
-/// `git`, failing on a non-zero exit; its stdout.
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = git_output(dir, args)?;
-    if !output.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// `git`, expected to fail; its stderr.
 fn git_fails(dir: &Path, args: &[&str]) -> anyhow::Result<String> {

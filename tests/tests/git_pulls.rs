@@ -6,53 +6,10 @@
 //! refuses the merge; bad numbers, branches and repeats are refused.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
-use flotilla_tests::{flotilla_bin, ServerFlags, TestCluster};
+use flotilla_tests::git::{cli, cli_ok, git};
+use flotilla_tests::{ServerFlags, TestCluster};
 use serde_json::{json, Value};
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .context("run git")?;
-    if !output.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn cli(addr: &str, token: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Command::new(flotilla_bin())
-        .args(args)
-        .env("FLOTILLA_ADDR", addr)
-        .env("FLOTILLA_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .context("run flotilla")
-}
-
-fn cli_ok(addr: &str, token: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = cli(addr, token, args)?;
-    if !output.status.success() {
-        bail!(
-            "flotilla {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// The `+`/`-` lines of a unified diff (not the file headers).
 fn changed_lines(diff: &str) -> Vec<String> {
