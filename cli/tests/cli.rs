@@ -144,8 +144,15 @@ fn dev_quick_start_needs_no_token_typed() {
         .expect("addr")
         .port();
     let addr = format!("127.0.0.1:{port}");
+    // Its own free port for the desktop door: port + 1 may be another
+    // test's.
+    let door = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
     let mut dev = flotilla(home.path())
-        .args(["dev", "--listen", &addr])
+        .args(["dev", "--listen", &addr, "--desktop-listen", &door])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -348,6 +348,8 @@ fn foreign_data_directory_is_refused_and_untouched() {
         &data_dir,
         "--listen",
         &listen,
+        "--desktop-listen",
+        "127.0.0.1:0",
         "--bootstrap",
     ]);
     assert!(!output.status.success());
@@ -387,6 +389,8 @@ async fn corrupt_or_mismatched_data_directory_fails_start_up_untouched() -> anyh
         &data_dir_text,
         "--listen",
         &listen,
+        "--desktop-listen",
+        "127.0.0.1:0",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -405,6 +409,8 @@ async fn corrupt_or_mismatched_data_directory_fails_start_up_untouched() -> anyh
         &data_dir_text,
         "--listen",
         &listen,
+        "--desktop-listen",
+        "127.0.0.1:0",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -428,6 +434,8 @@ async fn corrupt_or_mismatched_data_directory_fails_start_up_untouched() -> anyh
         &data_dir_text,
         "--listen",
         &listen,
+        "--desktop-listen",
+        "127.0.0.1:0",
     ]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("corrupt"));

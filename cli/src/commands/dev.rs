@@ -24,6 +24,10 @@ pub struct DevArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// The desktop door, the only port desktops reach (default: --listen's
+    /// port + 1).
+    #[arg(long)]
+    desktop_listen: Option<SocketAddr>,
     /// Run only the control plane, no node agent.
     #[arg(long)]
     no_node: bool,
@@ -51,7 +55,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         listen: args.listen,
         advertise: None,
-        desktop_listen: Some(server::default_desktop_listen(args.listen)?),
+        desktop_listen: Some(match args.desktop_listen {
+            Some(addr) => addr,
+            None => server::default_desktop_listen(args.listen)?,
+        }),
         start,
         tuning: RaftTuning::default(),
         fleet: args.fleet.options()?,
