@@ -1,6 +1,7 @@
 //! `flotilla`: the one binary. Runs servers (`server`, `dev`) and node
 //! agents (`node-agent`), and is the operator's command line (`cluster`,
-//! `task`, `node`, `capacity`, `gpu`, `desktop`). This file is the top of the
+//! `task`, `node`, `capacity`, `gpu`, `desktop`, `project`, `repo`, `pr`, `llm`,
+//! `usage`, `budget`). This file is the top of the
 //! command tree and the dispatch; each command group lives in `commands/`.
 
 mod client;
@@ -105,6 +106,27 @@ enum TopCommand {
         client: ClientArgs,
         #[command(subcommand)]
         command: commands::pr::PrCommand,
+    },
+    /// The LLM gateway's model providers.
+    Llm {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: commands::llm::LlmCommand,
+    },
+    /// Model usage (tokens, cost) per task and model.
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: commands::llm::UsageArgs,
+    },
+    /// Budgets of model usage per task or project.
+    Budget {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: commands::llm::BudgetCommand,
     },
     /// Inspect desktops.
     Desktop {
@@ -217,6 +239,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Gpu { client, command } => commands::gpu::run(&connect(client)?, command).await,
         TopCommand::Desktop { client, command } => {
             commands::desktop::run(&connect(client)?, command).await
+        }
+        TopCommand::Llm { client, command } => commands::llm::run(&connect(client)?, command).await,
+        TopCommand::Usage { client, args } => commands::llm::usage(&connect(client)?, args).await,
+        TopCommand::Budget { client, command } => {
+            commands::llm::budget(&connect(client)?, command).await
         }
     }
 }

@@ -48,7 +48,8 @@ impl From<CommandError> for ApiError {
             | CommandError::RepoNotFound { .. }
             | CommandError::PullNotFound { .. }
             | CommandError::BranchNotFound { .. }
-            | CommandError::NotMirrored { .. } => ApiError::not_found(message),
+            | CommandError::NotMirrored { .. }
+            | CommandError::ProviderNotFound { .. } => ApiError::not_found(message),
             CommandError::SameBranch { .. } => ApiError::bad_request("invalid_branch", message),
             CommandError::TaskExists { .. }
             | CommandError::ProjectExists { .. }
@@ -60,7 +61,9 @@ impl From<CommandError> for ApiError {
             | CommandError::NodeNameTaken { .. }
             | CommandError::NodeDraining { .. }
             | CommandError::NodeNotDown { .. }
-            | CommandError::NodeDown { .. } => {
+            | CommandError::NodeDown { .. }
+            | CommandError::ProviderExists { .. }
+            | CommandError::ModelTaken { .. } => {
                 ApiError::new(ErrorKind::Conflict, "conflict", message)
             }
             CommandError::UnsupportedFormat { .. } => ApiError::internal(message),

@@ -12,6 +12,7 @@ pub mod control;
 pub mod datadir;
 pub mod error;
 pub mod fleet;
+pub mod gateway;
 pub mod hosting;
 pub mod raft;
 pub mod scheduler;

@@ -284,8 +284,18 @@ pub async fn run(
         .fallback(crate::api::http::not_found);
 
     if let Some(listener) = desktop_listener {
-        let door = crate::api::desktop::router(&hosting);
+        let gateway = crate::gateway::Gateway::start(
+            control.clone(),
+            crate::gateway::DEFAULT_CALLS_PER_DESKTOP,
+        );
+        let door = crate::api::desktop::router(&hosting, &gateway);
         let stopped = control.stopped();
+        // Streamed answers go out chunk by chunk, not after Nagle's wait.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         background.push(tokio::spawn(async move {
             let serve = axum::serve(listener, door).with_graceful_shutdown(stopped);
             if let Err(error) = serve.await {

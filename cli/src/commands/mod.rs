@@ -10,6 +10,7 @@ pub mod compositor;
 pub mod desktop;
 pub mod dev;
 pub mod gpu;
+pub mod llm;
 pub mod node;
 pub mod node_agent;
 pub mod pr;

@@ -44,6 +44,10 @@ pub enum InvariantError {
     },
     #[error("the desktop indexes (allocations, pending) disagree with the desktops")]
     Indexes,
+    #[error("provider {name} is not under its name, has a key without a provider, or serves a model another provider of its wire serves")]
+    Provider { name: String },
+    #[error("usage of the hour {hour_ms} is filed under another hour or counted twice")]
+    UsageHour { hour_ms: u64 },
 }
 
 impl State {
@@ -71,6 +75,7 @@ impl State {
         self.verify_capacity()?;
         self.verify_repos()?;
         self.verify_pulls()?;
+        self.verify_llm()?;
         let mut rebuilt = State::default();
         for desktop in self.desktops.values() {
             rebuilt.index_desktop(desktop);
@@ -255,6 +260,45 @@ impl State {
                     .find(|b| crate::types::refs_nest(a, b))
                 {
                     return Err(broken(a, b));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Providers sit under their names, keys belong to providers, a model
+    /// name picks one provider per wire; usage rows sit in their hour, one
+    /// per task and model.
+    fn verify_llm(&self) -> Result<(), InvariantError> {
+        let mut served = std::collections::BTreeSet::new();
+        for (name, provider) in &self.providers {
+            let bad = || InvariantError::Provider { name: name.clone() };
+            if &provider.name != name {
+                return Err(bad());
+            }
+            for model in provider.models.keys() {
+                if !served.insert((provider.kind.wire() == crate::types::Wire::Anthropic, model)) {
+                    return Err(bad());
+                }
+            }
+        }
+        if let Some(name) = self
+            .provider_keys
+            .keys()
+            .find(|name| !self.providers.contains_key(*name))
+        {
+            return Err(InvariantError::Provider { name: name.clone() });
+        }
+        for (hour_ms, rows) in &self.usage_hours {
+            let mut seen = std::collections::BTreeSet::new();
+            for row in rows {
+                if row.hour_ms != *hour_ms
+                    || hour_ms % crate::types::HOUR_MS != 0
+                    || !seen.insert((&row.task_id, &row.provider, &row.model))
+                {
+                    return Err(InvariantError::UsageHour { hour_ms: *hour_ms });
                 }
             }
         }

@@ -4,12 +4,14 @@
 
 mod desktops;
 mod invariants;
+mod llm;
 mod nodes;
 mod projects;
 mod pulls;
 mod tasks;
 
 pub use invariants::InvariantError;
+pub use llm::task_project;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
@@ -24,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::{self, NodeView};
 use crate::types::{
     Allocation, Applied, Change, ChangeKind, ClientRequest, ClientResponse, Column, Command,
-    CommandError, Desktop, Node, Project, PullRequest, Repo, Task, TokenKind, TokenRecord,
-    LOG_FORMAT_VERSION,
+    CommandError, Desktop, Node, Project, Provider, PullRequest, Repo, Task, TokenKind,
+    TokenRecord, UsageRow, LOG_FORMAT_VERSION,
 };
 
 /// How many request ids are remembered for exactly-once retries. A client
@@ -67,6 +69,14 @@ pub struct State {
     /// never in a change or an answer.
     #[serde(default)]
     upstream_credentials: BTreeMap<String, String>,
+    #[serde(default)]
+    providers: BTreeMap<String, Provider>,
+    /// Providers' keys, sealed, by name; never in a change or an answer.
+    #[serde(default)]
+    provider_keys: BTreeMap<String, String>,
+    /// Usage by hour (start, wall-clock ms), a row per task and model.
+    #[serde(default)]
+    usage_hours: BTreeMap<u64, Vec<UsageRow>>,
 }
 
 /// Request ids already applied, with their answers, oldest first.
@@ -263,6 +273,15 @@ impl State {
                 head,
                 change,
             } => self.merge_pull(index, now_ms, project, repo, *number, head, change, changes),
+            Command::AddProvider {
+                provider,
+                sealed_key,
+            } => self.add_provider(index, now_ms, provider, sealed_key.as_deref(), changes),
+            Command::RemoveProvider { name } => self.remove_provider(index, name, changes),
+            Command::SetBudget { scope, budget } => {
+                self.set_budget(index, now_ms, scope, *budget, changes)
+            }
+            Command::RecordUsage { records } => self.record_usage(index, records, changes),
         }
     }
 

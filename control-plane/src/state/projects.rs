@@ -60,6 +60,8 @@ impl State {
             default_branch: default_branch.to_owned(),
             merge_style: Default::default(),
             created_at_ms: now_ms,
+            usage: Default::default(),
+            budget: Default::default(),
         };
         self.projects.insert(id.to_owned(), project.clone());
         changes.push(Change {

@@ -38,6 +38,9 @@ impl State {
             revision: index,
             resources: resources.clone(),
             desktop_id: None,
+            usage: Default::default(),
+            budget: Default::default(),
+            llm_refused: None,
         };
         self.tasks.insert(id.to_owned(), task);
         self.resize_column(column, 1);

@@ -98,9 +98,10 @@ fn random_command(rng: &mut StdRng, state: &State, step: u64) -> Command {
     let desktops: Vec<_> = state.desktops().cloned().collect();
     let placed: Vec<_> = desktops.iter().filter(|d| d.node_id.is_some()).collect();
     let column = Column::ALL[rng.random_range(0..Column::ALL.len())];
-    match rng.random_range(0..22) {
+    match rng.random_range(0..23) {
         20 => update_refs(rng, state),
         21 => pull_command(rng, state),
+        22 => llm_command(rng, state),
         0 | 1 => Command::CreateTask {
             id: task,
             title: format!("task {step}"),
@@ -310,6 +311,84 @@ fn update_refs(rng: &mut StdRng, state: &State) -> Command {
 
 /// A pull request opened, closed or merged, at the committed refs mostly,
 /// sometimes stale.
+/// Providers added and removed (model names sometimes taken), budgets set
+/// on tasks and projects that may not exist, usage batches for live and
+/// deleted tasks, some refused.
+fn llm_command(rng: &mut StdRng, state: &State) -> Command {
+    use crate::types::{
+        Budget, BudgetScope, ModelRoute, Provider, ProviderKind, UsageRecord, UsageTotals,
+    };
+    let tasks: Vec<_> = state.tasks(None);
+    let task_id = pick(rng, &tasks)
+        .map(|task| task.id.clone())
+        .unwrap_or_else(|| "gone".to_owned());
+    match rng.random_range(0..5) {
+        0 => {
+            let kind = [
+                ProviderKind::Anthropic,
+                ProviderKind::OpenAi,
+                ProviderKind::OpenAiCompatible,
+            ][rng.random_range(0..3)];
+            let models = (0..rng.random_range(1..3))
+                .map(|_| {
+                    (
+                        format!("m{}", rng.random_range(0..4)),
+                        ModelRoute {
+                            upstream: "up".to_owned(),
+                            price: Default::default(),
+                        },
+                    )
+                })
+                .collect();
+            Command::AddProvider {
+                provider: Provider {
+                    name: format!("prov{}", rng.random_range(0..3)),
+                    kind,
+                    base_url: "http://127.0.0.1:1/v1".to_owned(),
+                    models,
+                    created_at_ms: 0,
+                },
+                sealed_key: rng.random_bool(0.5).then(|| "00".repeat(40)),
+            }
+        }
+        1 => Command::RemoveProvider {
+            name: format!("prov{}", rng.random_range(0..3)),
+        },
+        2 => Command::SetBudget {
+            scope: if rng.random_bool(0.5) {
+                BudgetScope::Task(task_id)
+            } else {
+                BudgetScope::Project(format!("p{}", rng.random_range(0..3)))
+            },
+            budget: Budget {
+                max_tokens: rng.random_bool(0.5).then(|| rng.random_range(1..1000)),
+                max_cost_nanos: rng.random_bool(0.3).then(|| rng.random_range(1..1000)),
+            },
+        },
+        _ => Command::RecordUsage {
+            records: (0..rng.random_range(1..4))
+                .map(|_| UsageRecord {
+                    task_id: task_id.clone(),
+                    project: rng
+                        .random_bool(0.7)
+                        .then(|| format!("p{}", rng.random_range(0..3))),
+                    desktop_id: "d".to_owned(),
+                    provider: format!("prov{}", rng.random_range(0..3)),
+                    model: format!("m{}", rng.random_range(0..4)),
+                    at_ms: rng.random_range(0..4 * crate::types::HOUR_MS),
+                    usage: UsageTotals {
+                        calls: 1,
+                        input_tokens: rng.random_range(0..100),
+                        output_tokens: rng.random_range(0..100),
+                        ..Default::default()
+                    },
+                    refused: rng.random_bool(0.1).then(|| "over budget".to_owned()),
+                })
+                .collect(),
+        },
+    }
+}
+
 fn pull_command(rng: &mut StdRng, state: &State) -> Command {
     let repos: Vec<_> = state.all_repos().collect();
     let Some(repo) = pick(rng, &repos) else {
@@ -440,6 +519,10 @@ fn kind(command: &Command) -> &'static str {
         Command::ClosePull { .. } => "close_pull",
         Command::MergePull { .. } => "merge_pull",
         Command::RecordMirror { .. } => "record_mirror",
+        Command::AddProvider { .. } => "add_provider",
+        Command::RemoveProvider { .. } => "remove_provider",
+        Command::SetBudget { .. } => "set_budget",
+        Command::RecordUsage { .. } => "record_usage",
     }
 }
 
@@ -482,6 +565,10 @@ fn random_walks_over_every_command_keep_the_invariants() {
             "open_pull",
             "close_pull",
             "merge_pull",
+            "add_provider",
+            "remove_provider",
+            "set_budget",
+            "record_usage",
             "record_mirror",
         ] {
             assert!(

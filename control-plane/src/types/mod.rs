@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod desktop;
+mod llm;
 mod node;
 mod project;
 mod pull;
 mod task;
 
 pub use desktop::*;
+pub use llm::*;
 pub use node::*;
 pub use project::*;
 pub use pull::*;
@@ -259,6 +261,32 @@ pub enum Command {
         head: String,
         change: RefChange,
     },
+    /// Adds a model provider; its key sealed under the cluster secret
+    /// (`crate::seal`, purpose `provider:<name>`).
+    AddProvider {
+        provider: Provider,
+        #[serde(default)]
+        sealed_key: Option<String>,
+    },
+    RemoveProvider {
+        name: String,
+    },
+    SetBudget {
+        scope: BudgetScope,
+        budget: Budget,
+    },
+    /// Settled model calls, many per entry (the gateway batches them).
+    RecordUsage {
+        records: Vec<UsageRecord>,
+    },
+}
+
+/// What a budget limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum BudgetScope {
+    Task(String),
+    Project(String),
 }
 
 impl Command {
@@ -272,6 +300,7 @@ impl Command {
             Command::MigrateDesktops { ids } => ids.len().max(1),
             Command::ReportDesktops { reports, .. } => reports.len().max(1),
             Command::UpdateRefs { changes, .. } => changes.len().max(1),
+            Command::RecordUsage { records } => records.len().max(1),
             _ => 1,
         }
     }
@@ -310,6 +339,9 @@ pub enum Applied {
     },
     Pull {
         pull: PullRequest,
+    },
+    Provider {
+        provider: Provider,
     },
     /// Result of [`Command::PlaceDesktops`].
     Placed {
@@ -385,6 +417,12 @@ pub enum CommandError {
     BranchNotFound { name: String },
     #[error("a pull request needs two different branches; {name} was given twice")]
     SameBranch { name: String },
+    #[error("no model provider {name:?}")]
+    ProviderNotFound { name: String },
+    #[error("a model provider {name:?} already exists (remove it first to change it)")]
+    ProviderExists { name: String },
+    #[error("model {model:?} is already served by provider {provider:?}; an agent's model name must pick one provider")]
+    ModelTaken { model: String, provider: String },
 }
 
 /// Which door a token opens.
@@ -425,6 +463,8 @@ pub enum ChangeKind {
     ProjectPut { project: Project },
     RepoPut { repo: Repo },
     PullPut { pull: PullRequest },
+    ProviderPut { provider: Provider },
+    ProviderDeleted { name: String },
 }
 
 #[cfg(test)]

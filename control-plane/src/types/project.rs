@@ -18,6 +18,11 @@ pub struct Project {
     #[serde(default)]
     pub merge_style: super::MergeStyle,
     pub created_at_ms: u64,
+    /// What its tasks' model calls used.
+    #[serde(default, skip_serializing_if = "super::UsageTotals::is_empty")]
+    pub usage: super::UsageTotals,
+    #[serde(default, skip_serializing_if = "super::Budget::is_unlimited")]
+    pub budget: super::Budget,
 }
 
 /// A hosted git repository and its committed refs.

@@ -82,6 +82,15 @@ pub struct Task {
     /// Its desktop while it is in planning, implementation or review.
     #[serde(default)]
     pub desktop_id: Option<String>,
+    /// What its agent's model calls used, as the gateway settled them.
+    #[serde(default, skip_serializing_if = "UsageTotals::is_empty")]
+    pub usage: UsageTotals,
+    #[serde(default, skip_serializing_if = "Budget::is_unlimited")]
+    pub budget: Budget,
+    /// Why the gateway last refused its agent a model call (over budget);
+    /// cleared when its budget changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_refused: Option<String>,
 }
 
 /// What a desktop asks for. CPU is a share (millicores, enforced by

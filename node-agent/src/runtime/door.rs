@@ -1,7 +1,10 @@
 //! What a desktop gets to reach the servers' desktop door: its token as a
 //! git credential (a helper in the generated `/etc/gitconfig`, answering
 //! only for the door's URLs), a commit identity, and where its task's
-//! repository is (`FLOTILLA_GIT_REMOTE`). Pure: the spec and the endpoints
+//! repository is (`FLOTILLA_GIT_REMOTE`), and the LLM gateway as each
+//! agent's SDK finds its provider (`ANTHROPIC_BASE_URL`/`ANTHROPIC_AUTH_TOKEN`,
+//! `OPENAI_BASE_URL`/`OPENAI_API_KEY`: the door and the desktop token, never
+//! a provider's key). Pure: the spec and the endpoints
 //! in, the file and the variables out. What the control plane sent is
 //! checked before it is written into a config file.
 
@@ -44,6 +47,11 @@ pub(super) fn door_config(
         "FLOTILLA_GIT_URL".to_owned(),
         format!("http://{}/git", endpoints[0]),
     );
+    let gateway = format!("http://{}", endpoints[0]);
+    env.insert("ANTHROPIC_BASE_URL".to_owned(), gateway.clone());
+    env.insert("ANTHROPIC_AUTH_TOKEN".to_owned(), spec.token.clone());
+    env.insert("OPENAI_BASE_URL".to_owned(), format!("{gateway}/v1"));
+    env.insert("OPENAI_API_KEY".to_owned(), spec.token.clone());
     if let Some((project, repo)) = spec.repository.split_once('/') {
         if valid_name(project) && valid_name(repo) {
             env.insert("FLOTILLA_REPOSITORY".to_owned(), spec.repository.clone());
@@ -102,6 +110,10 @@ mod tests {
         assert!(config.contains("echo password=flo_desk_d1.3.ab;"));
         assert_eq!(env["FLOTILLA_GIT_REMOTE"], "http://10.88.0.1:7101/git/p/r");
         assert_eq!(env["FLOTILLA_GIT_BRANCH"], "flotilla/t1");
+        assert_eq!(env["ANTHROPIC_BASE_URL"], "http://10.88.0.1:7101");
+        assert_eq!(env["OPENAI_BASE_URL"], "http://10.88.0.1:7101/v1");
+        assert_eq!(env["OPENAI_API_KEY"], "flo_desk_d1.3.ab");
+        assert_eq!(env["ANTHROPIC_AUTH_TOKEN"], "flo_desk_d1.3.ab");
         let (_, env) = door_config(&spec("tok", ""), &[door]).expect("config");
         assert!(!env.contains_key("FLOTILLA_GIT_REMOTE"));
     }

@@ -25,6 +25,7 @@ pub mod exec;
 pub mod fleet;
 pub mod input;
 mod integer;
+pub mod llm;
 pub mod openapi;
 pub mod projects;
 pub mod pulls;
@@ -147,6 +148,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(fleet::routes())
         .merge(projects::routes())
+        .merge(llm::routes())
         .merge(pulls::routes())
         .merge(exec::routes())
         .merge(stream::routes())

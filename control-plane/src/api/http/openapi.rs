@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::schemas::string;
-use super::{cluster, exec, fleet, projects, pulls, session, stream, tasks};
+use super::{cluster, exec, fleet, llm, projects, pulls, session, stream, tasks};
 use crate::error::ErrorBody;
 use crate::types::{Change, Column, DesktopResources, Task};
 
@@ -58,6 +58,12 @@ use crate::types::{Change, Column, DesktopResources, Task};
         pulls::pull_diff,
         pulls::merge_pull,
         pulls::close_pull,
+        llm::add_provider,
+        llm::list_providers,
+        llm::remove_provider,
+        llm::set_task_budget,
+        llm::set_project_budget,
+        llm::usage,
         exec::screenshot,
         exec::input,
         exec::exec,
@@ -103,6 +109,20 @@ use crate::types::{Change, Column, DesktopResources, Task};
         crate::types::PullState,
         crate::types::MergeStyle,
         crate::types::Upstream,
+        llm::PriceBody,
+        llm::ModelBody,
+        llm::AddProviderBody,
+        llm::ProviderView,
+        llm::ProviderList,
+        llm::BudgetBody,
+        llm::UsageView,
+        crate::types::Provider,
+        crate::types::ProviderKind,
+        crate::types::ModelRoute,
+        crate::types::Price,
+        crate::types::Budget,
+        crate::types::UsageTotals,
+        crate::types::UsageRow,
         session::SignIn,
         session::TokenSignIn,
         session::CodeSignIn,
@@ -131,6 +151,12 @@ fn path_parameter_schema(path: &str, name: &str) -> Option<Schema> {
             .build()
             .into(),
         "id" => string(1, super::MAX_ID_CHARS, "^[A-Za-z0-9_-]*$".to_owned()).into(),
+        "provider" => string(
+            1,
+            crate::types::MAX_PROJECT_NAME,
+            "^[A-Za-z0-9_-]*$".to_owned(),
+        )
+        .into(),
         "project" => string(
             1,
             crate::types::MAX_PROJECT_NAME,
