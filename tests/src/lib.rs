@@ -8,7 +8,9 @@
 pub mod cdp;
 pub mod git;
 pub mod git_http;
+pub mod llm_upstream;
 pub mod netns;
+pub mod sdk;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

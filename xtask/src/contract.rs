@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::project;
+use crate::python::{self, PythonError};
 
 /// The schemathesis release the contract is written against.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -32,6 +33,7 @@ pub enum ContractError {
     Failed { command: String },
     DevNotReady { log: PathBuf },
     Io { path: PathBuf, source: io::Error },
+    Python(PythonError),
 }
 
 impl fmt::Display for ContractError {
@@ -46,6 +48,7 @@ impl fmt::Display for ContractError {
                 log.display()
             ),
             ContractError::Io { path, .. } => write!(formatter, "{}", path.display()),
+            ContractError::Python(python_error) => write!(formatter, "{python_error}"),
         }
     }
 }
@@ -54,6 +57,7 @@ impl std::error::Error for ContractError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ContractError::Spawn { source, .. } | ContractError::Io { source, .. } => Some(source),
+            ContractError::Python(python_error) => python_error.source(),
             _ => None,
         }
     }
@@ -172,23 +176,9 @@ fn healthz() -> bool {
 
 /// `st` in `<target>/schemathesis`, installed with pip when missing.
 fn install_schemathesis(target: &Path) -> Result<PathBuf, ContractError> {
-    let venv = target.join("schemathesis");
-    let st = venv.join("bin").join("st");
-    let marker = venv.join(SCHEMATHESIS);
-    if st.exists() && marker.exists() {
-        return Ok(st);
-    }
-    let mut create = Command::new("python3");
-    create.arg("-m").arg("venv").arg(&venv);
-    run_checked(create)?;
-    let mut install = Command::new(venv.join("bin").join("pip"));
-    install.args(["install", "--quiet", SCHEMATHESIS]);
-    run_checked(install)?;
-    std::fs::write(&marker, b"").map_err(|source| ContractError::Io {
-        path: marker,
-        source,
-    })?;
-    Ok(st)
+    let venv =
+        python::venv(target, "schemathesis", &[SCHEMATHESIS]).map_err(ContractError::Python)?;
+    Ok(venv.join("bin").join("st"))
 }
 
 fn run_checked(mut command: Command) -> Result<(), ContractError> {

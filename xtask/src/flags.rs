@@ -12,8 +12,9 @@ Usage:
       build `flotilla` in release mode and run `flotilla dev ARGS...` in place of
       this process, so Ctrl-C and SIGTERM reach flotilla itself.
   cargo xtask test [--skip-lints] [-p PACKAGE]... [-- TEST_ARGS...]
-      Check (as root: install) the Debian packages the tests need, then run
-      `cargo fmt --check`, `cargo clippy --all-targets --all-features -- -D warnings`
+      Check (as root: install) the Debian packages the tests need, install the
+      Python SDKs (as `cargo xtask sdks` does; FLOTILLA_SDK_PYTHON tells the tests
+      where), then run `cargo fmt --check`, `cargo clippy --all-targets --all-features -- -D warnings`
       and `cargo test --workspace`, and end with one line `tests: N passed, M failed`.
       As root with every package present the tests that need root, network
       namespaces or Vulkan must run: FLOTILLA_REQUIRE_NETNS=1 and
@@ -30,6 +31,9 @@ Usage:
       run schemathesis `--checks all` against its OpenAPI document (installed with
       pip into target/schemathesis), stop dev with SIGTERM. `cargo xtask test` runs it
       last when it tests the whole workspace.
+  cargo xtask sdks
+      Install the model providers' official Python SDKs (openai, anthropic, pinned)
+      with pip into target/llm-sdks, where the LLM gateway's tests find them.
   cargo xtask tidy
       Run the tidy checks (file length, module docs, todo!/#[ignore], Result<_, String>,
       ARCHITECTURE.md names, import circles) and print each problem; the same checks
@@ -45,6 +49,7 @@ pub enum Task {
     Dev { flotilla_args: Vec<String> },
     Test(TestOptions),
     Contract,
+    Sdks,
     Tidy,
 }
 
@@ -72,13 +77,13 @@ impl fmt::Display for FlagsError {
             FlagsError::MissingTask => {
                 write!(
                     formatter,
-                    "no task given; pick one of dev, test, contract, tidy"
+                    "no task given; pick one of dev, test, contract, sdks, tidy"
                 )
             }
             FlagsError::UnknownTask(task) => {
                 write!(
                     formatter,
-                    "unknown task `{task}`; pick one of dev, test, contract, tidy"
+                    "unknown task `{task}`; pick one of dev, test, contract, sdks, tidy"
                 )
             }
             FlagsError::UnknownOption { task, option } => write!(
@@ -113,6 +118,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task, FlagsError>
             Some(help) if help == "--help" || help == "-h" => Ok(Task::Help),
             Some(option) => Err(FlagsError::UnknownOption {
                 task: "contract",
+                option,
+            }),
+        },
+        "sdks" => match args.next() {
+            None => Ok(Task::Sdks),
+            Some(help) if help == "--help" || help == "-h" => Ok(Task::Help),
+            Some(option) => Err(FlagsError::UnknownOption {
+                task: "sdks",
                 option,
             }),
         },
@@ -186,6 +199,7 @@ mod tests {
             }))
         );
         assert_eq!(parse_words("test"), Ok(Task::Test(TestOptions::default())));
+        assert_eq!(parse_words("sdks"), Ok(Task::Sdks));
     }
 
     #[test]
@@ -219,7 +233,14 @@ mod tests {
 
     #[test]
     fn help_everywhere() {
-        for words in ["help", "--help", "-h", "test --help", "tidy -h"] {
+        for words in [
+            "help",
+            "--help",
+            "-h",
+            "test --help",
+            "sdks --help",
+            "tidy -h",
+        ] {
             assert_eq!(parse_words(words), Ok(Task::Help), "{words}");
         }
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: Flotilla's project tasks (`dev`, `test`, `tidy`) as a Rust program in the
-//! workspace (and `contract`, the API against its OpenAPI document), the way rust-analyzer keeps its own, so that a developer's machine and CI run
-//! the same steps and need nothing but cargo to start them.
+//! workspace (and `contract`, the API against its OpenAPI document; `sdks`, the model
+//! providers' Python SDKs for the tests), the way rust-analyzer keeps its own, so that a
+//! developer's machine and CI run the same steps and need nothing but cargo to start them.
 //!
 //! The crate uses std only and depends on no other workspace crate. That is the point of
 //! it: it has to build on a bare Debian with just a Rust toolchain, because its first job
@@ -14,6 +15,8 @@ mod dev;
 mod flags;
 mod packages;
 mod project;
+mod python;
+mod sdks;
 mod test_suite;
 mod tidy;
 
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Task::Dev { flotilla_args } => Err(Box::new(dev::run(&flotilla_args)) as Box<dyn Error>),
         Task::Test(test_options) => test_suite::run(&test_options).map_err(Box::from),
         Task::Contract => contract::run().map_err(Box::from),
+        Task::Sdks => sdks::run().map_err(Box::from),
         Task::Tidy => tidy::run_command(&project::workspace_root()).map_err(Box::from),
     };
     match outcome {

@@ -67,7 +67,8 @@ pub const PACKAGE_GROUPS: &[PackageGroup] = &[
     // The tests on top: perl + coreutils (timeout) + bash for the probes the network tests
     // run inside sandboxes and gpud's perl guest; weston for weston-simple-shm, a real
     // Wayland client of the compositor's tests; python3 + python3-venv for schemathesis,
-    // the API contract test (installed from PyPI into a virtualenv).
+    // the API contract test, and the model providers' SDKs the LLM tests drive (both
+    // installed from PyPI into virtualenvs, `python.rs`).
     PackageGroup {
         need: Need::Tests,
         needed_by: "running the tests",

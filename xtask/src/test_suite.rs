@@ -1,5 +1,6 @@
-//! `cargo xtask test`: what CI runs. Packages first; then formatting, lints and the test
-//! suite, every step even when an earlier one failed (so one run shows every problem);
+//! `cargo xtask test`: what CI runs. Packages first, and the Python SDKs the LLM tests
+//! drive (`sdks.rs`); then formatting, lints and the test suite, every step even when an
+//! earlier one failed (so one run shows every problem);
 //! the test output streams through live while its `test result:` lines are summed into
 //! the one closing line `tests: N passed, M failed`. Last, the API contract
 //! (`contract.rs`).
@@ -11,6 +12,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use crate::flags::TestOptions;
 use crate::packages::{self, Need, PackageError, Presence};
 use crate::project;
+use crate::sdks;
 
 /// Environment variables that turn a test's "skipping: ..." into a failure: set when
 /// xtask runs as root with every package installed, as CI does.
@@ -66,6 +68,17 @@ pub fn run(test_options: &TestOptions) -> Result<bool, TestSuiteError> {
         );
     }
     let workspace_root = project::workspace_root();
+    let mut failed_steps = Vec::new();
+    // The SDKs' interpreter for the tests; without it the tests that drive them fail
+    // and say how to install them, the other steps run all the same.
+    let sdk_python = match sdks::install(&project::target_dir(&workspace_root)) {
+        Ok(python) => Some(python),
+        Err(sdks_error) => {
+            eprintln!("xtask: sdks: {sdks_error}");
+            failed_steps.push("cargo xtask sdks".to_owned());
+            None
+        }
+    };
     let package_args: Vec<&str> = test_options
         .packages
         .iter()
@@ -97,7 +110,6 @@ pub fn run(test_options: &TestOptions) -> Result<bool, TestSuiteError> {
         test_step.extend(test_options.test_args.iter().cloned());
     }
 
-    let mut failed_steps = Vec::new();
     for lint_step in &steps {
         let args: Vec<&str> = lint_step.iter().map(String::as_str).collect();
         let mut command = project::cargo(&workspace_root, &args);
@@ -115,6 +127,9 @@ pub fn run(test_options: &TestOptions) -> Result<bool, TestSuiteError> {
     let mut command = project::cargo(&workspace_root, &args);
     if require_prerequisites {
         command.envs(REQUIRE_PREREQUISITES.iter().copied());
+    }
+    if let Some(python) = &sdk_python {
+        command.env(sdks::PYTHON_VAR, python);
     }
     project::echo(&command);
     let (status, tally) = run_counting(&mut command)?;
