@@ -6,6 +6,7 @@
 //! the `cli` package has integration tests of its own.
 
 pub mod cdp;
+pub mod desktop;
 pub mod git;
 pub mod git_http;
 pub mod llm_upstream;

@@ -6,41 +6,12 @@
 //! tokens only, a desktop cannot reach the servers' client port, and a
 //! token dies with its desktop.
 
-use std::process::{Command, Stdio};
+use flotilla_tests::git::{described, git, git_output};
 use std::time::Duration;
 
-use anyhow::Context;
-use flotilla_tests::git::{described, git, git_output};
-use flotilla_tests::{flotilla_bin, netns, AgentProcess, ServerFlags, TestCluster};
+use flotilla_tests::desktop::in_desktop;
+use flotilla_tests::{netns, AgentProcess, ServerFlags, TestCluster};
 use serde_json::{json, Value};
-
-/// `flotilla desktop exec DESKTOP -- sh -c SCRIPT` through `addr`,
-/// retried while the agent's tunnel is still opening.
-async fn in_desktop(
-    addr: &str,
-    token: &str,
-    desktop: &str,
-    script: &str,
-) -> anyhow::Result<std::process::Output> {
-    let run = || {
-        Command::new(flotilla_bin())
-            .args(["desktop", "exec", desktop, "--", "sh", "-c", script])
-            .env("FLOTILLA_ADDR", addr)
-            .env("FLOTILLA_TOKEN", token)
-            .stdin(Stdio::null())
-            .output()
-            .context("run flotilla desktop exec")
-    };
-    let mut output = run()?;
-    for _ in 0..20 {
-        if !String::from_utf8_lossy(&output.stderr).contains("not connected") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        output = run()?;
-    }
-    Ok(output)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_desktop_pushes_only_its_task_branch_with_its_own_credential() -> anyhow::Result<()> {
@@ -74,26 +45,7 @@ async fn a_desktop_pushes_only_its_task_branch_with_its_own_credential() -> anyh
 
     let data = cluster.root.path().join("agent");
     let log = cluster.root.path().join("agent.log");
-    let id = std::process::id() % 10_000;
-    let bridge = format!("fg{id}");
-    let child = Command::new(flotilla_bin())
-        .args(["node-agent", "--join", &server, "--token-file"])
-        .arg(cluster.servers[0].data_dir.join("node-join.token"))
-        .args(["--name", "git-node", "--data-dir"])
-        .arg(&data)
-        .args(["--no-gpus", "--stop-grace", "1s", "--netns-pool", "1"])
-        .args(["--desktop-bridge", &bridge])
-        .args(["--desktop-subnet", &format!("10.{}.0.0/16", 150 + id % 50)])
-        .args(["--desktop-endpoint", &door])
-        .args(["--desktop-command", "sleep", "100000"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(
-            cluster.root.path().join("agent.err"),
-        )?)
-        .spawn()?;
-    let _agent = AgentProcess { child, bridge };
+    let _agent = AgentProcess::start_plain(&cluster, "git-node", &data, &log)?;
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let base = format!("http://{server}/api/v1");
     let http = &cluster.http;

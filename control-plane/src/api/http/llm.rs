@@ -94,7 +94,11 @@ pub struct AddProviderBody {
     kind: ProviderKind,
     /// As the provider's SDK takes it: `https://api.anthropic.com`,
     /// `https://api.openai.com/v1`, `http://gpu-7:8000/v1`.
-    #[schema(min_length = 1, max_length = 2048)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$"
+    )]
     base_url: String,
     /// The provider's API key: sealed, never shown, never in a desktop.
     /// None for a local server that takes none.

@@ -1,0 +1,77 @@
+//! Desktops for tests that need a real one but not its display: a node
+//! agent whose desktops run `sleep` in a full sandbox (namespaces, cgroups,
+//! its own network, the door's credentials), and `in_desktop` to run a
+//! shell script inside one through `flotilla desktop exec`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::{flotilla_bin, AgentProcess, TestCluster};
+
+impl AgentProcess {
+    /// A node agent joined to `cluster` whose desktops run `sleep`, on a
+    /// bridge and subnet of its own; its stdout goes to `log` (stderr beside
+    /// it, `.err`). Its desktops reach every server's desktop door.
+    pub fn start_plain(
+        cluster: &TestCluster,
+        name: &str,
+        data: &Path,
+        log: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let id = std::process::id() % 10_000;
+        let bridge = format!("fp{id}");
+        let join: Vec<&str> = cluster.servers.iter().map(|s| s.addr.as_str()).collect();
+        let mut command = Command::new(flotilla_bin());
+        command
+            .args(["node-agent", "--join", &join.join(","), "--token-file"])
+            .arg(cluster.servers[0].data_dir.join("node-join.token"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data)
+            .args(["--no-gpus", "--stop-grace", "1s", "--netns-pool", "1"])
+            .args(["--desktop-bridge", &bridge])
+            .args(["--desktop-subnet", &format!("10.{}.0.0/16", 150 + id % 50)]);
+        for server in &cluster.servers {
+            command.args(["--desktop-endpoint", &server.desktop_addr]);
+        }
+        let child = command
+            .args(["--desktop-command", "sleep", "100000"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::create(log.with_extension("err"))?)
+            .spawn()?;
+        Ok(AgentProcess { child, bridge })
+    }
+}
+
+/// `flotilla desktop exec DESKTOP -- sh -c SCRIPT` through server `addr`
+/// with the operator `token`, retried while the agent's tunnel is still
+/// opening.
+pub async fn in_desktop(
+    addr: &str,
+    token: &str,
+    desktop: &str,
+    script: &str,
+) -> anyhow::Result<std::process::Output> {
+    let run = || {
+        Command::new(flotilla_bin())
+            .args(["desktop", "exec", desktop, "--", "sh", "-c", script])
+            .env("FLOTILLA_ADDR", addr)
+            .env("FLOTILLA_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .context("run flotilla desktop exec")
+    };
+    let mut output = run()?;
+    for _ in 0..20 {
+        if !String::from_utf8_lossy(&output.stderr).contains("not connected") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        output = run()?;
+    }
+    Ok(output)
+}
