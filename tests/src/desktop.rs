@@ -1,13 +1,17 @@
 //! Desktops for tests that need a real one but not its display: a node
 //! agent whose desktops run `sleep` in a full sandbox (namespaces, cgroups,
 //! its own network, the door's credentials), and `in_desktop` to run a
-//! shell script inside one through `flotilla desktop exec`.
+//! shell script inside one through `flotilla desktop exec`; and a desktop's
+//! token minted as the servers mint it, for tests of the desktop door that
+//! need no sandbox (a pending desktop's token is valid until it is placed).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+
+use serde_json::Value;
 
 use crate::{flotilla_bin, AgentProcess, TestCluster};
 
@@ -74,4 +78,38 @@ pub async fn in_desktop(
         output = run()?;
     }
     Ok(output)
+}
+
+impl TestCluster {
+    /// The token of task `task_id`'s desktop as it stands now (its id and
+    /// generation from `GET /api/v1/desktops`, the HMAC under the cluster
+    /// secret): what the node agent would hand the desktop.
+    pub async fn desktop_token(&self, task_id: &str) -> anyhow::Result<String> {
+        let server = &self.servers[0];
+        let list: Value = self
+            .http
+            .get(format!("http://{}/api/v1/desktops", server.addr))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let desktop = list["desktops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|desktop| desktop["task"] == task_id)
+            .with_context(|| format!("task {task_id} has no desktop: {list}"))?;
+        let secret = std::fs::read_to_string(
+            server
+                .data_dir
+                .join(flotilla_control_plane::datadir::SECRET_FILE),
+        )?;
+        Ok(flotilla_control_plane::auth::desktop_token(
+            secret.trim(),
+            desktop["id"].as_str().unwrap_or_default(),
+            desktop["generation"].as_u64().unwrap_or_default(),
+        ))
+    }
 }
