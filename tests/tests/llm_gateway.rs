@@ -260,3 +260,239 @@ async fn a_stream_arrives_as_it_is_sent() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_are_renamed_priced_and_upstream_errors_pass_through() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let alias = setup.messages(body("claude-alias", false)).send().await?;
+    assert_eq!(alias.status(), 200);
+    let received = setup.upstream.requests();
+    let last = received.last().expect("forwarded");
+    assert_eq!(last.json().expect("json")["model"], "script-text");
+    // The upstream's own error: its status and its body, unchanged.
+    let limited = setup
+        .messages(body("script-status-429", false))
+        .send()
+        .await?;
+    assert_eq!(limited.status(), 429);
+    let limited: Value = limited.json().await?;
+    assert_eq!(limited["error"]["type"], "rate_limit_error", "{limited}");
+    let priced = setup.messages(body("priced", true)).send().await?;
+    assert_eq!(priced.status(), 200);
+    priced.bytes().await?;
+    let usage = setup.settled_usage(3).await?;
+    let row = usage["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["model"] == "priced")
+        .expect("a row for the priced model");
+    // script-cache: 4 in, 3 out, 2048 cache read, 1024 cache write, at
+    // $3/$15/$0.30/$3.75 per million: 4,511,400 nano-dollars.
+    assert_eq!(row["usage"]["cost_nanos"], 4_511_400, "{row}");
+    assert_eq!(row["usage"]["cache_write_tokens"], 1024, "{row}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_calls_get_the_wire_formats_errors() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let http = &setup.cluster.http;
+    let door = &setup.door;
+    let anthropic = format!("http://{door}/v1/messages");
+    let openai = format!("http://{door}/v1/chat/completions");
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, &str)> = vec![
+        (
+            http.post(&anthropic).json(&body("script-text", false)),
+            401,
+            "authentication_error",
+            "no credential",
+        ),
+        (
+            http.post(&anthropic)
+                .header("x-api-key", &setup.cluster.token)
+                .json(&body("script-text", false)),
+            401,
+            "authentication_error",
+            "not a desktop token",
+        ),
+        (
+            http.post(&anthropic)
+                .header("x-api-key", &setup.token)
+                .body("{\"model\": "),
+            400,
+            "invalid_request_error",
+            "JSON object",
+        ),
+        (
+            http.post(&anthropic)
+                .header("x-api-key", &setup.token)
+                .body(r#"{"model":"script-text","model":"priced","max_tokens":5}"#),
+            400,
+            "invalid_request_error",
+            "given twice",
+        ),
+        (
+            http.post(&anthropic)
+                .header("x-api-key", &setup.token)
+                .json(&body("gpt-nothing", false)),
+            404,
+            "not_found_error",
+            "no provider serves model \"gpt-nothing\"",
+        ),
+        (
+            http.post(&anthropic)
+                .header("x-api-key", &setup.token)
+                .body(vec![b' '; 33 << 20]),
+            413,
+            "request_too_large",
+            "at most 32 MiB",
+        ),
+        (
+            http.post(&openai)
+                .bearer_auth(&setup.token)
+                .json(&json!({"model": "script-text", "stream": "yes"})),
+            400,
+            "invalid_request_error",
+            "'stream' must be true or false",
+        ),
+        (
+            http.post(&openai)
+                .bearer_auth(&setup.token)
+                .json(&json!({"model": "dead-model", "messages": []})),
+            502,
+            "server_error",
+            "provider dead (http://127.0.0.1:1/v1/chat/completions) could not be reached",
+        ),
+    ];
+    for (request, status, kind, message) in cases {
+        let response = request.send().await?;
+        assert_eq!(response.status().as_u16(), status, "{message}");
+        let answer: Value = response.json().await?;
+        // Both formats say it as error.type and error.message.
+        let (got_kind, got_message) = (&answer["error"]["type"], &answer["error"]["message"]);
+        assert_eq!(got_kind, kind, "{answer}");
+        assert!(
+            got_message.as_str().unwrap_or_default().contains(message),
+            "{answer}"
+        );
+    }
+    // Refused before the provider: nothing forwarded; the unreachable
+    // provider's call is counted once (with no tokens).
+    assert!(setup.upstream.requests().is_empty());
+    let usage = setup.settled_usage(1).await?;
+    assert_eq!(usage["totals"]["input_tokens"], 0, "{usage}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_cancels_the_upstream_call_and_is_still_counted(
+) -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let response = setup.messages(body("script-slow-300", true)).send().await?;
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.expect("a first chunk")?;
+    assert!(!first.is_empty());
+    drop(stream);
+    assert_eq!(
+        setup
+            .upstream
+            .wait_for_outcome(0, Duration::from_secs(10))
+            .await?,
+        Outcome::ClientGone
+    );
+    // What was seen (message_start: the input) is what is counted.
+    let usage = setup.settled_usage(1).await?;
+    let expected = expected_usage("script-slow-300").expect("a script");
+    assert_eq!(usage["totals"]["input_tokens"], expected.input, "{usage}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_overspend_a_budget_by_at_most_one_reservation() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let server = setup.cluster.servers[0].addr.clone();
+    let limit = 2_000u64;
+    let answer = setup
+        .cluster
+        .http
+        .put(format!(
+            "http://{server}/api/v1/tasks/{}/budget",
+            setup.task
+        ))
+        .bearer_auth(&setup.cluster.token)
+        .json(&json!({"max_tokens": limit}))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 200);
+    let call = body("script-long-64", false);
+    // The reservation: the body's bytes plus max_tokens.
+    let reservation = serde_json::to_vec(&call)?.len() as u64 + 64;
+    let mut refused = 0;
+    let mut rounds = 0;
+    while refused == 0 && rounds < 50 {
+        rounds += 1;
+        let calls = (0..12).map(|_| async {
+            let response = setup.messages(call.clone()).send().await?;
+            let status = response.status().as_u16();
+            let text = response.text().await?;
+            anyhow::Ok((status, text))
+        });
+        for result in futures::future::join_all(calls).await {
+            let (status, text) = result?;
+            match status {
+                200 => {}
+                402 => {
+                    assert!(text.contains("budget of task"), "{text}");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {text}"),
+            }
+        }
+    }
+    assert!(refused > 0, "the budget never ran out in {rounds} rounds");
+    let forwarded = setup.upstream.requests().len() as u64;
+    let usage = setup.settled_usage(forwarded).await?;
+    let spent = [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+    ]
+    .iter()
+    .map(|field| usage["totals"][field].as_u64().unwrap_or(0))
+    .sum::<u64>();
+    assert!(
+        spent <= limit + reservation,
+        "spent {spent} of {limit} (one reservation: {reservation})"
+    );
+    // The board can say why the agent stopped; raising the budget clears it.
+    let task_url = format!("http://{server}/api/v1/tasks/{}", setup.task);
+    let task: Value = setup
+        .cluster
+        .http
+        .get(&task_url)
+        .bearer_auth(&setup.cluster.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        task["llm_refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("budget of task")),
+        "{task}"
+    );
+    setup
+        .cluster
+        .http
+        .put(format!("{task_url}/budget"))
+        .bearer_auth(&setup.cluster.token)
+        .json(&json!({"max_tokens": null}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let again = setup.messages(call).send().await?;
+    assert_eq!(again.status(), 200);
+    Ok(())
+}
