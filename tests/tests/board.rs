@@ -2,7 +2,8 @@
 //! DevTools protocol), against a real server and node agent with desktop
 //! sessions (foot on lavapipe), as root (CI runs it): sign in with the
 //! one-time link, create a task, drag it to Planning, watch its desktop
-//! live, take control and type a command, move the card to Done and see
+//! live, see its model usage and a budget stopping it, take control and
+//! type a command, move the card to Done and see
 //! the desktop go. Page screenshots are kept in the temp dir when a step
 //! fails.
 
@@ -193,6 +194,73 @@ async fn a_person_drives_a_desktop_from_the_board() -> anyhow::Result<()> {
         )
         .await;
     step(&mut browser, "thumbnail", thumbnail).await?;
+
+    // Its agent's model calls show on the card, and so does the budget
+    // stopping it.
+    let upstream = flotilla_tests::llm_upstream::ScriptedUpstream::start().await;
+    cluster
+        .post_json(
+            &addr,
+            "/api/v1/llm/providers",
+            json!({"name": "anth", "kind": "anthropic", "base_url": upstream.base_url(),
+                   "key": "sk-board", "models": [{"name": "script-text", "price": {"input": 3_000_000, "output": 15_000_000}}]}),
+        )
+        .await?;
+    let tasks: Value = cluster
+        .http
+        .get(format!("{base}/tasks"))
+        .bearer_auth(&cluster.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_id = tasks["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let desktop_token = cluster.desktop_token(&task_id).await?;
+    let call = || {
+        cluster
+            .http
+            .post(format!(
+                "http://{}/v1/messages",
+                cluster.servers[0].desktop_addr
+            ))
+            .header("x-api-key", &desktop_token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "script-text", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let answer = call().await?;
+    let status = answer.status();
+    assert_eq!(status, 200, "{}", answer.text().await?);
+    // script-text: 12 in, 6 out.
+    let usage = browser
+        .wait_for(
+            "the card's usage",
+            "[...document.querySelectorAll('.card .usage')].some(u => u.textContent.startsWith('18 tokens'))",
+            Duration::from_secs(10),
+        )
+        .await;
+    step(&mut browser, "card-usage", usage).await?;
+    cluster
+        .http
+        .put(format!("{base}/tasks/{task_id}/budget"))
+        .bearer_auth(&cluster.token)
+        .json(&json!({"max_tokens": 10}))
+        .send()
+        .await?
+        .error_for_status()?;
+    assert_eq!(call().await?.status(), 402);
+    let refused = browser
+        .wait_for(
+            "the card saying why the agent stopped",
+            "[...document.querySelectorAll('.card .refused')].some(r => r.textContent.includes('budget of task'))",
+            Duration::from_secs(10),
+        )
+        .await;
+    step(&mut browser, "card-refused", refused).await?;
 
     // Open the live view: the canvas shows the terminal (not blank).
     browser

@@ -172,6 +172,24 @@ function card(task) {
     repo.title = 'repository';
     div.append(repo);
   }
+  if (task.usage && task.usage.calls) {
+    const usage = document.createElement('div');
+    usage.className = 'usage';
+    const u = task.usage;
+    const tokens = (u.input_tokens || 0) + (u.output_tokens || 0)
+      + (u.cache_read_tokens || 0) + (u.cache_write_tokens || 0);
+    const dollars = (u.cost_nanos || 0) / 1e9;
+    usage.textContent = `${tokens.toLocaleString()} tokens · $${dollars.toFixed(dollars < 1 ? 4 : 2)} · ${u.calls} calls`;
+    usage.title = `model usage: ${u.input_tokens || 0} in, ${u.output_tokens || 0} out, `
+      + `${u.cache_read_tokens || 0} cache read, ${u.cache_write_tokens || 0} cache write`;
+    div.append(usage);
+  }
+  if (task.llm_refused) {
+    const refused = document.createElement('div');
+    refused.className = 'state refused';
+    refused.textContent = `agent stopped: ${task.llm_refused}`;
+    div.append(refused);
+  }
   const state = desktopState(task);
   if (state) {
     const line = document.createElement('div');
