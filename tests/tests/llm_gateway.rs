@@ -496,3 +496,33 @@ async fn concurrent_calls_overspend_a_budget_by_at_most_one_reservation() -> any
     assert_eq!(again.status(), 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desktop_has_at_most_sixteen_open_calls() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let response = setup.messages(body("script-slow-300", true)).send().await?;
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    let refused = setup.messages(body("script-text", false)).send().await?;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let refused: Value = refused.json().await?;
+    assert_eq!(refused["error"]["type"], "rate_limit_error", "{refused}");
+    // One ends (the client goes): its place is free again.
+    drop(open.pop());
+    flotilla_tests::wait_for("a free place", Duration::from_secs(10), || async {
+        setup
+            .messages(body("script-text", false))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    })
+    .await?;
+    Ok(())
+}

@@ -44,7 +44,6 @@ impl Held {
 /// What one call's admission looks at.
 #[derive(Debug, Clone)]
 pub struct Ask<'a> {
-    pub desktop: &'a str,
     pub task: &'a str,
     pub project: Option<&'a str>,
     /// Committed usage and budget of the task and of its project.
@@ -83,11 +82,20 @@ pub struct Ledger {
     per_desktop: u32,
 }
 
+/// One of a desktop's open calls, taken before its body is read (so a
+/// desktop holds at most `per_desktop` bodies in memory); dropping it frees
+/// the place.
+#[derive(Debug)]
+pub struct Slot {
+    ledger: Arc<Ledger>,
+    desktop: String,
+}
+
 /// One admitted call's hold; dropping it gives the reservation back.
 #[derive(Debug)]
 pub struct Reservation {
     ledger: Arc<Ledger>,
-    desktop: String,
+    _slot: Slot,
     task: String,
     project: Option<String>,
     held: Held,
@@ -107,15 +115,25 @@ impl Ledger {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Admits a call, or says why not.
-    pub fn admit(self: &Arc<Ledger>, ask: &Ask<'_>) -> Result<Reservation, Refusal> {
+    /// A place for one more open call of `desktop`, or why not.
+    pub fn enter(self: &Arc<Ledger>, desktop: &str) -> Result<Slot, Refusal> {
         let mut inner = self.lock();
-        let open = inner.desktops.get(ask.desktop).copied().unwrap_or(0);
-        if open >= self.per_desktop {
+        let open = inner.desktops.entry(desktop.to_owned()).or_default();
+        if *open >= self.per_desktop {
             return Err(Refusal::Concurrency {
                 limit: self.per_desktop,
             });
         }
+        *open += 1;
+        Ok(Slot {
+            ledger: self.clone(),
+            desktop: desktop.to_owned(),
+        })
+    }
+
+    /// Admits a call in `slot`, or says why not.
+    pub fn admit(self: &Arc<Ledger>, slot: Slot, ask: &Ask<'_>) -> Result<Reservation, Refusal> {
+        let mut inner = self.lock();
         let task_held = inner.tasks.get(ask.task).copied().unwrap_or_default();
         check(
             &format!("task {}", ask.task),
@@ -132,7 +150,6 @@ impl Ledger {
                 &ask.project_budget,
             )?;
         }
-        *inner.desktops.entry(ask.desktop.to_owned()).or_default() += 1;
         inner
             .tasks
             .entry(ask.task.to_owned())
@@ -145,9 +162,10 @@ impl Ledger {
                 .or_default()
                 .add(ask.estimate);
         }
+        drop(inner);
         Ok(Reservation {
             ledger: self.clone(),
-            desktop: ask.desktop.to_owned(),
+            _slot: slot,
             task: ask.task.to_owned(),
             project: ask.project.map(str::to_owned),
             held: ask.estimate,
@@ -197,6 +215,12 @@ impl Drop for Reservation {
         if let Some(project) = &self.project {
             release(&mut inner.projects, project, self.held);
         }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.ledger.lock();
         if let Some(open) = inner.desktops.get_mut(&self.desktop) {
             *open -= 1;
             if *open == 0 {
@@ -247,7 +271,6 @@ mod tests {
 
     fn ask<'a>(used: u64, max: u64, estimate: u64) -> Ask<'a> {
         Ask {
-            desktop: "d",
             task: "t",
             project: Some("p"),
             task_used: UsageTotals {
@@ -271,7 +294,7 @@ mod tests {
     fn concurrent_calls_overspend_by_at_most_one_reservation() {
         let ledger = Ledger::new(100);
         let mut open = Vec::new();
-        while let Ok(reservation) = ledger.admit(&ask(0, 1000, 300)) {
+        while let Ok(reservation) = ledger.admit(ledger.enter("d").unwrap(), &ask(0, 1000, 300)) {
             open.push(reservation);
         }
         // 0, 300, 600, 900 admitted (each saw room left), the fifth refused.
@@ -295,8 +318,12 @@ mod tests {
             },
         );
         assert_eq!(ledger.held("t"), Held::default());
-        assert!(ledger.admit(&ask(999, 1000, 300)).is_ok());
-        let refused = ledger.admit(&ask(1000, 1000, 1)).unwrap_err();
+        assert!(ledger
+            .admit(ledger.enter("d").unwrap(), &ask(999, 1000, 300))
+            .is_ok());
+        let refused = ledger
+            .admit(ledger.enter("d").unwrap(), &ask(1000, 1000, 1))
+            .unwrap_err();
         assert_eq!(
             refused.to_string(),
             "the budget of task t is spent: 1000 of 1000 tokens"
@@ -306,19 +333,23 @@ mod tests {
     #[test]
     fn a_desktop_has_a_bounded_number_of_open_calls() {
         let ledger = Ledger::new(2);
-        let unlimited = |desktop| Ask {
-            desktop,
+        let first = ledger.enter("d").unwrap();
+        let second = ledger.enter("d").unwrap();
+        assert_eq!(
+            ledger.enter("d").unwrap_err(),
+            Refusal::Concurrency { limit: 2 }
+        );
+        assert!(ledger.enter("other").is_ok());
+        drop(first);
+        // An admitted call keeps its place until its reservation goes.
+        let unlimited = Ask {
             task_budget: Budget::default(),
             ..ask(0, 0, 1)
         };
-        let first = ledger.admit(&unlimited("d")).unwrap();
-        let _second = ledger.admit(&unlimited("d")).unwrap();
-        assert_eq!(
-            ledger.admit(&unlimited("d")).unwrap_err(),
-            Refusal::Concurrency { limit: 2 }
-        );
-        assert!(ledger.admit(&unlimited("other")).is_ok());
-        drop(first);
-        assert!(ledger.admit(&unlimited("d")).is_ok());
+        let admitted = ledger.admit(second, &unlimited).unwrap();
+        let _third = ledger.enter("d").unwrap();
+        assert!(ledger.enter("d").is_err());
+        drop(admitted);
+        assert!(ledger.enter("d").is_ok());
     }
 }

@@ -73,6 +73,10 @@ async fn prepare(
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let identity = gateway.authenticate(&parts.headers).await?;
+    let slot = gateway
+        .ledger
+        .enter(&identity.desktop_id)
+        .map_err(|refusal| GatewayError::new(Kind::RateLimit, refusal.to_string()))?;
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|error| {
@@ -104,7 +108,6 @@ async fn prepare(
         .unwrap_or(u64::MAX),
     };
     let ask = Ask {
-        desktop: &identity.desktop_id,
         task: &identity.task_id,
         project: route.project.as_deref(),
         task_used: ask_state.task_used,
@@ -113,7 +116,7 @@ async fn prepare(
         project_budget: ask_state.project_budget,
         estimate,
     };
-    let reservation = match gateway.ledger.admit(&ask) {
+    let reservation = match gateway.ledger.admit(slot, &ask) {
         Ok(reservation) => reservation,
         Err(refusal) => {
             return Err(refuse(
