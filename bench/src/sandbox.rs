@@ -362,6 +362,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
         subnet: std::net::Ipv4Addr::new(10, 87, 0, 0),
         control_plane: Vec::new(),
         pool_size: 4,
+        ..Default::default()
     };
     let mut network = Network::start(settings.clone(), &[]).map_err(anyhow::Error::msg)?;
     let mut pooled = Vec::new();

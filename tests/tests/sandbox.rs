@@ -226,6 +226,7 @@ fn sandboxes_are_isolated_and_two_hundred_cycles_leave_nothing() -> anyhow::Resu
         subnet: std::net::Ipv4Addr::new(10, 160 + (std::process::id() % 40) as u8, 0, 0),
         control_plane: Vec::new(),
         pool_size: 2,
+        ..Default::default()
     };
     let _cleanup = RemoveHostSetup(network.clone());
     let scope = flotilla_node_agent::sandbox::cgroup::detect_host()

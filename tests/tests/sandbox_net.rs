@@ -1,6 +1,7 @@
 //! Desktop networking and re-adoption, as root (CI runs these):
 //! - each egress policy holds against listeners in a network namespace the
-//!   test made to stand in for "outside";
+//!   test made to stand in for "outside" (open reaches a public address,
+//!   not a private or link-local one unless allowed);
 //! - two desktops cannot reach each other;
 //! - a restarted runtime adopts sandboxes that still run, cleans up those
 //!   that died, and a sandbox ends itself when the node's lease passes;
@@ -34,6 +35,52 @@ fn settings(tag: u32, control_plane: Vec<SocketAddr>) -> NetworkSettings {
         subnet: Ipv4Addr::new(10, 100 + (id % 50) as u8, 0, 0),
         control_plane,
         pool_size: 2,
+        egress_allow: Vec::new(),
+        resolvers: Vec::new(),
+    }
+}
+
+/// Addresses of the outside namespace that are not on its /24: routed to it
+/// from the node for the test's length (never beyond the namespace).
+struct Routes(Vec<String>);
+
+impl Routes {
+    fn add(namespace: &str, via: &str, addresses: &[&str]) -> anyhow::Result<Routes> {
+        let routes = Routes(addresses.iter().map(|a| format!("{a}/32")).collect());
+        for address in addresses {
+            let inside = Command::new("ip")
+                .args([
+                    "-n",
+                    namespace,
+                    "addr",
+                    "add",
+                    &format!("{address}/32"),
+                    "dev",
+                    "lo",
+                ])
+                .status()?;
+            anyhow::ensure!(inside.success(), "add {address} in {namespace}");
+        }
+        for route in &routes.0 {
+            if route.starts_with("10.") {
+                continue;
+            }
+            let added = Command::new("ip")
+                .args(["route", "replace", route, "via", via])
+                .status()?;
+            anyhow::ensure!(added.success(), "route {route} via {via}");
+        }
+        Ok(routes)
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        for route in &self.0 {
+            if !route.starts_with("10.") {
+                let _ = Command::new("ip").args(["route", "del", route]).status();
+            }
+        }
     }
 }
 
@@ -165,6 +212,9 @@ esac
   probe self "$FLOTILLA_DESKTOP_ADDRESS" 8000
   probe control_plane "$OUTSIDE" 7000
   probe other_port "$OUTSIDE" 7001
+  probe private_other "$PRIVATE" 7001
+  probe link_local "$LINK_LOCAL" 7001
+  probe public "$PUBLIC" 7001
   probe neighbour "$NEIGHBOUR" 8000
   probe host_service "$GATEWAY" "$HOST_PORT"
   probe loopback_control_plane "$GATEWAY" "$LOOPBACK_PORT"
@@ -193,6 +243,22 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
     let host = &outside.hosts[0];
     listen_in(&host.namespace, &host.address, 7000, "control\n");
     listen_in(&host.namespace, &host.address, 7001, "other\n");
+    // Beside the outside host: another private address (its /24), a
+    // link-local one (as cloud metadata is), and a public one (TEST-NET-3),
+    // the last two routed to the namespace from the node.
+    let private = format!(
+        "{}.99",
+        host.address.rsplit_once('.').map_or("", |(net, _)| net)
+    );
+    let (link_local, public) = ("169.254.77.77", "203.0.113.7");
+    let _routes = Routes::add(
+        &host.namespace,
+        &host.address,
+        &[&private, link_local, public],
+    )?;
+    listen_in(&host.namespace, &private, 7001, "private\n");
+    listen_in(&host.namespace, link_local, 7001, "meta\n");
+    listen_in(&host.namespace, public, 7001, "public\n");
     // A service on the node itself, which no desktop may reach.
     let host_service = TcpListener::bind("0.0.0.0:0")?;
     let host_port = host_service.local_addr()?.port();
@@ -211,14 +277,16 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
         }
     });
     let control_plane: SocketAddr = format!("{}:7000", host.address).parse()?;
-    let settings = settings(0, vec![control_plane, loopback]);
+    let mut settings = settings(0, vec![control_plane, loopback]);
+    // `open` may reach the outside host's one address, explicitly.
+    settings.egress_allow = vec![format!("{}/32", host.address).parse()?];
     let _cleanup = HostSetup(settings.clone());
     let base = u32::from(settings.subnet);
     // The first address of each policy's range (see sandbox::net).
     let first = |range: u32| Ipv4Addr::from(base + range * (1 << 14) + 2);
     let (none_ip, cp_ip, open_ip) = (first(0), first(1), first(2));
     let command = format!(
-        "OUTSIDE={outside} GATEWAY={gateway} HOST_PORT={host_port} LOOPBACK_PORT={loopback_port} CP={cp_ip} OPEN={open_ip}\n{PROBES}",
+        "OUTSIDE={outside} PRIVATE={private} LINK_LOCAL={link_local} PUBLIC={public} GATEWAY={gateway} HOST_PORT={host_port} LOOPBACK_PORT={loopback_port} CP={cp_ip} OPEN={open_ip}\n{PROBES}",
         loopback_port = loopback.port(),
         outside = host.address,
         gateway = settings.gateway(),
@@ -249,6 +317,17 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
         Some("host"),
         "the host service answers the node itself"
     );
+    for (address, reply) in [
+        (private.as_str(), "private"),
+        (link_local, "meta"),
+        (public, "public"),
+    ] {
+        assert_eq!(
+            reach(format!("{address}:7001").parse()?).as_deref(),
+            Some(reply),
+            "the node reaches {address}"
+        );
+    }
     let dir = |id: &str| data.path().join(format!("desktops/{id}-1"));
     for (id, _, _) in desktops {
         std::fs::write(dir(id).join("workspace/go"), "")?;
@@ -278,6 +357,15 @@ fn egress_policies_hold_and_desktops_cannot_reach_each_other() -> anyhow::Result
     assert_eq!(cp["other_port"], "blocked", "{describe}");
     assert_eq!(open["control_plane"], "ok:control", "{describe}");
     assert_eq!(open["other_port"], "ok:other", "{describe}");
+    // open is the internet: not the LAN or link-local unless allowed.
+    assert_eq!(open["public"], "ok:public", "{describe}");
+    assert_eq!(open["private_other"], "blocked", "{describe}");
+    assert_eq!(open["link_local"], "blocked", "{describe}");
+    for results in [&none, &cp] {
+        for probe in ["public", "private_other", "link_local"] {
+            assert_eq!(results[probe], "blocked", "{probe}: {describe}");
+        }
+    }
 
     drop(runtime);
     assert!(

@@ -105,6 +105,11 @@ pub struct NodeAgentArgs {
     /// port + 1, the servers' default --desktop-listen).
     #[arg(long = "desktop-endpoint")]
     desktop_endpoints: Vec<SocketAddr>,
+    /// A range (CIDR) desktops with egress open may reach although it is
+    /// private, link-local or otherwise not the internet (refused by
+    /// default: the node's LAN, cloud metadata); repeatable.
+    #[arg(long = "egress-allow")]
+    egress_allow: Vec<ipnet::Ipv4Net>,
     /// Network namespaces kept ready for starting desktops.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=256))]
     netns_pool: u64,
@@ -269,6 +274,10 @@ fn agent_options(args: NodeAgentArgs) -> anyhow::Result<AgentOptions> {
             subnet: args.desktop_subnet,
             control_plane: args.desktop_endpoints,
             pool_size: args.netns_pool as usize,
+            egress_allow: args.egress_allow,
+            resolvers: flotilla_node_agent::sandbox::net::resolvers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
             ..Default::default()
         };
         settings

@@ -46,7 +46,7 @@ use super::netlink::Netlink;
 use pool::{make_ready, pool_thread, PoolState, Ready, Shared};
 use settings::RANGE_SIZE;
 
-pub use settings::NetworkSettings;
+pub use settings::{resolvers, NetworkSettings, OPEN_REFUSED};
 
 /// What a desktop may reach on the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -549,10 +549,20 @@ mod tests {
                 "127.0.0.1:7000".parse().unwrap(),
                 "10.1.2.3:7443".parse().unwrap(),
             ],
+            egress_allow: vec!["192.168.7.9/24".parse().unwrap()],
+            resolvers: super::resolvers("# x\nnameserver 10.0.0.2\nnameserver ::1\n"),
             ..NetworkSettings::default()
         };
         let rules = settings.ruleset();
         assert!(rules.contains("elements = { 127.0.0.1 . 7000, 10.1.2.3 . 7443 }"));
+        // open: allowed ranges (as networks) and resolvers before the refused ones.
+        assert!(rules.contains("elements = { 192.168.7.0/24 }"), "{rules}");
+        assert!(rules.contains("elements = { 10.0.0.2 }"), "{rules}");
+        assert!(rules.contains("169.254.0.0/16"));
+        let order = |needle: &str| rules.find(needle).unwrap_or(usize::MAX);
+        assert!(order("@open_allowed accept") < order("@open_refused drop"));
+        assert!(order("@resolvers udp dport 53 accept") < order("@open_refused drop"));
+        assert!(order("@open_refused drop") < order("ip daddr != 10.88.0.0/16 accept"));
         assert!(rules.contains("ip saddr 10.88.0.0/18 drop"));
         assert!(rules.contains("ip saddr 10.88.128.0/18 ip daddr != 10.88.0.0/16 accept"));
         assert!(rules.contains("ip daddr 10.88.0.1 tcp dport 7000 dnat ip to 127.0.0.1:7000"));

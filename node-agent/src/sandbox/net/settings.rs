@@ -2,8 +2,15 @@
 //! the /16 cut into one /18 per egress policy (the address says the
 //! policy), the control-plane endpoints desktops may reach, and the one
 //! nftables table that enforces it all. Pure: no IO.
+//!
+//! `open` is the internet, not the node's neighbourhood: private, shared,
+//! link-local (cloud metadata at 169.254.169.254), loopback, multicast and
+//! reserved ranges are refused unless an operator allows a range
+//! (`egress_allow`); the host's resolvers stay reachable on port 53.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
 
 use super::{Egress, NetworkError};
 use crate::sandbox::netlink::MAX_IFNAME;
@@ -25,6 +32,38 @@ pub struct NetworkSettings {
     pub control_plane: Vec<SocketAddr>,
     /// Ready namespaces kept by the pool.
     pub pool_size: usize,
+    /// Ranges `open` desktops may reach although [`OPEN_REFUSED`] covers
+    /// them (an internal package mirror, a LAN service).
+    pub egress_allow: Vec<Ipv4Net>,
+    /// The resolvers desktops' `/etc/resolv.conf` names (the host's), which
+    /// `open` desktops reach on port 53 whatever their range.
+    pub resolvers: Vec<Ipv4Addr>,
+}
+
+/// What `open` egress does not reach unless allowed: "this network",
+/// private (RFC 1918), shared (CGNAT), loopback, link-local (cloud metadata),
+/// IETF protocol assignments, benchmarking, multicast and reserved.
+pub const OPEN_REFUSED: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// The `nameserver` lines of a resolv.conf that are IPv4 addresses.
+pub fn resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect()
 }
 
 impl Default for NetworkSettings {
@@ -36,6 +75,8 @@ impl Default for NetworkSettings {
             subnet: Ipv4Addr::new(10, 88, 0, 0),
             control_plane: Vec::new(),
             pool_size: 4,
+            egress_allow: Vec::new(),
+            resolvers: Vec::new(),
         }
     }
 }
@@ -139,6 +180,20 @@ impl NetworkSettings {
         let control_plane = self.range_cidr(Egress::ControlPlane);
         let open = self.range_cidr(Egress::Open);
         let subnet = format!("{}/16", self.subnet);
+        let set = |items: Vec<String>| {
+            if items.is_empty() {
+                String::new()
+            } else {
+                format!("elements = {{ {} }}", items.join(", "))
+            }
+        };
+        let refused = set(OPEN_REFUSED.iter().map(|r| (*r).to_owned()).collect());
+        let allowed = set(self
+            .egress_allow
+            .iter()
+            .map(|net| net.trunc().to_string())
+            .collect());
+        let resolvers = set(self.resolvers.iter().map(Ipv4Addr::to_string).collect());
         format!(
             "add table inet {table}
 delete table inet {table}
@@ -146,6 +201,18 @@ table inet {table} {{
   set control_plane {{
     type ipv4_addr . inet_service
     {elements}
+  }}
+  set open_refused {{
+    type ipv4_addr; flags interval; auto-merge
+    {refused}
+  }}
+  set open_allowed {{
+    type ipv4_addr; flags interval; auto-merge
+    {allowed}
+  }}
+  set resolvers {{
+    type ipv4_addr
+    {resolvers}
   }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
@@ -156,9 +223,13 @@ table inet {table} {{
     oifname \"{bridge}\" drop
     iifname \"{bridge}\" meta nfproto != ipv4 drop
     iifname \"{bridge}\" ip saddr {none} drop
-    iifname \"{bridge}\" ip saddr {open} ip daddr != {subnet} accept
     iifname \"{bridge}\" ip saddr {control_plane} ip daddr . tcp dport @control_plane accept
     iifname \"{bridge}\" ip saddr {open} ip daddr . tcp dport @control_plane accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr @resolvers udp dport 53 accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr @resolvers tcp dport 53 accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr @open_allowed accept
+    iifname \"{bridge}\" ip saddr {open} ip daddr @open_refused drop
+    iifname \"{bridge}\" ip saddr {open} ip daddr != {subnet} accept
     iifname \"{bridge}\" drop
   }}
   chain input {{
