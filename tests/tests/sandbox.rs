@@ -95,6 +95,8 @@ echo "net=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
 echo "home=$HOME"
 echo hello > "$HOME/file" && echo "home=writable"
 echo hello > /workspace/file && echo "workspace=writable"
+echo "workspace_mount=$(grep ' /workspace ' /proc/self/mountinfo | cut -d' ' -f6)"
+echo "home_mount=$(grep " $HOME " /proc/self/mountinfo | cut -d' ' -f6)"
 echo "tmp=$(stat -f -c %T /tmp)"
 echo "host_root=$(ls /root 2>/dev/null | wc -l)"
 unshare -U true 2>/dev/null && echo "userns=made" || echo "userns=refused"
@@ -128,6 +130,14 @@ sh -c 'echo forked=work'
     );
     assert_eq!(fact("usr"), "read-only");
     assert_eq!(fact("etc"), "read-only");
+    // Writable data honours no set-uid bit and no device node.
+    for mount in ["workspace_mount", "home_mount"] {
+        let options: Vec<&str> = fact(mount).split(',').collect();
+        assert!(
+            options.contains(&"nosuid") && options.contains(&"nodev") && options.contains(&"rw"),
+            "{mount}: {options:?}\n{stdout}"
+        );
+    }
     assert_eq!(
         fact("dev"),
         "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"

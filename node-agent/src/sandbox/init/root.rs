@@ -34,8 +34,20 @@ pub fn setup(sys: &mut dyn Sys, spec: &SandboxSpec) -> SysResult {
     step_loopback_up(sys, spec)
 }
 
-/// Read-only (or writable) recursive bind of a host path at `target`.
-fn bind(sys: &mut dyn Sys, source: &Path, target: &Path, read_only: bool) -> SysResult {
+/// How a host path is bound into the sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// Read-only (`/usr`, `/etc` files, the binary).
+    ReadOnly,
+    /// Writable data the desktop owns (home, workspace, the gpud socket's
+    /// directory): no set-uid programs, no device nodes honoured.
+    Data,
+    /// A device node, as it is.
+    Device,
+}
+
+/// Recursive bind of a host path at `target`, then restricted as `mode` says.
+fn bind(sys: &mut dyn Sys, source: &Path, target: &Path, mode: Bind) -> SysResult {
     let source_text = source.to_string_lossy().into_owned();
     sys.mount(
         Some(&source_text),
@@ -44,14 +56,20 @@ fn bind(sys: &mut dyn Sys, source: &Path, target: &Path, read_only: bool) -> Sys
         libc::MS_BIND | libc::MS_REC,
         None,
     )?;
-    if read_only {
+    let restrict = match mode {
+        Bind::ReadOnly => libc::MS_RDONLY,
+        Bind::Data => libc::MS_NOSUID | libc::MS_NODEV,
+        Bind::Device => return Ok(()),
+    };
+    {
         // Keep the flags the kernel locks for unprivileged remounts.
-        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC;
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_REC | restrict;
         let present = sys.statvfs_flags(target);
         for (vfs, ms) in [
             (libc::ST_NOSUID, libc::MS_NOSUID),
             (libc::ST_NODEV, libc::MS_NODEV),
             (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_RDONLY, libc::MS_RDONLY),
         ] {
             if present & vfs != 0 {
                 flags |= ms;
@@ -99,7 +117,12 @@ fn step_mount_usr(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> Sys
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
             Some(&format!("lowerdir={}:/usr", image.join("usr").display())),
         )?,
-        None => bind(sys, Path::new("/usr"), &new_root.join("usr"), true)?,
+        None => bind(
+            sys,
+            Path::new("/usr"),
+            &new_root.join("usr"),
+            Bind::ReadOnly,
+        )?,
     }
     for (link, target) in &spec.usr_links {
         sys.symlink(target, &new_root.join(link))?;
@@ -158,7 +181,7 @@ fn step_bind_host_etc(sys: &mut dyn Sys, spec: &SandboxSpec, etc: &Path) -> SysR
         };
         let target = etc.join(relative);
         sys.mkdir(&target)?;
-        bind(sys, host, &target, true)?;
+        bind(sys, host, &target, Bind::ReadOnly)?;
     }
     Ok(())
 }
@@ -172,10 +195,10 @@ fn step_bind_home_and_workspace(
 ) -> SysResult {
     let home = new_root.join("home").join(&spec.user);
     sys.mkdir(&home)?;
-    bind(sys, &spec.home_dir, &home, false)?;
+    bind(sys, &spec.home_dir, &home, Bind::Data)?;
     let workspace = new_root.join("workspace");
     sys.mkdir(&workspace)?;
-    bind(sys, &spec.workspace_dir, &workspace, false)
+    bind(sys, &spec.workspace_dir, &workspace, Bind::Data)
 }
 
 /// tmpfs `/tmp` and `/run` (with the desktop's XDG_RUNTIME_DIR, owned by
@@ -204,7 +227,7 @@ fn step_bind_gpu_socket(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) 
     if let Some(gpu_dir) = &spec.gpu_dir {
         let target = new_root.join("run/flotilla");
         sys.mkdir(&target)?;
-        bind(sys, gpu_dir, &target, false)?;
+        bind(sys, gpu_dir, &target, Bind::Data)?;
     }
     Ok(())
 }
@@ -216,7 +239,7 @@ fn step_bind_session_exe(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path)
         sys.mkdir(&dir)?;
         let target = dir.join("flotilla");
         sys.write_file(&target, "")?;
-        bind(sys, exe, &target, true)?;
+        bind(sys, exe, &target, Bind::ReadOnly)?;
     }
     Ok(())
 }
@@ -237,7 +260,7 @@ fn step_make_dev(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysR
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         sys.write_file(&target, "")?;
-        bind(sys, &Path::new("/dev").join(node), &target, false)?;
+        bind(sys, &Path::new("/dev").join(node), &target, Bind::Device)?;
     }
     for device in &spec.devices {
         let Ok(relative) = device.strip_prefix("/dev") else {
@@ -248,7 +271,7 @@ fn step_make_dev(sys: &mut dyn Sys, spec: &SandboxSpec, new_root: &Path) -> SysR
             sys.mkdir(parent)?;
         }
         sys.write_file(&target, "")?;
-        bind(sys, device, &target, false)?;
+        bind(sys, device, &target, Bind::Device)?;
     }
     let pts = dev.join("pts");
     sys.mkdir(&pts)?;

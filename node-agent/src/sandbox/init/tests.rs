@@ -56,8 +56,10 @@ const EXPECTED: &[&str] = &[
     "write /d/root/etc/nsswitch.conf",
     "mkdir /d/root/home/desktop",
     "mount /d/home /d/root/home/desktop - [bind,rec] -",
+    "mount - /d/root/home/desktop - [nosuid,nodev,remount,bind,rec] -",
     "mkdir /d/root/workspace",
     "mount /d/workspace /d/root/workspace - [bind,rec] -",
+    "mount - /d/root/workspace - [nosuid,nodev,remount,bind,rec] -",
     "mkdir /d/root/tmp",
     "mount tmpfs /d/root/tmp tmpfs [nosuid,nodev] mode=1777",
     "mkdir /d/root/run",
@@ -187,6 +189,7 @@ fn the_gpu_socket_directory_is_bound_at_run_flotilla() {
         [
             "mkdir /d/root/run/flotilla".to_owned(),
             "mount /d/gpu /d/root/run/flotilla - [bind,rec] -".to_owned(),
+            "mount - /d/root/run/flotilla - [nosuid,nodev,remount,bind,rec] -".to_owned(),
         ],
     );
     assert_eq!(recorder.calls, expected);
