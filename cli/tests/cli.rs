@@ -381,3 +381,46 @@ fn a_data_dir_sandboxes_cannot_enter_is_refused_at_start_making_nothing() {
     );
     assert!(!data_dir.exists(), "nothing is created");
 }
+
+#[test]
+fn a_node_agent_refuses_host_wide_devices_and_bad_egress_ranges() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let token = home.path().join("node-join.token");
+    std::fs::write(&token, "t\n").expect("write the token");
+    let token = token.to_string_lossy().into_owned();
+    let data = home.path().join("data").to_string_lossy().into_owned();
+    let base = [
+        "node-agent",
+        "--join",
+        "127.0.0.1:1",
+        "--token-file",
+        &token,
+        "--name",
+        "n",
+        "--data-dir",
+        &data,
+    ];
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![(
+        vec!["--egress-allow", "10.0.0.0/33"],
+        "invalid value '10.0.0.0/33' for '--egress-allow",
+    )];
+    if std::path::Path::new("/dev/kmsg").exists() {
+        cases.push((
+            vec!["--desktop-device", "/dev/kmsg"],
+            "reaches the whole host (the kernel log)",
+        ));
+    }
+    for (extra, expected) in cases {
+        let output = flotilla(home.path())
+            .args(base)
+            .args(&extra)
+            .output()
+            .expect("run flotilla");
+        assert!(!output.status.success(), "{extra:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{extra:?}: expected {expected:?} in {stderr}"
+        );
+    }
+}

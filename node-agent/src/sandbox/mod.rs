@@ -170,7 +170,32 @@ pub enum SandboxError {
     },
     #[error("{} is not a character device", .0.display())]
     NotACharacterDevice(PathBuf),
+    #[error("device {} ({major}:{minor}) reaches the whole host ({what}); a desktop may not have it", path.display())]
+    HostWideDevice {
+        path: PathBuf,
+        major: u32,
+        minor: u32,
+        what: &'static str,
+    },
 }
+
+/// Character devices that act on the host as a whole, never granted to a
+/// desktop however an operator asks: (major, minor or `None` for all).
+const HOST_WIDE_DEVICES: &[(u32, Option<u32>, &str)] = &[
+    (1, Some(1), "physical memory"),
+    (1, Some(2), "kernel memory"),
+    (1, Some(4), "I/O ports"),
+    (1, Some(11), "the kernel log"),
+    (4, None, "a virtual console"),
+    (5, Some(1), "the system console"),
+    (7, None, "console memory"),
+    (10, Some(130), "the watchdog"),
+    (10, Some(144), "NVRAM"),
+    (10, Some(231), "hibernation snapshots"),
+    (10, Some(236), "device-mapper control"),
+    (202, None, "CPU model-specific registers"),
+    (203, None, "CPUID"),
+];
 
 /// Checks a base image directory: absolute, a directory with a `usr/`, and
 /// no character that would break overlayfs' mount options.
@@ -198,6 +223,22 @@ pub fn validate_device(path: &std::path::Path) -> Result<(), SandboxError> {
     })?;
     if !metadata.file_type().is_char_device() {
         return Err(SandboxError::NotACharacterDevice(path.to_owned()));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (major, minor) = (
+        rustix::fs::major(metadata.rdev()),
+        rustix::fs::minor(metadata.rdev()),
+    );
+    if let Some((_, _, what)) = HOST_WIDE_DEVICES
+        .iter()
+        .find(|(m, n, _)| *m == major && n.is_none_or(|n| n == minor))
+    {
+        return Err(SandboxError::HostWideDevice {
+            path: path.to_owned(),
+            major,
+            minor,
+            what,
+        });
     }
     Ok(())
 }
@@ -227,5 +268,15 @@ mod tests {
         }
         // A directory under /dev is not a device.
         assert!(validate_device(Path::new("/dev/pts")).is_err());
+        // Devices that reach the whole host, when this host has them.
+        for host_wide in ["/dev/kmsg", "/dev/mem", "/dev/console", "/dev/tty0"] {
+            if Path::new(host_wide).exists() {
+                let refused = validate_device(Path::new(host_wide)).unwrap_err();
+                assert!(
+                    matches!(refused, SandboxError::HostWideDevice { .. }),
+                    "{host_wide}: {refused}"
+                );
+            }
+        }
     }
 }
