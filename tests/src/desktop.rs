@@ -3,7 +3,9 @@
 //! its own network, the door's credentials), and `in_desktop` to run a
 //! shell script inside one through `flotilla desktop exec`; and a desktop's
 //! token minted as the servers mint it, for tests of the desktop door that
-//! need no sandbox (a pending desktop's token is valid until it is placed).
+//! need no sandbox (a pending desktop's token is valid until it is placed),
+//! [`TestCluster::planning_task`] to make such a desktop, and the usage its
+//! task's model calls were metered.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{flotilla_bin, AgentProcess, TestCluster};
 
@@ -111,5 +113,60 @@ impl TestCluster {
             desktop["id"].as_str().unwrap_or_default(),
             desktop["generation"].as_u64().unwrap_or_default(),
         ))
+    }
+
+    /// Project `demo` with repository `app`, a task in `planning` on
+    /// `demo/app` (its desktop pending) and that desktop's token: the task's
+    /// id and the token.
+    pub async fn planning_task(&self, title: &str) -> anyhow::Result<(String, String)> {
+        let server = &self.servers[0].addr;
+        self.post_json(server, "/api/v1/projects", json!({"id": "demo"}))
+            .await?;
+        self.post_json(
+            server,
+            "/api/v1/projects/demo/repos",
+            json!({"name": "app"}),
+        )
+        .await?;
+        let task = self
+            .post_json(
+                server,
+                "/api/v1/tasks",
+                json!({"title": title, "column": "planning", "repository": "demo/app"}),
+            )
+            .await?;
+        let task = task["id"]
+            .as_str()
+            .with_context(|| format!("a task without an id: {task}"))?
+            .to_owned();
+        let token = self.desktop_token(&task).await?;
+        Ok((task, token))
+    }
+
+    /// `GET /api/v1/usage?task=TASK` from the first server.
+    pub async fn task_usage(&self, task: &str) -> anyhow::Result<Value> {
+        let server = &self.servers[0].addr;
+        Ok(self
+            .http
+            .get(format!("http://{server}/api/v1/usage?task={task}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// [`TestCluster::task_usage`] once it counts `calls` calls, and 600 ms
+    /// later (a call recorded twice would show by then).
+    pub async fn settled_usage(&self, task: &str, calls: u64) -> anyhow::Result<Value> {
+        crate::wait_for("usage to be recorded", Duration::from_secs(20), || async {
+            self.task_usage(task)
+                .await
+                .is_ok_and(|usage| usage["totals"]["calls"].as_u64() >= Some(calls))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        self.task_usage(task).await
     }
 }

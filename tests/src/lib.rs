@@ -12,6 +12,7 @@ pub mod git_http;
 pub mod llm_upstream;
 pub mod netns;
 pub mod sdk;
+pub mod sdk_matrix;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

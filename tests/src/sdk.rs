@@ -84,6 +84,19 @@ pub fn run_python(script: &str, env: &[(&str, &str)]) -> anyhow::Result<String> 
     }
 }
 
+/// [`run_python`] on a blocking thread, for async tests.
+pub async fn run_python_async(
+    script: String,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_python(&script, &env)
+    })
+    .await
+    .context("the python thread")?
+}
+
 /// Reads a child's pipe to its end on a thread of its own, so neither pipe can
 /// fill up and stall the child.
 fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {

@@ -360,6 +360,10 @@ impl Drop for Guard {
     }
 }
 
+/// How long a body waits before it is cut (`script-abrupt`), so that the
+/// frames before the cut reach the client.
+const CUT_PAUSE: Duration = Duration::from_millis(20);
+
 /// A body being played: the frames left, the pause before each after the first.
 struct Playback {
     frames: VecDeque<Bytes>,
@@ -386,6 +390,12 @@ impl Playback {
             return Some((Ok(frame), self));
         }
         let guard = self.guard.take()?;
+        if self.abort {
+            // The server writes out what it holds only when the body waits;
+            // cut at once, the frames before the cut (the headers too) would
+            // be dropped with the connection.
+            tokio::time::sleep(CUT_PAUSE).await;
+        }
         guard.finish(if self.abort {
             Outcome::Cut
         } else {
