@@ -37,6 +37,8 @@ pub trait Sys {
     ) -> SysResult;
     /// `ST_*` flags of the filesystem at `path` (0 when unknown).
     fn statvfs_flags(&mut self, path: &Path) -> u64;
+    /// Whether `path` exists (a question, not a step: it cannot fail).
+    fn exists(&mut self, path: &Path) -> bool;
     fn mkdir(&mut self, path: &Path) -> SysResult;
     fn write_file(&mut self, path: &Path, text: &str) -> SysResult;
     fn symlink(&mut self, target: &str, link: &Path) -> SysResult;
@@ -103,6 +105,10 @@ impl Sys for RealSys {
 
     fn statvfs_flags(&mut self, path: &Path) -> u64 {
         rustix::fs::statvfs(path).map_or(0, |stats| stats.f_flag.bits())
+    }
+
+    fn exists(&mut self, path: &Path) -> bool {
+        path.symlink_metadata().is_ok()
     }
 
     fn mkdir(&mut self, path: &Path) -> SysResult {
@@ -246,6 +252,11 @@ impl Sys for Recorder {
         0
     }
 
+    /// Everything exists: the recorded sequence is the longest one.
+    fn exists(&mut self, _path: &Path) -> bool {
+        true
+    }
+
     fn mkdir(&mut self, path: &Path) -> SysResult {
         self.record(format!("mkdir {}", path.display()))
     }
@@ -328,6 +339,9 @@ impl Sys for FailingSys {
     }
     fn statvfs_flags(&mut self, path: &Path) -> u64 {
         self.real.statvfs_flags(path)
+    }
+    fn exists(&mut self, path: &Path) -> bool {
+        self.real.exists(path)
     }
     fn mkdir(&mut self, path: &Path) -> SysResult {
         self.next("mkdir")?;

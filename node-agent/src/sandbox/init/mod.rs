@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 
 pub use exec::{exec_main, ExecError};
 pub use outer::run;
-pub use root::setup;
+pub use root::{proc_mask_calls, setup};
 
 /// Whether this runs without root: then the sandbox maps only the
 /// caller's own uid (as the desktop user) and has no separate uid range.

@@ -28,6 +28,7 @@ pub fn setup(sys: &mut dyn Sys, spec: &SandboxSpec) -> SysResult {
     step_make_mount_points(sys, &new_root)?;
     step_pivot_root(sys, &new_root)?;
     step_mount_proc(sys)?;
+    step_mask_proc(sys)?;
     step_detach_host_tree(sys)?;
     step_remount_root_read_only(sys)?;
     step_set_hostname(sys, spec)?;
@@ -328,6 +329,60 @@ fn step_mount_proc(sys: &mut dyn Sys) -> SysResult {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
     )
+}
+
+/// `/proc` files that describe or act on the host kernel as a whole, as
+/// Docker's default masks them: hidden behind `/dev/null` (files) or an
+/// empty read-only tmpfs (directories); the kernel's tunables read-only.
+const PROC_MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+];
+const PROC_MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
+const PROC_READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// How many calls masking `/proc` makes on this host (what its kernel has):
+/// the leak tests fail each of them.
+pub fn proc_mask_calls() -> usize {
+    let existing = |paths: &[&str]| paths.iter().filter(|p| Path::new(p).exists()).count();
+    existing(PROC_MASKED_FILES) + existing(PROC_MASKED_DIRS) + 2 * existing(PROC_READ_ONLY)
+}
+
+/// Masks what [`PROC_MASKED_FILES`], [`PROC_MASKED_DIRS`] and
+/// [`PROC_READ_ONLY`] name, where this kernel has it.
+fn step_mask_proc(sys: &mut dyn Sys) -> SysResult {
+    for file in PROC_MASKED_FILES.iter().map(Path::new) {
+        if sys.exists(file) {
+            sys.mount(Some("/dev/null"), file, None, libc::MS_BIND, None)?;
+        }
+    }
+    for dir in PROC_MASKED_DIRS.iter().map(Path::new) {
+        if sys.exists(dir) {
+            sys.mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some("mode=0555,size=4k"),
+            )?;
+        }
+    }
+    for path in PROC_READ_ONLY.iter().map(Path::new) {
+        if sys.exists(path) {
+            bind(sys, path, path, Bind::ReadOnly)?;
+        }
+    }
+    Ok(())
 }
 
 /// Drops the host's tree: nothing of it is reachable from here on.
