@@ -2,7 +2,6 @@
 //! node's stable identity in its data directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -79,25 +78,10 @@ impl DataDir {
             },
             Err(error) => return Err(error).with_context(|| format!("read {}", file.display())),
         };
-        write_atomically(&file, &serde_json::to_vec_pretty(&identity)?)?;
+        crate::fsutil::write_atomically(&file, &serde_json::to_vec_pretty(&identity)?)
+            .with_context(|| format!("write {}", file.display()))?;
         Ok(identity)
     }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("create {}", temporary.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path).with_context(|| format!("rename to {}", path.display()))?;
-    Ok(())
 }
 
 /// Online CPUs this process may use.

@@ -20,7 +20,7 @@ pub const LEASE_FILE: &str = "lease";
 fn write_lease(path: &std::path::Path, until: Instant) {
     let left = until.saturating_duration_since(Instant::now());
     let deadline = crate::clock::monotonic_ns() + left.as_nanos();
-    let written = crate::fsutil::write_atomically(path, format!("{deadline}\n").as_bytes());
+    let written = crate::fsutil::write_volatile(path, format!("{deadline}\n").as_bytes());
     if let Err(error) = written {
         tracing::warn!(%error, path = %path.display(), "cannot write the lease file");
     }
