@@ -204,20 +204,8 @@ impl GpuService {
                 ),
             )
         })?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let listener = bind_socket(dir, owner)?;
         let socket = dir.join(SOCKET_NAME);
-        match std::fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        let listener = UnixListener::bind(&socket)?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&socket, Some(uid), Some(gid))?;
-        }
         let listener_fd = Arc::new(OwnedFd::from(listener.try_clone()?));
         let connection: Arc<Mutex<Connection>> = Arc::default();
         let gpud = served.gpud.clone();
@@ -423,4 +411,55 @@ impl GpuService {
             })
             .collect()
     }
+}
+
+/// Binds `dir`/gpu.sock for the desktop `owner` (host uid, gid). The
+/// desktop can write `dir` (its compositor's socket is there) and may have
+/// planted anything at that name, so nothing is done by path inside it: the
+/// socket is bound, chmodded and chowned in a root-only staging directory
+/// beside `dir`, then renamed over the name (a rename replaces a symlink,
+/// it does not follow it). `dir` itself must be a directory, not a link.
+fn bind_socket(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{lchown, DirBuilderExt};
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", dir.display()),
+            ))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        Err(error) => return Err(error),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = dir.with_file_name(format!(".{name}.staging"));
+    match std::fs::remove_dir_all(&staging) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join(SOCKET_NAME);
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            lchown(&staged, Some(uid), Some(gid))?;
+            lchown(dir, Some(uid), Some(gid))?;
+        }
+        std::fs::rename(&staged, dir.join(SOCKET_NAME))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }

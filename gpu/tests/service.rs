@@ -116,3 +116,51 @@ fn each_desktop_gets_its_own_socket_and_account() {
         assert!(service.report()[0].desktops.is_empty());
     }
 }
+
+/// The desktop can write its socket's directory: a symlink it planted at
+/// the socket's name is replaced, never followed (root would otherwise
+/// chmod and chown the host file it points at).
+#[test]
+fn a_planted_symlink_is_replaced_not_followed() {
+    use std::os::unix::fs::MetadataExt;
+    let service = GpuService::cpu(64, 64);
+    let root = tempfile::tempdir().unwrap();
+    let host_file = root.path().join("host-secret");
+    std::fs::write(&host_file, "secret").unwrap();
+    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = std::fs::metadata(&host_file).unwrap();
+    let dir = root.path().join("gpu");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&host_file, dir.join(SOCKET_NAME)).unwrap();
+    // As root (CI) the socket is given to a desktop uid, as the agent does.
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let owner = is_root.then_some((100_000, 100_000));
+    let attached = service.attach("dt-s", None, 1 << 20, &dir, owner).unwrap();
+    let after = std::fs::metadata(&host_file).unwrap();
+    assert_eq!(
+        (after.mode(), after.uid(), after.gid()),
+        (before.mode(), before.uid(), before.gid()),
+        "the host file was changed through the symlink"
+    );
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "secret");
+    let socket = std::fs::symlink_metadata(&attached.socket).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &socket.file_type()
+    ));
+    if let Some((uid, _)) = owner {
+        assert_eq!(socket.uid(), uid);
+    }
+    assert!(Guest::connect(&attached.socket).is_ok());
+    // Nothing is left beside the directory.
+    let names: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    drop(attached);
+    // A directory planted at the name: an error for this desktop only.
+    let other = root.path().join("other");
+    std::fs::create_dir_all(other.join(SOCKET_NAME).join("x")).unwrap();
+    assert!(service.attach("dt-t", None, 1 << 20, &other, None).is_err());
+}

@@ -1,6 +1,8 @@
 //! Small file helpers the agent, the runtime, the operator tunnel and the
 //! sandbox share: files other processes read while they change (the lease,
-//! a sandbox's state) are replaced whole, and logs are read from their end.
+//! a sandbox's state) are replaced whole, logs are read from their end, and
+//! a socket in a directory a desktop can write is reached without following
+//! what the desktop may have put there ([`connect_in`]).
 //!
 //! A leaf: it uses nothing else of the crate.
 
@@ -53,4 +55,71 @@ fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Connects to the Unix socket `name` in `dir`, a directory a desktop can
+/// write (its compositor's `control.sock`): the name is opened without
+/// following a symlink (`O_PATH | O_NOFOLLOW`), must be a socket, and is
+/// connected through that descriptor, so root never reaches a host socket
+/// or file the desktop pointed it at. Non-blocking: a full backlog is an
+/// error (`WouldBlock`), not a wait.
+pub fn connect_in(dir: &Path, name: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use rustix::fs::{fstat, open, openat, FileType, Mode, OFlags};
+    use rustix::net::{
+        connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
+    };
+    use std::os::fd::AsRawFd;
+    if name.contains('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a plain file name"),
+        ));
+    }
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let directory = open(dir, flags | OFlags::DIRECTORY, Mode::empty())?;
+    let node = openat(&directory, name, flags, Mode::empty())?;
+    let kind = FileType::from_raw_mode(fstat(&node)?.st_mode);
+    if kind != FileType::Socket {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a {kind:?}, not a socket: refused (a desktop may have replaced it)",
+                dir.join(name).display()
+            ),
+        ));
+    }
+    let socket = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let through = SocketAddrUnix::new(format!("/proc/self/fd/{}", node.as_raw_fd()))?;
+    connect(&socket, &through)?;
+    Ok(std::os::unix::net::UnixStream::from(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_is_reached_and_a_planted_symlink_or_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let host_socket = host.path().join("host.sock");
+        let _host_listener = std::os::unix::net::UnixListener::bind(&host_socket).unwrap();
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("control.sock")).unwrap();
+        assert!(connect_in(dir.path(), "control.sock").is_ok());
+        // The desktop points the name at a host socket, or puts a file there.
+        std::fs::remove_file(dir.path().join("control.sock")).unwrap();
+        std::os::unix::fs::symlink(&host_socket, dir.path().join("control.sock")).unwrap();
+        let refused = connect_in(dir.path(), "control.sock").unwrap_err();
+        assert!(refused.to_string().contains("not a socket"), "{refused}");
+        std::fs::write(dir.path().join("file.sock"), "x").unwrap();
+        assert!(connect_in(dir.path(), "file.sock").is_err());
+        assert!(connect_in(dir.path(), "../host/host.sock").is_err());
+        assert!(connect_in(dir.path(), "missing.sock").is_err());
+    }
 }

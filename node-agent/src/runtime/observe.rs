@@ -161,10 +161,12 @@ fn sandbox_last_word(dir: &Path) -> Option<String> {
 fn compositor_answers(dir: &Path) -> bool {
     use std::io::{BufRead, BufReader, Read, Write};
     const WAIT: Duration = Duration::from_millis(100);
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(dir.join("gpu/control.sock"))
-    else {
+    let Ok(mut stream) = crate::fsutil::connect_in(&dir.join("gpu"), "control.sock") else {
         return false;
     };
+    if stream.set_nonblocking(false).is_err() {
+        return false;
+    }
     let mut line = Vec::new();
     stream.set_read_timeout(Some(WAIT)).is_ok()
         && stream.set_write_timeout(Some(WAIT)).is_ok()

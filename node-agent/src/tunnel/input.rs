@@ -21,10 +21,7 @@ pub(super) async fn run_input_session(
 ) -> Result<i32, TunnelError> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let dir = desktop_dir(settings, &request.desktop_id, request.generation)?;
-    let socket = dir.join("gpu").join("control.sock");
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .map_err(|source| TunnelError::CompositorUnreachable { source })?;
+    let stream = connect_compositor(&dir)?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(reader);
     while let Some(line) = stdin.recv().await {
@@ -77,11 +74,8 @@ pub(super) async fn compositor_call(
     request: &str,
 ) -> Result<Vec<u8>, TunnelError> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let socket = dir.join("gpu").join("control.sock");
     let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        let stream = tokio::net::UnixStream::connect(&socket)
-            .await
-            .map_err(|source| TunnelError::CompositorUnreachable { source })?;
+        let stream = connect_compositor(dir)?;
         let (reader, mut writer) = stream.into_split();
         writer
             .write_all(format!("{request}\n").as_bytes())
@@ -101,4 +95,12 @@ pub(super) async fn compositor_call(
         return Err(TunnelError::CompositorNoAnswer);
     }
     Ok(answer)
+}
+
+/// The compositor's control socket in the desktop's `gpu/` directory,
+/// which the desktop can write: reached without following a symlink there.
+fn connect_compositor(dir: &std::path::Path) -> Result<tokio::net::UnixStream, TunnelError> {
+    crate::fsutil::connect_in(&dir.join("gpu"), "control.sock")
+        .and_then(tokio::net::UnixStream::from_std)
+        .map_err(|source| TunnelError::CompositorUnreachable { source })
 }
