@@ -546,3 +546,48 @@ fn a_guest_cannot_shrink_a_backing_under_gpud() {
     );
     assert_eq!(answer(&transfer), resp::OK_NODATA);
 }
+
+/// Every backing entry is its own mapping in the node agent, whose
+/// `vm.max_map_count` all desktops share: a guest maps at most
+/// `MAX_MAPPINGS` entries at once, over all its resources.
+#[test]
+fn a_guest_maps_a_bounded_number_of_backing_entries() {
+    use flotilla_gpu::session::MAX_MAPPINGS;
+    let ledger = Arc::new(Ledger::default());
+    let mut session = Session::with_renderer("dt-maps", 64 << 20, ledger, 1280, 800, None);
+    for id in [1, 2] {
+        let create = build::resource_create_2d(id, Format::B8G8R8A8, 16, 16);
+        assert_eq!(answer(&session.handle(&create, vec![])), resp::OK_NODATA);
+    }
+    let backing = memfd(&[7; 4096]);
+    let entries = |count: usize| {
+        let entry = MemEntry {
+            offset: 0,
+            length: 16,
+        };
+        let fds: Vec<OwnedFd> = (0..count)
+            // SAFETY: dup of a descriptor we own; each copy is owned.
+            .map(|_| unsafe { OwnedFd::from_raw_fd(libc::dup(backing.as_raw_fd())) })
+            .collect();
+        (vec![entry; count], fds)
+    };
+    let first = MAX_MAPPINGS * 3 / 4;
+    let (list, fds) = entries(first);
+    assert_eq!(
+        answer(&session.handle(&build::attach_backing(1, &list), fds)),
+        resp::OK_NODATA
+    );
+    let (list, fds) = entries(MAX_MAPPINGS - first + 1);
+    assert_eq!(
+        answer(&session.handle(&build::attach_backing(2, &list), fds)),
+        resp::ERR_OUT_OF_MEMORY
+    );
+    // Detaching gives the mappings back.
+    let detach = session.handle(&build::detach_backing(1), vec![]);
+    assert_eq!(answer(&detach), resp::OK_NODATA);
+    let (list, fds) = entries(MAX_MAPPINGS - first + 1);
+    assert_eq!(
+        answer(&session.handle(&build::attach_backing(2, &list), fds)),
+        resp::OK_NODATA
+    );
+}

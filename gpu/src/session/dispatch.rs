@@ -6,7 +6,8 @@ use std::os::fd::OwnedFd;
 
 use super::backing::{map_entry, transfer};
 use super::{
-    Resource, Session, CAPSET_COMPOSE, CAPSET_COMPOSE_VERSION, MAX_CONTEXTS, MAX_RESOURCES,
+    Resource, Session, CAPSET_COMPOSE, CAPSET_COMPOSE_VERSION, MAX_CONTEXTS, MAX_MAPPINGS,
+    MAX_RESOURCES,
 };
 use crate::compose::CompositionList;
 use crate::protocol::{resp, Command, DisplayMode, Format, Header, Rect, Response, MAX_SCANOUTS};
@@ -98,6 +99,10 @@ impl Session {
                 resource_id,
                 entries,
             } => {
+                let mapped: usize = self.resources.values().map(|r| r.backing.len()).sum();
+                if mapped + entries.len() > MAX_MAPPINGS {
+                    return Err(resp::ERR_OUT_OF_MEMORY);
+                }
                 let resource = self.resource(resource_id)?;
                 if !resource.backing.is_empty() {
                     return Err(resp::ERR_INVALID_PARAMETER);

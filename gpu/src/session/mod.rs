@@ -102,6 +102,10 @@ pub struct Session {
 pub const MAX_RESOURCES: usize = 4096;
 /// Most contexts one guest may hold.
 pub const MAX_CONTEXTS: usize = 64;
+/// Most backing entries (each its own mapping in the node agent) one guest
+/// may have mapped at once, over all its resources: the agent's
+/// `vm.max_map_count` (65,530 by default) is shared by every desktop.
+pub const MAX_MAPPINGS: usize = 1024;
 
 impl Session {
     /// A session for `desktop` with a `budget_bytes` GPU-memory budget and
