@@ -7,6 +7,7 @@
 //! A leaf: it uses nothing else of the crate.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The last `bytes` bytes of the file at `path`.
@@ -99,6 +100,42 @@ pub fn connect_in(dir: &Path, name: &str) -> std::io::Result<std::os::unix::net:
     Ok(std::os::unix::net::UnixStream::from(socket))
 }
 
+/// Opens (creating or emptying) a desktop's log for appending.
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.set_len(0)?;
+    Ok(file)
+}
+
+/// Keeps a log that a desktop appends to under `max` bytes: past it, its
+/// last quarter becomes `<path>.1` and the log is emptied in place (the
+/// desktop's descriptor appends at the new end: no hole). Failures are
+/// logged; the desktop goes on.
+pub fn cap_log(path: &Path, max: u64) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_file() || meta.len() <= max {
+        return;
+    }
+    let rotated = path.with_extension("1");
+    let result = read_tail(path, max / 4)
+        .and_then(|tail| write_volatile(&rotated, &tail))
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)?
+                .set_len(0)
+        });
+    if let Err(error) = result {
+        tracing::warn!(path = %path.display(), %error, "cannot cap the desktop's log");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +158,30 @@ mod tests {
         assert!(connect_in(dir.path(), "file.sock").is_err());
         assert!(connect_in(dir.path(), "../host/host.sock").is_err());
         assert!(connect_in(dir.path(), "missing.sock").is_err());
+    }
+
+    #[test]
+    fn a_log_past_its_cap_keeps_its_last_quarter_and_starts_again() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut writer = open_log(&path).unwrap();
+        writer.write_all(&[b'a'; 900]).unwrap();
+        writer.write_all(&[b'z'; 300]).unwrap();
+        cap_log(&path, 1000);
+        assert_eq!(
+            std::fs::read(path.with_extension("1")).unwrap(),
+            vec![b'z'; 250]
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // The writer appends at the new end: no hole before its bytes.
+        writer.write_all(b"next").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"next");
+        cap_log(&path, 1000);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"next",
+            "under the cap: untouched"
+        );
     }
 }

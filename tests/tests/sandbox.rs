@@ -494,6 +494,73 @@ fn a_memory_hog_in_a_sandbox_is_oom_killed_and_reported() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A desktop that writes without end cannot fill the node's disk through
+/// its log: past the cap the agent keeps the last quarter as `log.1` and
+/// empties the log, which the desktop goes on appending to.
+#[test]
+fn a_desktop_log_is_capped() -> anyhow::Result<()> {
+    if !root_available()? {
+        return Ok(());
+    }
+    use flotilla_node_agent::runtime::MAX_LOG_BYTES;
+    let data = traversable_tempdir();
+    let script = format!(
+        "head -c {} /dev/zero | tr '\\0' x; echo; until [ -e /workspace/go ]; do sleep 0.05; done; echo after; exec sleep 1000",
+        MAX_LOG_BYTES + (4 << 20)
+    );
+    let command = vec!["sh".to_owned(), "-c".to_owned(), script];
+    let mut runtime = ProcessRuntime::new("log", data.path(), command, Duration::from_secs(1))?
+        .with_sandbox(SandboxSettings {
+            exe: flotilla_bin(),
+            desktops_dir: data.path().join("desktops"),
+            first_slot: 220,
+            lease_file: None,
+            base_image: None,
+            devices: Vec::new(),
+            kept_dir: None,
+            zygote: false,
+            fail_at_step: None,
+            session_exe: None,
+            etc_binds: Vec::new(),
+        })?;
+    runtime
+        .start(&desktop("dt-log", 1))
+        .map_err(anyhow::Error::msg)?;
+    let dir = data.path().join("desktops/dt-log-1");
+    let log = dir.join("log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        runtime.poll();
+        let rotated = std::fs::metadata(dir.join("log.1")).map_or(0, |m| m.len());
+        if rotated > 0 {
+            assert_eq!(rotated, MAX_LOG_BYTES / 4);
+            std::fs::write(dir.join("workspace/go"), "")?;
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("after") {
+            // Written after the cap, at the log's start: no hole before it.
+            assert!(
+                (text.len() as u64) < MAX_LOG_BYTES && !text.contains('\0'),
+                "{} bytes",
+                text.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was never capped: {:?}, {:?}, log {} bytes",
+            std::fs::read_dir(dir.join("workspace"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+            runtime.poll(),
+            std::fs::metadata(&log).map_or(0, |m| m.len())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runtime.stop("dt-log");
+    wait_phase(&mut runtime, "dt-log", "stopped");
+    Ok(())
+}
+
 /// Without root (a developer's laptop): the sandbox still builds its
 /// namespaces and root, mapping only the caller's uid as the desktop user.
 #[test]

@@ -21,6 +21,7 @@ mod door;
 mod handle;
 mod journal;
 mod observe;
+pub use observe::MAX_LOG_BYTES;
 mod start;
 mod stop;
 #[cfg(test)]

@@ -13,6 +13,10 @@ use super::{Observed, Phase, ProcessDesktop, ProcessRuntime, Usage};
 use crate::fsutil::read_tail;
 use crate::sandbox::LOG_FILE;
 
+/// The most a desktop's `log` grows to (its writes until the next poll
+/// aside) before its last quarter is kept as `log.1` and it starts again.
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
 impl ProcessRuntime {
     /// [`super::DesktopRuntime::poll`].
     pub(super) fn poll_desktops(&mut self) -> Vec<Observed> {
@@ -61,6 +65,9 @@ impl ProcessRuntime {
                                 self.journal
                                     .record(&self.node, id, desktop.generation, "ready");
                             }
+                        }
+                        if let Some(dir) = &dir {
+                            crate::fsutil::cap_log(&dir.join(LOG_FILE), MAX_LOG_BYTES);
                         }
                         if desktop.kill_at.is_some_and(|at| at <= now) {
                             signal_group(desktop.handle.pid(), Signal::KILL);

@@ -57,7 +57,9 @@ impl ProcessRuntime {
                 self.prepare_sandbox(settings, spec, net.as_ref())
                     .map(|(argv, sandbox, gpu)| {
                         // The desktop's stdout and stderr (`desktop logs`).
-                        let log = std::fs::File::create(sandbox.1.join(LOG_FILE)).ok();
+                        // Appended to, so that capping it (`fsutil::cap_log`)
+                        // by truncation leaves no hole.
+                        let log = crate::fsutil::open_log(&sandbox.1.join(LOG_FILE)).ok();
                         (argv, Some(sandbox), log, gpu)
                     })
             }
