@@ -9,6 +9,7 @@
 
 mod compositor;
 mod etcd;
+mod gateway;
 mod git;
 mod gpu;
 mod gpu_check;
@@ -49,6 +50,9 @@ enum Bench {
     /// Hosted git: push, clone and 16 concurrent small pushes on a 3-server
     /// cluster vs plain `git http-backend` (one process, no replication).
     Git(git::GitArgs),
+    /// The LLM gateway's added latency (TTFB, event gaps) and memory per
+    /// open stream, vs the provider straight and LiteLLM's proxy.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(clap::Args)]
@@ -404,5 +408,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Compositor(args) => compositor::run(args),
         Bench::Stream(args) => stream::run(args).await,
         Bench::Git(args) => git::run(args).await,
+        Bench::Gateway(args) => gateway::run(args).await,
     }
 }
