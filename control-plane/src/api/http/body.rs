@@ -80,3 +80,26 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         "send the body as JSON with 'Content-Type: application/json'",
     ))
 }
+
+/// A nested object field: read only from a JSON object, as the document
+/// says (serde would read a struct from an array too). Name the inner type
+/// in the schema: `#[schema(value_type = T)]`.
+pub(crate) struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = T;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Visitor(std::marker::PhantomData))
+            .map(Object)
+    }
+}

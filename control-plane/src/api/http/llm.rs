@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, Object};
 use super::integer;
 use super::{command_error, consistency, idempotency_key, query_error, validate_id, HttpState};
 use crate::control::ControlPlane;
@@ -82,8 +82,8 @@ pub struct ModelBody {
     )]
     upstream: Option<String>,
     #[serde(default)]
-    #[schema(nullable)]
-    price: Option<PriceBody>,
+    #[schema(value_type = Option<PriceBody>, nullable)]
+    price: Option<Object<PriceBody>>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -105,8 +105,8 @@ pub struct AddProviderBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 8192, pattern = "^[!-~]*$", nullable)]
     key: Option<String>,
-    #[schema(min_items = 1, max_items = 256)]
-    models: Vec<ModelBody>,
+    #[schema(value_type = Vec<ModelBody>, min_items = 1, max_items = 256)]
+    models: Vec<Object<ModelBody>>,
 }
 
 /// A provider as clients see it: never its key.
@@ -200,6 +200,9 @@ fn check_base_url(text: &str) -> Result<(), ApiError> {
             ),
         )
     };
+    if text.len() > 2048 {
+        return Err(bad("is longer than 2048 characters"));
+    }
     let url = reqwest::Url::parse(text).map_err(|error| bad(&format!("is not a URL ({error})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("must be http:// or https://"));
@@ -231,7 +234,8 @@ pub(super) async fn add_provider(
     check_name("provider", &body.name)?;
     check_base_url(&body.base_url)?;
     if let Some(key) = &body.key {
-        let printable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
+        let printable =
+            !key.is_empty() && key.len() <= 8192 && key.bytes().all(|b| b.is_ascii_graphic());
         if !printable || HeaderValue::from_str(key).is_err() {
             return Err(ApiError::bad_request(
                 "invalid_key",
@@ -247,7 +251,7 @@ pub(super) async fn add_provider(
     }
     let mut models = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for model in body.models {
+    for Object(model) in body.models {
         check_model_name(&model.name)?;
         if let Some(upstream) = &model.upstream {
             check_model_name(upstream)?;
@@ -258,7 +262,7 @@ pub(super) async fn add_provider(
                 format!("model {:?} is listed twice", model.name),
             ));
         }
-        let price = model.price.map_or(Price::default(), |price| Price {
+        let price = model.price.map_or(Price::default(), |Object(price)| Price {
             input: price.input.unwrap_or(0),
             output: price.output.unwrap_or(0),
             cache_read: price.cache_read.unwrap_or(0),

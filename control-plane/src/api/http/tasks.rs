@@ -101,11 +101,12 @@ pub struct CreateTaskBody {
     column: Option<Column>,
     /// What its desktop asks for; the server's default when absent.
     #[serde(default)]
-    resources: Option<ResourcesBody>,
+    #[schema(value_type = Option<ResourcesBody>)]
+    resources: Option<super::body::Object<ResourcesBody>>,
     /// Its desktop's apps and keyboard; the node's defaults when absent.
     #[serde(default)]
     #[schema(schema_with = super::schemas::profile_schema)]
-    profile: Option<crate::types::DesktopProfile>,
+    profile: Option<super::body::Object<crate::types::DesktopProfile>>,
 }
 
 /// A desktop's resource request as clients send it (unknown fields are
@@ -159,9 +160,9 @@ fn create_task_command(fleet: &Fleet, body: CreateTaskBody) -> Result<Command, A
     }
     let mut resources = body
         .resources
-        .map(DesktopResources::from)
+        .map(|super::body::Object(resources)| DesktopResources::from(resources))
         .unwrap_or_else(|| fleet.default_resources());
-    if let Some(profile) = body.profile {
+    if let Some(super::body::Object(profile)) = body.profile {
         profile
             .validate()
             .map_err(|error| ApiError::bad_request("invalid_profile", error.to_string()))?;
